@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Mailfleet runs and tests with, only those missing.
+set -euo pipefail
+packages=(exim4-daemon-light swaks python3-venv sqlite3 openssl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "Missing Debian packages: ${missing[*]}. Run 'make system-deps' as root (apt-get install)." >&2
+  exit 1
+fi
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# Debian's package starts a system Exim on port 25 where services may start; ours run with their own configs.
