@@ -1,0 +1,56 @@
+"""Panel settings: defaults here, overridden by MAILFLEET_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+class Config:
+    SQLALCHEMY_DATABASE_URI: str | None = None  # set from DATABASE_URL or instance/ in load_config
+    SQLALCHEMY_ENGINE_OPTIONS: dict = {"pool_pre_ping": True}
+    SECRET_KEY: str | None = None
+    WTF_CSRF_TIME_LIMIT = None  # tokens live as long as the session
+    MAX_CONTENT_LENGTH = 64 * 1024 * 1024
+    # Base of links put into letters (unsubscribe); must be reachable by recipients.
+    PUBLIC_URL = "http://127.0.0.1:5000"
+    # Domain of VERP return paths and unsubscribe mailto: addresses; MX points at the workers.
+    BOUNCE_DOMAIN = "bounces.mailfleet.test"
+    DAEMON_INTERVAL = 1.0  # seconds between daemon rounds when idle
+    DISPATCH_BATCH_SIZE = 1000  # recipients per push to an agent
+    DISPATCH_WINDOW = 10000  # letters pushed to one server and not yet handed to its Exim
+    AGENT_TIMEOUT = 30.0  # seconds for one agent request
+
+
+ENV_PREFIX = "MAILFLEET_"
+
+
+def _secret_key(instance_path: Path) -> str:
+    """A key kept in instance/secret_key (0600), made once, so sessions and links survive restarts."""
+    path = instance_path / "secret_key"
+    if not path.exists():
+        instance_path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def load_config(app, overrides: dict | None) -> None:
+    app.config.from_object(Config)
+    for key, value in os.environ.items():
+        if key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX):]
+            default = getattr(Config, name, None)
+            app.config[name] = type(default)(value) if isinstance(default, (int, float)) else value
+    if os.environ.get("DATABASE_URL"):
+        app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
+    if overrides:
+        app.config.update(overrides)
+    instance = Path(app.instance_path)
+    if not app.config.get("SQLALCHEMY_DATABASE_URI"):
+        instance.mkdir(parents=True, exist_ok=True)
+        app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{instance / 'mailfleet.db'}"
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = _secret_key(instance)

@@ -1,0 +1,26 @@
+"""All models, imported here so Alembic and the app see every table."""
+
+from .campaign import (
+    CAMPAIGN_STATES,
+    DELIVERY_STATES,
+    ENCODINGS,
+    FINAL_STATES,
+    BounceMessage,
+    Campaign,
+    Delivery,
+    DeliveryEvent,
+    DispatchBatch,
+    campaign_exclude_lists,
+    campaign_lists,
+    campaign_servers,
+)
+from .mailing_list import MailingList, Recipient, Suppression
+from .server import Server, ServerEvent, ServerIP
+from .user import ApiToken, User
+
+__all__ = [
+    "ApiToken", "BounceMessage", "CAMPAIGN_STATES", "Campaign", "DELIVERY_STATES", "Delivery",
+    "DeliveryEvent", "DispatchBatch", "ENCODINGS", "FINAL_STATES", "MailingList", "Recipient",
+    "Server", "ServerEvent", "ServerIP", "Suppression", "User", "campaign_exclude_lists",
+    "campaign_lists", "campaign_servers",
+]

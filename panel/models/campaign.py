@@ -1,0 +1,140 @@
+"""Campaigns, their per-recipient deliveries and what happened to each."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, ForeignKey, Index, Integer, String, Table, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from ..extensions import db
+from .base import utcnow
+from .mailing_list import MailingList
+from .server import Server
+
+ENCODINGS = ("7bit", "quoted-printable", "base64")
+CAMPAIGN_STATES = ("draft", "running", "paused", "cancelled", "finished")
+# Delivery states; the last four are what the recipient's server said (deferred may still change).
+DELIVERY_STATES = ("pending", "queued", "sent", "delivered", "deferred", "failed", "cancelled")
+FINAL_STATES = frozenset({"delivered", "failed", "cancelled"})
+
+campaign_lists = Table(
+    "campaign_lists",
+    db.Model.metadata,
+    Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True),
+    Column("list_id", Integer, ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True),
+)
+campaign_exclude_lists = Table(
+    "campaign_exclude_lists",
+    db.Model.metadata,
+    Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True),
+    Column("list_id", Integer, ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True),
+)
+campaign_servers = Table(
+    "campaign_servers",
+    db.Model.metadata,
+    Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True),
+    Column("server_id", Integer, ForeignKey("servers.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class Campaign(db.Model):
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(String(998))
+    from_email: Mapped[str] = mapped_column(String(320))
+    from_name: Mapped[str | None] = mapped_column(String(200))
+    reply_to: Mapped[str | None] = mapped_column(String(320))
+    text: Mapped[str | None] = mapped_column(Text)
+    html: Mapped[str | None] = mapped_column(Text)
+    encoding: Mapped[str] = mapped_column(String(20), default="quoted-printable")
+    status: Mapped[str] = mapped_column(String(20), default="draft", index=True)
+    total: Mapped[int] = mapped_column(default=0)  # recipients resolved at start
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    lists: Mapped[list[MailingList]] = relationship(secondary=campaign_lists)
+    exclude_lists: Mapped[list[MailingList]] = relationship(secondary=campaign_exclude_lists)
+    servers: Mapped[list[Server]] = relationship(secondary=campaign_servers)
+
+    @property
+    def format(self) -> str:
+        if self.text and self.html:
+            return "multipart"
+        return "html" if self.html else "plain"
+
+
+class Delivery(db.Model):
+    """One letter of a campaign to one address; the unit the daemon pushes and tracks."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_campaign_status", "campaign_id", "status"),
+        Index("ix_deliveries_dispatch", "campaign_id", "server_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    recipient_id: Mapped[int | None] = mapped_column(ForeignKey("recipients.id", ondelete="SET NULL"))
+    email: Mapped[str] = mapped_column(String(320))
+    server_id: Mapped[int | None] = mapped_column(ForeignKey("servers.id", ondelete="SET NULL"))
+    source_ip: Mapped[str | None] = mapped_column(String(45))
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("dispatch_batches.id", ondelete="SET NULL"), index=True)
+    code: Mapped[int | None]  # last SMTP reply code from the recipient's server
+    reply: Mapped[str | None] = mapped_column(Text)  # and its text
+    unsubscribed_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class DeliveryEvent(db.Model):
+    """Every outcome an agent reported, in order: the history behind a delivery's state."""
+
+    __tablename__ = "delivery_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(20))
+    code: Mapped[int | None]
+    text: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DispatchBatch(db.Model):
+    """Recipients handed to one server in one push. Persisted before the push, so a daemon
+    restarted mid-push pushes the same batch again (the agent queues it once)."""
+
+    __tablename__ = "dispatch_batches"
+    __table_args__ = (Index("ix_dispatch_batches_status", "status", "server_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(20), default="open")  # open | pushed
+    size: Mapped[int] = mapped_column(default=0)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    pushed_at: Mapped[datetime | None]
+
+    @property
+    def agent_batch_id(self) -> str:
+        return f"c{self.campaign_id}-b{self.id}"
+
+
+class BounceMessage(db.Model):
+    """A raw message that came back to a VERP or unsubscribe address; classified later."""
+
+    __tablename__ = "bounce_messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    server_id: Mapped[int | None] = mapped_column(ForeignKey("servers.id", ondelete="SET NULL"))
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("deliveries.id", ondelete="SET NULL"), index=True)
+    kind: Mapped[str] = mapped_column(String(20), default="bounce")  # bounce | unsubscribe
+    token: Mapped[str | None] = mapped_column(String(100))
+    raw: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,55 @@
+"""Recipient lists, their recipients and the user's suppression list."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from ..extensions import db
+from .base import utcnow
+
+
+class MailingList(db.Model):
+    __tablename__ = "lists"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # Names of the custom fields recipients of this list carry (CSV columns besides email).
+    fields: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Kept up to date by the services, so pages never count millions of rows.
+    recipient_count: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    recipients: Mapped[list[Recipient]] = relationship(
+        back_populates="mailing_list", cascade="all, delete-orphan", passive_deletes=True, lazy="dynamic"
+    )
+
+
+class Recipient(db.Model):
+    __tablename__ = "recipients"
+    __table_args__ = (UniqueConstraint("list_id", "email"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("lists.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320), index=True)  # normalised: domain lower-cased
+    fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    mailing_list: Mapped[MailingList] = relationship(back_populates="recipients")
+
+
+class Suppression(db.Model):
+    """Addresses no campaign of this user may mail again: unsubscribes, hard bounces, complaints, manual."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (UniqueConstraint("user_id", "email"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(320))
+    reason: Mapped[str] = mapped_column(String(30))  # unsubscribe | hard_bounce | complaint | manual
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

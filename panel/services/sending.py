@@ -1,0 +1,140 @@
+"""Starting, pausing, resuming and cancelling campaigns.
+
+Starting resolves the recipients (allow lists − deny lists − suppressions, each address once)
+and spreads them over the chosen servers' IPs by weight, all in the database with set
+operations, so a list of millions never passes through Python.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, delete, exists, func, insert, literal, select, update
+
+from ..extensions import db
+from ..models import (
+    Campaign,
+    Delivery,
+    Recipient,
+    Server,
+    ServerIP,
+    Suppression,
+    User,
+    campaign_exclude_lists,
+    campaign_lists,
+)
+from ..models.base import utcnow
+
+
+class SendingError(Exception):
+    """A request that cannot be carried out; the message says why and what to do."""
+
+
+def _slots(servers: list[Server]) -> list[tuple[int, str]]:
+    """(server id, source IP) pairs, each repeated by its weight: recipient n takes slot n mod len."""
+    slots: list[tuple[int, str]] = []
+    for server in servers:
+        for ip in server.ips:
+            if ip.active:
+                slots.extend([(server.id, ip.ip)] * max(ip.weight, 1))
+    return slots
+
+
+def start_campaign(user: User, campaign: Campaign) -> int:
+    """Resolve recipients into deliveries and mark the campaign running; returns the count."""
+    if campaign.user_id != user.id:
+        raise SendingError("campaign not found")
+    if campaign.status != "draft":
+        raise SendingError(f"campaign is {campaign.status}; only a draft can be started")
+    if not campaign.lists:
+        raise SendingError("choose at least one list to send to")
+    servers = campaign.servers or list(
+        db.session.scalars(select(Server).where(Server.user_id == user.id).order_by(Server.id))
+    )
+    slots = _slots(servers)
+    if not slots:
+        raise SendingError("no server with an active IP address to send from: add a server first")
+
+    allowed = select(campaign_lists.c.list_id).where(campaign_lists.c.campaign_id == campaign.id)
+    denied = select(campaign_exclude_lists.c.list_id).where(campaign_exclude_lists.c.campaign_id == campaign.id)
+    deny_row = Recipient.__table__.alias("deny_row")
+    chosen = (
+        select(func.min(Recipient.id).label("recipient_id"), Recipient.email)
+        .where(Recipient.list_id.in_(allowed))
+        .where(~exists().where(and_(deny_row.c.email == Recipient.email, deny_row.c.list_id.in_(denied))))
+        .where(
+            ~exists().where(and_(Suppression.user_id == user.id, Suppression.email == Recipient.email))
+        )
+        .group_by(Recipient.email)
+    ).subquery()
+    db.session.execute(
+        insert(Delivery).from_select(
+            ["campaign_id", "recipient_id", "email", "status", "updated_at"],
+            select(
+                literal(campaign.id), chosen.c.recipient_id, chosen.c.email,
+                literal("pending"), literal(utcnow()),
+            ),
+        )
+    )
+    # Spread by id modulo the number of weighted slots: even, deterministic, one UPDATE per slot.
+    for index, (server_id, ip) in enumerate(slots):
+        db.session.execute(
+            update(Delivery)
+            .where(Delivery.campaign_id == campaign.id, Delivery.id % len(slots) == index)
+            .values(server_id=server_id, source_ip=ip)
+        )
+    total = db.session.scalar(select(func.count()).where(Delivery.campaign_id == campaign.id)) or 0
+    if total == 0:
+        db.session.execute(delete(Delivery).where(Delivery.campaign_id == campaign.id))
+        raise SendingError("the chosen lists hold no recipient who may be mailed")
+    if not campaign.servers:
+        campaign.servers = servers
+    campaign.total = total
+    campaign.status = "running"
+    campaign.started_at = utcnow()
+    db.session.flush()
+    return total
+
+
+def set_campaign_state(user: User, campaign: Campaign, action: str) -> None:
+    """pause | resume | cancel. The daemon tells the agents; letters not yet pushed stay here."""
+    if campaign.user_id != user.id:
+        raise SendingError("campaign not found")
+    allowed = {"pause": ("running",), "resume": ("paused",), "cancel": ("running", "paused", "draft")}
+    if action not in allowed:
+        raise SendingError(f"unknown action {action!r}: use pause, resume or cancel")
+    if campaign.status not in allowed[action]:
+        raise SendingError(f"cannot {action} a campaign that is {campaign.status}")
+    campaign.status = {"pause": "paused", "resume": "running", "cancel": "cancelled"}[action]
+    if action == "cancel":
+        db.session.execute(
+            update(Delivery)
+            .where(Delivery.campaign_id == campaign.id, Delivery.status == "pending")
+            .values(status="cancelled")
+        )
+        campaign.finished_at = utcnow()
+    db.session.flush()
+
+
+def campaign_stats(campaign: Campaign) -> dict[str, int | str]:
+    counts = dict(
+        db.session.execute(
+            select(Delivery.status, func.count()).where(Delivery.campaign_id == campaign.id).group_by(Delivery.status)
+        ).all()
+    )
+    unsubscribed = db.session.scalar(
+        select(func.count()).where(Delivery.campaign_id == campaign.id, Delivery.unsubscribed_at.is_not(None))
+    )
+    delivered, deferred, failed = counts.get("delivered", 0), counts.get("deferred", 0), counts.get("failed", 0)
+    return {
+        "status": campaign.status,
+        "total": campaign.total,
+        "queued": counts.get("pending", 0) + counts.get("queued", 0),
+        "sent": counts.get("sent", 0) + delivered + deferred + failed,
+        "delivered": delivered,
+        "deferred": deferred,
+        "bounced_hard": 0,  # bounce classification comes with the deliverability work
+        "bounced_soft": 0,
+        "failed": failed,
+        "cancelled": counts.get("cancelled", 0),
+        "unsubscribed": unsubscribed or 0,
+        "clicks": 0,
+    }
