@@ -1,0 +1,59 @@
+"""`make run`: start the whole system locally and keep it running until Ctrl-C.
+
+The panel keeps its data in instance/ (SQLite unless DATABASE_URL says otherwise); the local
+worker, its Exim and the mail capture keep theirs in instance/local/, so a second `make run`
+finds the lists, campaigns and captured mail of the first.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .stack import REPO, LocalStack, StackSettings
+
+
+def main() -> int:
+    instance = Path(os.environ.get("MAILFLEET_INSTANCE_PATH", REPO / "instance"))
+    settings = StackSettings(
+        root=instance / "local",
+        instance_path=instance,
+        panel_port=int(os.environ.get("MAILFLEET_PANEL_PORT", 5000)),
+        agent_port=int(os.environ.get("MAILFLEET_AGENT_PORT", 8443)),
+        exim_port=int(os.environ.get("MAILFLEET_EXIM_PORT", 2525)),
+        capture_port=int(os.environ.get("MAILFLEET_CAPTURE_PORT", 2526)),
+        database_url=os.environ.get("DATABASE_URL"),
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stack = LocalStack(settings)
+    try:
+        stack.start()
+    except RuntimeError as exc:
+        print(f"Could not start Mailfleet: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(f"Panel: {stack.panel_url}")
+        print(f"Login: {settings.admin_email} {stack.admin_password}")
+        print(f"API token: {stack.api_token}")
+        print(f"Captured mail: {stack.maildir}")
+        print(f"(logs in {stack.logs}; Ctrl-C stops everything)", flush=True)
+        while not stop.is_set():
+            for name, process in stack.processes.items():
+                if process.poll() is not None:
+                    print(f"{name} exited ({process.returncode}); see {stack.logs / (name + '.log')}", file=sys.stderr)
+                    stop.set()
+                    break
+            stop.wait(1.0)
+    finally:
+        print("Stopping…", flush=True)
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

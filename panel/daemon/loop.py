@@ -1,0 +1,142 @@
+"""The panel daemon's rounds: heartbeats, campaign states, pushes and outcomes, per server.
+
+All of its work lives in the database (campaign states, batches, acks), so the daemon can be
+stopped at any moment and started again: it goes on from what the database says.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from flask import Flask, current_app
+from sqlalchemy import select
+
+from ..extensions import db
+from ..models import Campaign, Server, ServerEvent
+from ..models.base import utcnow
+from .agent_client import AgentClient, AgentError, AgentUnreachable
+from .dispatch import dispatch_server
+from .outcomes import collect_outcomes, finish_campaigns
+
+log = logging.getLogger("panel.daemon")
+
+HEARTBEAT_INTERVAL = 5.0  # seconds between pings of a server that is otherwise idle
+PING_TIMEOUT = 5.0  # an unreachable server must not hold up the others for long
+AGENT_STATES = {"running": "running", "paused": "paused", "cancelled": "cancelled"}
+
+
+@dataclass
+class DaemonState:
+    """What this process remembers between rounds; all of it can be rebuilt from the DB."""
+
+    clients: dict[int, tuple[tuple, AgentClient]] = field(default_factory=dict)
+    last_ping: dict[int, float] = field(default_factory=dict)
+    # (campaign id, server id) -> the state last told to that agent; empty after a restart,
+    # so every live campaign's state is told again once.
+    told: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    def client(self, server: Server) -> AgentClient:
+        identity = (server.api_url, server.agent_key, server.cert_fingerprint)
+        known = self.clients.get(server.id)
+        if known is None or known[0] != identity:
+            if known:
+                known[1].close()
+            client = AgentClient(server.api_url, server.agent_key, server.cert_fingerprint,
+                                 timeout=current_app.config["AGENT_TIMEOUT"])
+            self.clients[server.id] = (identity, client)
+        return self.clients[server.id][1]
+
+
+def _mark(server: Server, status: str, message: str) -> None:
+    if server.status != status:
+        db.session.add(ServerEvent(server_id=server.id, kind=status, message=message))
+        log.info("server %s (%s) is %s: %s", server.id, server.name, status, message)
+    server.status = status
+    if status == "online":
+        server.last_seen_at = utcnow()
+        server.last_error = None
+    else:
+        server.last_error = message
+    db.session.commit()
+
+
+def _heartbeat(state: DaemonState, server: Server, client: AgentClient) -> bool:
+    now = time.monotonic()
+    if now - state.last_ping.get(server.id, -HEARTBEAT_INTERVAL) < HEARTBEAT_INTERVAL:
+        return server.status == "online"  # an offline server is asked again only every interval
+    state.last_ping[server.id] = now
+    try:
+        client.call("/v1/ping", {}, timeout=PING_TIMEOUT)
+    except AgentError as exc:
+        _mark(server, "offline", str(exc))
+        return False
+    _mark(server, "online", "agent answered")
+    return True
+
+
+def _tell_campaign_states(state: DaemonState, server: Server, client: AgentClient) -> None:
+    campaigns = db.session.execute(
+        select(Campaign.id, Campaign.status).where(
+            Campaign.status.in_(tuple(AGENT_STATES)), Campaign.servers.any(Server.id == server.id)
+        )
+    ).all()
+    for campaign_id, status in campaigns:
+        if state.told.get((campaign_id, server.id)) == status:
+            continue
+        client.call("/v1/campaigns/state", {"campaign_id": campaign_id, "state": AGENT_STATES[status]})
+        state.told[(campaign_id, server.id)] = status
+
+
+def serve_server(state: DaemonState, server: Server) -> bool:
+    """One round for one server; True if it did any work (so the next round comes at once)."""
+    client = state.client(server)
+    if not _heartbeat(state, server, client):
+        return False
+    try:
+        _tell_campaign_states(state, server, client)
+        busy = dispatch_server(client, server)
+        busy = collect_outcomes(client, server) or busy
+    except AgentUnreachable as exc:
+        db.session.rollback()
+        _mark(server, "offline", str(exc))
+        return False
+    except AgentError as exc:
+        db.session.rollback()
+        db.session.add(ServerEvent(server_id=server.id, kind="error", message=str(exc)))
+        server.last_error = str(exc)
+        db.session.commit()
+        log.warning("server %s: %s", server.id, exc)
+        return False
+    state.last_ping[server.id] = time.monotonic()  # it just answered: that is a heartbeat
+    return busy
+
+
+def run_round(state: DaemonState) -> bool:
+    busy = False
+    for server in db.session.scalars(select(Server).order_by(Server.id)).all():
+        busy = serve_server(state, server) or busy
+    finish_campaigns()
+    db.session.remove()
+    return busy
+
+
+def run_forever(app: Flask, stop: threading.Event) -> None:
+    state = DaemonState()
+    interval = app.config["DAEMON_INTERVAL"]
+    log.info("daemon started")
+    while not stop.is_set():
+        with app.app_context():
+            try:
+                busy = run_round(state)
+            except Exception:  # one bad round must not end the daemon; it is logged and retried
+                log.exception("daemon round failed")
+                db.session.rollback()
+                busy = False
+        if not busy:
+            stop.wait(interval)
+    for _, client in state.clients.values():
+        client.close()
+    log.info("daemon stopped")
