@@ -57,6 +57,7 @@ class LocalStack:
         self.api_token = ""
         self.admin_password = settings.admin_password or secrets.token_urlsafe(12)
         self.server_id: int | None = None
+        self.agent_fingerprint = ""
         self.agent_config_path = self.root / "agent" / "agent.json"
         self.agent_port = settings.agent_port
         self.exim_port = settings.exim_port
@@ -231,6 +232,7 @@ class LocalStack:
             self.start_exim()
             self.write_agent_config()
             agent = self.init_agent()
+            self.agent_fingerprint = agent["fingerprint"]
             self.start_agent()
             self.init_panel(agent)
             self.start_panel()

@@ -1,0 +1,63 @@
+"""The whole system started once per module (real processes), and helpers to drive it."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any, Callable
+
+import pytest
+import requests
+
+from devserver.stack import LocalStack, StackSettings
+
+
+def wait_for(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Api:
+    def __init__(self, base: str, token: str) -> None:
+        self.base = base + "/api/v1"
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def _check(self, response: requests.Response) -> Any:
+        assert response.status_code < 300, f"{response.request.method} {response.url}: {response.status_code} {response.text}"
+        return response.json()
+
+    def get(self, path: str) -> Any:
+        return self._check(self.session.get(self.base + path, timeout=30))
+
+    def post(self, path: str, body: Any) -> Any:
+        return self._check(self.session.post(self.base + path, json=body, timeout=60))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with LocalStack(StackSettings(root=tmp_path_factory.mktemp("stack"))) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def api(stack) -> Api:
+    return Api(stack.panel_url, stack.api_token)
+
+
+@pytest.fixture
+def panel_db(stack) -> Callable[[str, tuple], dict]:
+    """Query the panel's SQLite DB read-only; returns {first column: second column}."""
+    def query(sql: str, params: tuple) -> dict:
+        connection = sqlite3.connect(f"file:{stack.instance_path / 'mailfleet.db'}?mode=ro", uri=True, timeout=30)
+        try:
+            return dict(connection.execute(sql, params).fetchall())
+        finally:
+            connection.close()
+    return query
