@@ -1,0 +1,170 @@
+"""Composing campaigns: checking and saving drafts, finding a user's campaigns and failures.
+
+Starting, pausing and cancelling are in services.sending.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from ..extensions import db
+from ..models import ENCODINGS, Campaign, Delivery, MailingList, Server, User
+from .addresses import InvalidAddress, normalise_address
+from .templates import allowed_variables, check_templates
+
+
+class CampaignError(Exception):
+    """A request about a campaign that cannot be carried out; the message says why."""
+
+
+class CampaignLocked(CampaignError):
+    """Only drafts can be changed."""
+
+
+class CampaignInvalid(CampaignError):
+    """The input has problems; `errors` maps each field to what is wrong with it."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{name}: {message}" for name, messages in errors.items() for message in messages))
+
+
+@dataclass
+class CampaignInput:
+    name: str
+    subject: str
+    from_email: str
+    from_name: str | None = None
+    reply_to: str | None = None
+    text: str | None = None
+    html: str | None = None
+    encoding: str = "quoted-printable"
+    lists: list[int] = field(default_factory=list)
+    exclude_lists: list[int] = field(default_factory=list)
+    servers: list[int] = field(default_factory=list)
+
+
+def user_campaigns(user: User) -> list[Campaign]:
+    return list(db.session.scalars(select(Campaign).where(Campaign.user_id == user.id).order_by(Campaign.id.desc())))
+
+
+def get_campaign(user: User, campaign_id: int) -> Campaign | None:
+    """The user's campaign with this id; None for a missing campaign or another user's campaign."""
+    campaign = db.session.get(Campaign, campaign_id)
+    return campaign if campaign is not None and campaign.user_id == user.id else None
+
+
+def campaign_variables(campaign: Campaign) -> list[str]:
+    return sorted(allowed_variables(item.fields for item in campaign.lists))
+
+
+def latest_failures(campaign: Campaign, limit: int = 20) -> list[Delivery]:
+    """The most recent letters the recipients' servers refused or put off, with their reply."""
+    return list(
+        db.session.scalars(
+            select(Delivery)
+            .where(Delivery.campaign_id == campaign.id, Delivery.status.in_(("failed", "deferred")))
+            .order_by(Delivery.updated_at.desc(), Delivery.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+def _owned(user: User, model: type, ids: list[int], what: str, errors: dict[str, list[str]], key: str) -> list:
+    if not all(isinstance(item, int) and not isinstance(item, bool) for item in ids):
+        errors.setdefault(key, []).append(f"give {what} ids as whole numbers")
+        return []
+    wanted = list(dict.fromkeys(ids))
+    found = {
+        row.id: row
+        for row in db.session.scalars(select(model).where(model.id.in_(wanted), model.user_id == user.id))
+    } if wanted else {}
+    missing = [str(item) for item in wanted if item not in found]
+    if missing:
+        errors.setdefault(key, []).append(f"no {what} with id {', '.join(missing)} among yours")
+    return [found[item] for item in wanted if item in found]
+
+
+def _clean(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def save_campaign(user: User, data: CampaignInput, campaign: Campaign | None = None) -> Campaign:
+    """Check `data` and store it as a new draft or into the draft `campaign`; raises CampaignInvalid."""
+    if campaign is not None and campaign.status != "draft":
+        raise CampaignLocked(f"the campaign is {campaign.status}; only a draft can be changed")
+    errors: dict[str, list[str]] = {}
+
+    def problem(key: str, message: str) -> None:
+        errors.setdefault(key, []).append(message)
+
+    name = _clean(data.name)
+    if not name:
+        problem("name", "give the campaign a name")
+    elif len(name) > 200:
+        problem("name", "at most 200 characters")
+    subject = _clean(data.subject)
+    if not subject:
+        problem("subject", "write a subject")
+    elif "\n" in subject or "\r" in subject:
+        problem("subject", "the subject must be one line")
+    elif len(subject) > 998:
+        problem("subject", "at most 998 characters")
+    from_email = None
+    try:
+        from_email = normalise_address(data.from_email or "")
+    except InvalidAddress as exc:
+        problem("from_email", f"not a usable address: {exc}")
+    from_name = _clean(data.from_name)
+    if from_name and ("\n" in from_name or "\r" in from_name or len(from_name) > 200):
+        problem("from_name", "one line of at most 200 characters")
+    reply_to = _clean(data.reply_to)
+    if reply_to:
+        try:
+            reply_to = normalise_address(reply_to)
+        except InvalidAddress as exc:
+            problem("reply_to", f"not a usable address: {exc}")
+    text = data.text if data.text and data.text.strip() else None
+    html = data.html if data.html and data.html.strip() else None
+    if text is None and html is None:
+        problem("text", "write the letter: a text body, an HTML body or both")
+    if data.encoding not in ENCODINGS:
+        problem("encoding", f"use one of {', '.join(ENCODINGS)}")
+
+    lists = _owned(user, MailingList, data.lists, "list", errors, "lists")
+    if not data.lists:
+        problem("lists", "choose at least one list to send to")
+    exclude_lists = _owned(user, MailingList, data.exclude_lists, "list", errors, "exclude_lists")
+    both = {item.id for item in lists} & {item.id for item in exclude_lists}
+    if both:
+        problem("exclude_lists", "a list cannot be both sent to and excluded")
+    servers = _owned(user, Server, data.servers, "server", errors, "servers")
+
+    if not errors.get("lists"):
+        variables = allowed_variables(item.fields for item in lists)
+        for issue in check_templates({"subject": subject, "text": text, "html": html}, variables):
+            problem(issue.part, f"line {issue.line}: {issue.message}")
+    if errors:
+        raise CampaignInvalid(errors)
+
+    if campaign is None:
+        campaign = Campaign(user_id=user.id, status="draft", total=0)
+        db.session.add(campaign)
+    campaign.name = name
+    campaign.subject = subject
+    campaign.from_email = from_email
+    campaign.from_name = from_name
+    campaign.reply_to = reply_to
+    campaign.text = text
+    campaign.html = html
+    campaign.encoding = data.encoding
+    campaign.lists = lists
+    campaign.exclude_lists = exclude_lists
+    campaign.servers = servers
+    db.session.flush()
+    return campaign

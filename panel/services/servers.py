@@ -1,0 +1,110 @@
+"""Sending servers of one user: registering an agent that already runs, listing, events."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from cryptography.fernet import Fernet
+from sqlalchemy import select
+
+from ..extensions import db
+from ..models import Server, ServerEvent, ServerIP, User
+
+_HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+class ServerError(Exception):
+    """A request about servers that cannot be carried out; the message says why."""
+
+
+@dataclass(frozen=True)
+class SourceIP:
+    ip: str
+    helo: str
+
+
+def user_servers(user: User) -> list[Server]:
+    return list(db.session.scalars(select(Server).where(Server.user_id == user.id).order_by(Server.id)))
+
+
+def get_server(user: User, server_id: int) -> Server | None:
+    """The user's server with this id; None for a missing server or another user's server."""
+    server = db.session.get(Server, server_id)
+    return server if server is not None and server.user_id == user.id else None
+
+
+def server_events(server: Server, limit: int = 100) -> list[ServerEvent]:
+    return list(
+        db.session.scalars(
+            select(ServerEvent)
+            .where(ServerEvent.server_id == server.id)
+            .order_by(ServerEvent.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+def _check_host(host: str) -> str:
+    host = host.strip()
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if not _HOSTNAME_RE.fullmatch(host):
+        raise ServerError(f"{host!r} is neither an IP address nor a host name")
+    return host.lower().rstrip(".")
+
+
+def parse_source_ip(spec: str, default_helo: str) -> SourceIP:
+    """`IP` or `IP=HELO` as given on the command line."""
+    ip, _, helo = spec.partition("=")
+    try:
+        ip = str(ipaddress.ip_address(ip.strip()))
+    except ValueError:
+        raise ServerError(f"{spec!r}: {ip.strip()!r} is not an IP address (use IP or IP=HELO)") from None
+    helo = helo.strip() or default_helo
+    if not _HOSTNAME_RE.fullmatch(helo):
+        raise ServerError(f"{spec!r}: {helo!r} is not a host name to greet with (HELO)")
+    return SourceIP(ip=ip, helo=helo.lower().rstrip("."))
+
+
+def register_server(
+    user: User,
+    *,
+    name: str,
+    host: str,
+    port: int,
+    agent_key: str,
+    fingerprint: str,
+    ips: list[SourceIP],
+) -> Server:
+    """Record an agent that is already installed and running (its key and certificate known)."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise ServerError("give the server a name of 1 to 200 characters")
+    host = _check_host(host)
+    if not 1 <= port <= 65535:
+        raise ServerError(f"port {port} is out of range (1-65535)")
+    agent_key = agent_key.strip()
+    try:
+        Fernet(agent_key.encode())
+    except (ValueError, TypeError):
+        raise ServerError("the agent key is not a Fernet key (32 url-safe base64-encoded bytes)") from None
+    fingerprint = fingerprint.strip().replace(":", "").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
+        raise ServerError("the fingerprint must be the SHA-256 of the agent's certificate: 64 hex digits")
+    if not ips:
+        raise ServerError("give at least one source IP address the server sends from")
+    seen = [item.ip for item in ips]
+    if len(set(seen)) != len(seen):
+        raise ServerError("each source IP address may be given once")
+    server = Server(
+        user_id=user.id, name=name, host=host, api_port=port, agent_key=agent_key,
+        cert_fingerprint=fingerprint, status="new", outcome_ack=0,
+    )
+    server.ips = [ServerIP(ip=item.ip, helo=item.helo, weight=1, active=True) for item in ips]
+    db.session.add(server)
+    db.session.flush()
+    return server

@@ -1,0 +1,77 @@
+"""Checking a campaign's subject, text and HTML templates before they are saved.
+
+The letters are rendered on the workers in a Jinja2 sandbox with the recipient's fields,
+`email` and `unsubscribe_url` as variables. Here each part is parsed in the same kind of
+sandbox; a syntax error, an unknown tag, an unknown variable or a reach for private
+attributes (`''.__class__`) is refused with the part and the line it is on, so a campaign
+never fails letter by letter on the workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from jinja2 import TemplateSyntaxError, meta, nodes
+from jinja2.sandbox import SandboxedEnvironment
+
+BUILTIN_VARIABLES = ("email", "unsubscribe_url")
+PARTS = ("subject", "text", "html")
+
+_env = SandboxedEnvironment()
+
+
+@dataclass(frozen=True)
+class TemplateProblem:
+    part: str  # subject | text | html
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.part}, line {self.line}: {self.message}"
+
+
+def allowed_variables(list_fields: Iterable[Iterable[str]]) -> set[str]:
+    """The variables a template may use: the chosen lists' fields plus the built-in ones."""
+    names = set(BUILTIN_VARIABLES)
+    for fields in list_fields:
+        names.update(fields)
+    return names
+
+
+def _first_line(tree: nodes.Template, name: str) -> int:
+    for node in tree.find_all(nodes.Name):
+        if node.name == name and node.ctx == "load":
+            return node.lineno
+    return 1
+
+
+def check_template(part: str, source: str, variables: set[str]) -> list[TemplateProblem]:
+    """Every problem of one part, in line order; empty when it may be saved."""
+    try:
+        tree = _env.parse(source)
+    except TemplateSyntaxError as exc:
+        message = exc.message or "syntax error"
+        return [TemplateProblem(part, exc.lineno or 1, message.rstrip("."))]
+    problems: list[TemplateProblem] = []
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        attr = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+        if isinstance(attr, str) and attr.startswith("_"):
+            problems.append(TemplateProblem(part, node.lineno, f"{attr!r} is not allowed: private attributes are off limits"))
+    for name in meta.find_undeclared_variables(tree):
+        if name not in variables:
+            known = ", ".join(sorted(variables))
+            problems.append(
+                TemplateProblem(part, _first_line(tree, name), f"unknown variable {name!r} (you can use: {known})")
+            )
+    return sorted(problems, key=lambda problem: (problem.line, problem.message))
+
+
+def check_templates(parts: dict[str, str | None], variables: set[str]) -> list[TemplateProblem]:
+    """Check subject / text / html (those given) against the allowed variables."""
+    problems: list[TemplateProblem] = []
+    for part in PARTS:
+        source = parts.get(part)
+        if source:
+            problems.extend(check_template(part, source, variables))
+    return problems
