@@ -1,0 +1,271 @@
+"""Letters from the campaign and recipient JSON of docs/agent-protocol.md: pure, no I/O.
+
+Templates run in Jinja2's sandbox (the panel's users write them), are compiled once per
+campaign and cached; the HTML part autoescapes field values, the subject and text do not.
+A template that fails for one recipient fails only that letter (``RenderError``).
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Any
+
+from jinja2 import TemplateSyntaxError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
+
+from . import mime
+from .mime import CRLF
+
+CAMPAIGN_FIELDS = ("id", "subject", "from_email", "encoding", "message_id_domain", "bounce_domain", "unsubscribe_url")
+RECIPIENT_FIELDS = ("id", "email", "source_ip", "token")
+# The token sits in an address local part, a URL and a spool file name: keep it to safe characters.
+TOKEN = re.compile(r"[A-Za-z0-9._=-]{1,128}\Z")
+_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\Z")
+_URL = re.compile(r"[!-~]+\Z")  # printable ASCII, no spaces: it goes between < > in a header
+_MAX_REPEAT = 100_000  # longest string/list a template may build with * (a memory bomb otherwise)
+_CACHE_SIZE = 64
+
+
+class RenderError(Exception):
+    """This letter cannot be built; ``reason`` goes to the panel as the failure text."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CampaignError(ValueError):
+    """The campaign JSON itself is unusable (missing field, template syntax error…)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Letter:
+    envelope_from: str  # VERP: bounce+<token>@<bounce_domain>, also what Return-Path will show
+    recipient: str
+    data: bytes  # the RFC 5322 message, CRLF lines, ASCII only
+
+
+class _Sandbox(SandboxedEnvironment):
+    """Jinja2's sandbox, plus a cap on ``*`` and ``**`` that could otherwise eat all memory/CPU."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, op: str, left: Any, right: Any) -> Any:
+        if op == "**":
+            if isinstance(right, (int, float)) and abs(right) > 64:
+                raise SecurityError("exponent too large")
+            return operator.pow(left, right)
+        for seq, count in ((left, right), (right, left)):
+            if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and len(seq) * count > _MAX_REPEAT:
+                raise SecurityError("repeated sequence too long")
+        return operator.mul(left, right)
+
+
+def _environment(autoescape: bool) -> _Sandbox:
+    env = _Sandbox(autoescape=autoescape, keep_trailing_newline=True, auto_reload=False)
+    for name in ("lipsum", "cycler", "joiner"):  # helpers no letter needs: less surface
+        env.globals.pop(name, None)
+    return env
+
+
+_TEXT_ENV = _environment(autoescape=False)
+_HTML_ENV = _environment(autoescape=True)
+
+
+def check_campaign(campaign: Any) -> None:
+    """Raise CampaignError naming the first problem of a campaign object."""
+    if not isinstance(campaign, Mapping):
+        raise CampaignError("campaign must be a JSON object")
+    for key in CAMPAIGN_FIELDS:
+        if key not in campaign or campaign[key] in (None, ""):
+            raise CampaignError(f"campaign.{key} is missing")
+    if isinstance(campaign["id"], bool) or not isinstance(campaign["id"], int):
+        raise CampaignError("campaign.id must be an integer")
+    for key in ("subject", "from_email", "message_id_domain", "bounce_domain", "unsubscribe_url"):
+        if not isinstance(campaign[key], str):
+            raise CampaignError(f"campaign.{key} must be a string")
+    for key in ("text", "html", "from_name", "reply_to"):
+        if campaign.get(key) is not None and not isinstance(campaign[key], str):
+            raise CampaignError(f"campaign.{key} must be a string or null")
+    if not campaign.get("text") and not campaign.get("html"):
+        raise CampaignError("campaign needs text or html (or both)")
+    if campaign["encoding"] not in mime.ENCODINGS:
+        raise CampaignError(f"campaign.encoding must be one of {', '.join(mime.ENCODINGS)}")
+    for key in ("from_email", "reply_to"):
+        if campaign.get(key) and not mime.is_address(campaign[key]):
+            raise CampaignError(f"campaign.{key} {campaign[key]!r} is not a plain e-mail address")
+    for key in ("message_id_domain", "bounce_domain"):
+        if not _DOMAIN.match(campaign[key]):
+            raise CampaignError(f"campaign.{key} {campaign[key]!r} is not a domain name")
+    if not _URL.match(campaign["unsubscribe_url"]) or ">" in campaign["unsubscribe_url"]:
+        raise CampaignError("campaign.unsubscribe_url must be a URL without spaces")
+
+
+def check_recipient(recipient: Any) -> None:
+    """Raise CampaignError naming the first problem of a recipient object."""
+    if not isinstance(recipient, Mapping):
+        raise CampaignError("recipient must be a JSON object")
+    for key in RECIPIENT_FIELDS:
+        if key not in recipient or recipient[key] in (None, ""):
+            raise CampaignError(f"recipient.{key} is missing")
+    if isinstance(recipient["id"], bool) or not isinstance(recipient["id"], int):
+        raise CampaignError("recipient.id must be an integer")
+    if not isinstance(recipient["email"], str):
+        raise CampaignError("recipient.email must be a string")
+    if not isinstance(recipient["token"], str) or not TOKEN.match(recipient["token"]):
+        raise CampaignError("recipient.token must be 1-128 of A-Z a-z 0-9 . _ = -")
+    if not isinstance(recipient["source_ip"], str):
+        raise CampaignError("recipient.source_ip must be a string")
+    if not isinstance(recipient.get("fields", {}), (Mapping, type(None))):
+        raise CampaignError("recipient.fields must be a JSON object")
+
+
+class CompiledCampaign:
+    """One campaign's templates compiled once, and the header lines every letter shares."""
+
+    __slots__ = ("source", "subject", "text", "html", "encoding", "head", "tail", "msgid_suffix",
+                 "unsubscribe_url", "bounce_domain")
+
+    def __init__(self, campaign: Mapping[str, Any]) -> None:
+        check_campaign(campaign)
+        self.source = campaign
+        self.subject = _compile(_TEXT_ENV, campaign["subject"], "subject")
+        self.text = _compile(_TEXT_ENV, campaign["text"], "text") if campaign.get("text") else None
+        self.html = _compile(_HTML_ENV, campaign["html"], "html") if campaign.get("html") else None
+        self.encoding = campaign["encoding"]
+        self.unsubscribe_url = campaign["unsubscribe_url"]
+        self.bounce_domain = campaign["bounce_domain"]
+        self.msgid_suffix = "@" + campaign["message_id_domain"] + ">" + CRLF
+        head = "From: " + mime.format_address(campaign.get("from_name"), campaign["from_email"]) + CRLF
+        if campaign.get("reply_to"):
+            head += "Reply-To: " + campaign["reply_to"] + CRLF
+        self.head = head
+        self.tail = (
+            f"MIME-Version: 1.0{CRLF}"
+            f"List-Unsubscribe-Post: List-Unsubscribe=One-Click{CRLF}"
+            f"X-Mailfleet-Campaign: {campaign['id']}{CRLF}"
+        )
+
+    def render(self, recipient: Mapping[str, Any]) -> Letter:
+        email = recipient["email"]
+        token = recipient["token"]
+        if not isinstance(email, str) or not mime.is_address(email):
+            raise RenderError(f"recipient address {email!r} is not a plain e-mail address")
+        if not isinstance(token, str) or not TOKEN.match(token):
+            raise RenderError("recipient token has characters an address cannot carry")
+        fields = recipient.get("fields") or {}
+        unsubscribe = self.unsubscribe_url + token
+        context = dict(fields)
+        context["email"] = email
+        context["unsubscribe_url"] = unsubscribe
+        subject = _run(self.subject, context, "subject")
+        text = _run(self.text, context, "text") if self.text is not None else None
+        html = _run(self.html, context, "html") if self.html is not None else None
+        name = fields.get("name")
+        list_unsubscribe = f"<{unsubscribe}>, <mailto:unsubscribe+{token}@{self.bounce_domain}>"
+        if len(list_unsubscribe) > 60:
+            list_unsubscribe = list_unsubscribe.replace(", ", "," + CRLF + " ", 1)
+        headers = "".join((
+            self.head,
+            "To: ", mime.format_address(name if isinstance(name, str) else None, email), CRLF,
+            "Subject: ", mime.header_text(mime.one_line(subject)), CRLF,
+            "Date: ", _date(), CRLF,
+            "Message-ID: <", os.urandom(12).hex(), self.msgid_suffix,
+            self.tail,
+            "List-Unsubscribe: ", list_unsubscribe, CRLF,
+            "X-Mailfleet-Source-IP: ", mime.one_line(str(recipient["source_ip"])), CRLF,
+        ))
+        text_part = mime.encode_body(text, self.encoding) if text is not None else None
+        html_part = mime.encode_body(html, self.encoding) if html is not None else None
+        boundary = ""
+        if text_part is not None and html_part is not None:
+            # "=_" can occur in neither quoted-printable nor base64; 7bit parts are checked
+            boundary = "=_mf" + os.urandom(12).hex()
+            while boundary in text_part[1] or boundary in html_part[1]:
+                boundary = "=_mf" + os.urandom(12).hex()
+        message = mime.assemble(headers, text_part, html_part, boundary)
+        return Letter(f"bounce+{token}@{self.bounce_domain}", email, message.encode("ascii"))
+
+
+def _compile(env: _Sandbox, source: str, part: str) -> Any:
+    try:
+        return env.from_string(source)
+    except TemplateSyntaxError as exc:
+        raise CampaignError(f"{part} template, line {exc.lineno}: {exc.message}") from None
+
+
+def _run(template: Any, context: dict[str, Any], part: str) -> str:
+    try:
+        return template.render(context)
+    except SecurityError as exc:
+        raise RenderError(f"{part} template tried something the sandbox forbids: {exc}") from None
+    except Exception as exc:  # any template bug fails this one letter, never the sender
+        raise RenderError(f"{part} template failed: {type(exc).__name__}: {exc}") from None
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _date() -> str:
+    """RFC 5322 date in UTC, formatted once per second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).replace(" GMT", " +0000"))
+    return _date_cache[1]
+
+
+class Renderer:
+    """Renders letters, compiling each campaign's templates once (small LRU by campaign id)."""
+
+    def __init__(self, cache_size: int = _CACHE_SIZE) -> None:
+        self._cache: OrderedDict[Any, CompiledCampaign] = OrderedDict()
+        self._size = cache_size
+
+    def compiled(self, campaign: Mapping[str, Any]) -> CompiledCampaign:
+        key = campaign.get("id") if isinstance(campaign, Mapping) else None
+        hit = self._cache.get(key)
+        if hit is not None and (hit.source is campaign or hit.source == campaign):
+            return hit
+        compiled = CompiledCampaign(campaign)
+        self._cache[key] = compiled
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        return compiled
+
+    def render(self, campaign: Mapping[str, Any], recipient: Mapping[str, Any]) -> Letter:
+        """Build one letter; RenderError for this letter's problem, CampaignError for the campaign's."""
+        return self.compiled(campaign).render(recipient)
+
+
+def example_pair() -> dict[str, Any]:
+    """A campaign and a recipient in the shapes the panel pushes: a starting point for `render`."""
+    return {
+        "campaign": {
+            "id": 12,
+            "subject": "News for {{ name }}",
+            "from_email": "news@example.com",
+            "from_name": "Example News",
+            "reply_to": None,
+            "text": "Hello {{ name }},\n\nThe weather in {{ city }} is fine.\n\nUnsubscribe: {{ unsubscribe_url }}\n",
+            "html": "<p>Hello {{ name }},</p>\n<p>The weather in {{ city }} is fine.</p>\n"
+                    "<p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></p>\n",
+            "encoding": "quoted-printable",
+            "message_id_domain": "example.com",
+            "bounce_domain": "bounces.example.com",
+            "unsubscribe_url": "http://127.0.0.1:5000/u/",
+        },
+        "recipient": {
+            "id": 9001, "email": "ann@example.org", "fields": {"name": "Ann", "city": "Oslo"},
+            "source_ip": "127.0.0.2", "token": "9001-3f2a9c1b7e",
+        },
+    }
