@@ -1,0 +1,194 @@
+"""Shared fixtures: the mail capture and real Exim instances delivering to it.
+
+Every process a fixture starts is stopped at teardown, whether the test passed or not.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devserver.exim import BASE_PYTHON, REPO_ROOT, Exim, EximError, EximSettings, default_bounce_pipe_command, exim_user_can
+from devserver.mail_capture import CaptureServer
+from devserver.ports import free_port
+
+DEFAULT_SOURCE_IPS = [("127.0.0.2", "ip2.worker.test"), ("127.0.0.3", "ip3.worker.test")]
+BOUNCE_DOMAIN = "bounces.test"
+BOUNCE_INTAKE = REPO_ROOT / "worker_agent" / "bounce_intake.py"
+
+# Used while worker_agent/bounce_intake.py does not exist yet: stores each piped message
+# in the spool (atomically) with the RECIPIENT Exim passed, like the real intake's contract.
+STUB_BOUNCE_INTAKE = '''\
+"""Test stand-in for worker_agent/bounce_intake.py: keep each piped message in the spool."""
+import os
+import sys
+import time
+
+try:
+    spool = sys.argv[1]
+    data = sys.stdin.buffer.read()
+    name = "%d.%d" % (time.time_ns(), os.getpid())
+    tmp = os.path.join(spool, "." + name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(b"X-Stub-Recipient: " + os.environ.get("RECIPIENT", "").encode() + b"\\n" + data)
+    os.rename(tmp, os.path.join(spool, name + ".eml"))
+except OSError as exc:
+    print("stub bounce intake: %s" % exc)
+    sys.exit(75)
+'''
+
+
+@pytest.fixture(scope="session")
+def exim_tmp_base() -> Iterator[Path]:
+    """A session directory the Exim user can reach.
+
+    pytest's own tmp_path lives under a 0700 directory, which Exim's receiving and
+    delivering processes (running as Debian-exim) cannot enter.
+    """
+    base = Path(tempfile.mkdtemp(prefix="mailfleet-tests-"))
+    base.chmod(0o711)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def exim_tmp(exim_tmp_base: Path, request: pytest.FixtureRequest) -> Path:
+    """A per-test directory reachable by the Exim user (use it for Exim rundirs and bounce spools)."""
+    prefix = "".join(c if c.isalnum() else "_" for c in request.node.name)[:40] + "-"
+    path = Path(tempfile.mkdtemp(dir=exim_tmp_base, prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def stub_bounce_intake(exim_tmp: Path) -> Path:
+    """The stdlib stand-in for the bounce intake, readable by the Exim user."""
+    script = exim_tmp / "stub_bounce_intake.py"
+    script.write_text(STUB_BOUNCE_INTAKE, encoding="utf-8")
+    script.chmod(0o644)
+    return script
+
+
+def _real_bounce_intake(exim_tmp: Path) -> Path | None:
+    """worker_agent/bounce_intake.py where the Exim user can read it, or None if it does not exist yet."""
+    if not BOUNCE_INTAKE.exists():
+        return None
+    if exim_user_can("-r", BOUNCE_INTAKE):
+        return BOUNCE_INTAKE
+    # The checkout is not readable by Debian-exim (e.g. under /root): run a copy of the package.
+    agent_dir = exim_tmp / "agent"
+    if not agent_dir.exists():
+        shutil.copytree(REPO_ROOT / "worker_agent", agent_dir / "worker_agent",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [agent_dir, *agent_dir.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    return agent_dir / "worker_agent" / "bounce_intake.py"
+
+
+@pytest.fixture
+def bounce_pipe_command(exim_tmp: Path, stub_bounce_intake: Path) -> Callable[[Path], str]:
+    """Builds the pipe command for a bounce spool: the real intake when present, else the stub."""
+
+    def build(spool: Path) -> str:
+        real = _real_bounce_intake(exim_tmp)
+        if real is not None:
+            return default_bounce_pipe_command(spool, agent_dir=real.parent.parent)
+        return shlex.join([BASE_PYTHON, str(stub_bounce_intake), str(spool)])
+
+    return build
+
+
+@pytest.fixture
+def capture(tmp_path: Path) -> Iterator[CaptureServer]:
+    """The recipients' mail servers: a mail capture with its Maildir in tmp_path."""
+    server = CaptureServer(tmp_path / "captured")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+EximFactory = Callable[..., Exim]
+
+
+@pytest.fixture
+def exim_factory(
+    capture: CaptureServer,
+    exim_tmp: Path,
+    bounce_pipe_command: Callable[[Path], str],
+    stub_bounce_intake: Path,
+) -> Iterator[EximFactory]:
+    """Builds and starts an Exim delivering every remote domain to `capture`.
+
+    ``exim_factory(source_ips=[(ip, helo), ...], *, bounce_domains=["bounces.test"],
+    stub_intake=False, queue_only=False, **template_overrides) -> Exim``; the bounce
+    spool is ``exim.bounce_spool`` (in exim_tmp) and the pipe runs the real bounce
+    intake when worker_agent/bounce_intake.py exists (the stub with stub_intake=True
+    or until then). All are stopped at teardown, and a
+    non-empty panic log fails the test.
+    """
+    started: list[Exim] = []
+
+    def make(
+        source_ips: Sequence[tuple[str, str]] = DEFAULT_SOURCE_IPS,
+        *,
+        bounce_domains: Sequence[str] = (BOUNCE_DOMAIN,),
+        stub_intake: bool = False,
+        queue_only: bool = False,
+        **overrides: Any,
+    ) -> Exim:
+        number = len(started)
+        spool = exim_tmp / f"bounces{number}"
+        last_error: EximError | None = None
+        for _attempt in range(3):  # the free port may be taken before Exim binds it
+            exim = Exim(
+                EximSettings(
+                    rundir=exim_tmp / f"exim{number}",
+                    smtp_port=free_port(),
+                    source_ips=list(source_ips),
+                    smarthost=("127.0.0.1", capture.port),
+                    bounce_domains=list(bounce_domains),
+                    bounce_spool=spool,
+                    bounce_pipe_command=(
+                        shlex.join([BASE_PYTHON, str(stub_bounce_intake), str(spool)])
+                        if stub_intake
+                        else bounce_pipe_command(spool)
+                    ),
+                    queue_only=queue_only,
+                    overrides=overrides,
+                )
+            )
+            started.append(exim)
+            try:
+                exim.start()
+                return exim
+            except EximError as exc:
+                if "in use" not in str(exc):
+                    raise
+                last_error = exc
+                # Not this configuration's fault: forget the attempt and its panic log.
+                started.remove(exim)
+                shutil.rmtree(exim.log_directory, ignore_errors=True)
+        raise AssertionError(f"Exim could not get a free port: {last_error}")
+
+    try:
+        yield make
+    finally:
+        for exim in started:
+            exim.stop()
+    panics = [f"{e.paniclog}:\n{e.paniclog.read_text()}" for e in started if e.paniclog.exists() and e.paniclog.stat().st_size]
+    if panics:
+        pytest.fail("Exim wrote to its panic log:\n" + "\n".join(panics))
+
+
+@pytest.fixture
+def exim(exim_factory: EximFactory) -> Exim:
+    """An Exim with source IPs 127.0.0.2 (HELO ip2.worker.test) and 127.0.0.3 (ip3.worker.test)."""
+    return exim_factory()
