@@ -1,0 +1,124 @@
+"""The agent's HTTPS API for the panel (docs/agent-protocol.md), served by gunicorn with TLS.
+
+Every body is opened with ``protocol.unseal`` against the endpoint's own path and its
+nonce is recorded in the queue DB, so a stale, altered, misaddressed or replayed request
+is refused with 403 before it can change anything. Replies are sealed with ``reply_to``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, request
+
+from . import __version__, protocol, render
+from .config import AgentConfig, load_config
+from .queue import CAMPAIGN_STATES, QueueDB, QueueError
+
+log = logging.getLogger("worker_agent.api")
+
+MAX_BODY = 64 * 1024 * 1024  # a sealed batch of several thousand recipients is a few MB at most
+MAX_RECIPIENTS = 50_000
+
+Handler = Callable[[Any], dict[str, Any]]
+
+
+class RequestError(Exception):
+    """The request opened fine but asks for something wrong: a sealed 400 {"error": ...}."""
+
+
+def create_app(config: AgentConfig | None = None) -> Flask:
+    """The Flask app; without ``config`` it reads the file named by $MAILFLEET_AGENT_CONFIG."""
+    config = config or load_config()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    key = config.read_key()
+    queue = QueueDB(config.queue_db)
+    _register_endpoints(app, key, queue)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return app
+
+
+def _register_endpoints(app: Flask, key: bytes, queue: QueueDB) -> None:
+    handlers: dict[str, Handler] = {
+        "/v1/ping": lambda data: _ping(queue, data),
+        "/v1/batches": lambda data: _batches(queue, data),
+        "/v1/outcomes": lambda data: _outcomes(queue, data),
+        "/v1/campaigns/state": lambda data: _campaign_state(queue, data),
+    }
+    for path, handler in handlers.items():
+        app.add_url_rule(path, path, _sealed_view(path, handler, key, queue), methods=["POST"])
+
+
+def _sealed_view(path: str, handler: Handler, key: bytes, queue: QueueDB) -> Callable[[], Response]:
+    def view() -> Response:
+        try:
+            opened = protocol.unseal(key, path, request.get_data(cache=False))
+            if not queue.remember_nonce(opened.nonce, max(time.time(), opened.sent_at) + protocol.MAX_AGE):
+                raise protocol.ProtocolError("message was replayed (nonce already seen)")
+        except protocol.ProtocolError as exc:
+            # only the reason and who asked: never the body or the key
+            log.warning("refused %s from %s: %s", path, request.remote_addr, exc.reason)
+            return Response(f"refused: {exc.reason}", status=403, mimetype="text/plain")
+        try:
+            reply, status = handler(opened.data), 200
+        except (RequestError, QueueError, render.CampaignError) as exc:
+            reply, status = {"error": str(exc)}, 400
+        _, body = protocol.seal(key, path, reply, reply_to=opened.nonce)
+        return Response(body, status=status, content_type=protocol.CONTENT_TYPE)
+
+    view.__name__ = "sealed_" + path.strip("/").replace("/", "_")
+    return view
+
+
+def _object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise RequestError("request body must be a JSON object")
+    return data
+
+
+def _ping(queue: QueueDB, data: Any) -> dict[str, Any]:
+    queued, sending = queue.counts()
+    return {"ok": True, "version": __version__, "queued": queued, "sending": sending, "time": int(time.time())}
+
+
+def _batches(queue: QueueDB, data: Any) -> dict[str, Any]:
+    data = _object(data)
+    batch_id = data.get("batch_id")
+    if not isinstance(batch_id, str) or not batch_id or len(batch_id) > 200:
+        raise RequestError("batch_id must be a non-empty string")
+    campaign, recipients = data.get("campaign"), data.get("recipients")
+    render.CompiledCampaign(campaign)  # checks fields and compiles the templates: a syntax error is the panel's to fix
+    if not isinstance(recipients, list) or len(recipients) > MAX_RECIPIENTS:
+        raise RequestError(f"recipients must be a list of at most {MAX_RECIPIENTS}")
+    for n, recipient in enumerate(recipients):
+        try:
+            render.check_recipient(recipient)
+            ipaddress.ip_address(recipient["source_ip"])
+        except (render.CampaignError, ValueError) as exc:
+            raise RequestError(f"recipients[{n}]: {exc}") from None
+    queued, duplicates = queue.queue_batch(batch_id, campaign, recipients)
+    return {"batch_id": batch_id, "queued": queued, "duplicates": duplicates}
+
+
+def _outcomes(queue: QueueDB, data: Any) -> dict[str, Any]:
+    ack = _object(data).get("ack", 0)
+    if isinstance(ack, bool) or not isinstance(ack, int) or ack < 0:
+        raise RequestError("ack must be a whole number >= 0")
+    return queue.outcomes(ack)
+
+
+def _campaign_state(queue: QueueDB, data: Any) -> dict[str, Any]:
+    data = _object(data)
+    campaign_id, state = data.get("campaign_id"), data.get("state")
+    if isinstance(campaign_id, bool) or not isinstance(campaign_id, int):
+        raise RequestError("campaign_id must be an integer")
+    if state not in CAMPAIGN_STATES:
+        raise RequestError(f"state must be one of {', '.join(CAMPAIGN_STATES)}")
+    affected = queue.set_campaign_state(campaign_id, state)
+    return {"campaign_id": campaign_id, "state": state, "affected": affected}

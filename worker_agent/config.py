@@ -1,0 +1,178 @@
+"""The agent's settings: one JSON file, named by ``--config`` or $MAILFLEET_AGENT_CONFIG."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_VAR = "MAILFLEET_AGENT_CONFIG"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``per_minute`` letters per (source IP, recipient domain); "*" matches any."""
+
+    source_ip: str
+    domain: str
+    per_minute: float
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    data_dir: Path
+    key_file: Path
+    cert_file: Path
+    cert_key_file: Path
+    bounce_spool: Path
+    exim_mainlog: Path
+    listen: str = "127.0.0.1:8443"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_connections: int = 4
+    source_ips: tuple[str, ...] = ()
+    rate_limits: tuple[RateLimit, ...] = ()
+    hostname: str = field(default_factory=socket.gethostname)
+    max_attempts: int = 5  # submissions tried per letter before it is reported failed
+    path: Path | None = None  # the file this came from, so `serve` can hand it on
+
+    @property
+    def queue_db(self) -> Path:
+        return self.data_dir / "queue.sqlite3"
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def read_key(self) -> bytes:
+        try:
+            return self.key_file.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read key_file {self.key_file}: {exc.strerror}; run `python -m worker_agent init`") from None
+
+    def rate_for(self, source_ip: str, domain: str) -> float | None:
+        """Letters per minute for this pair: the most specific rule wins, None = unlimited."""
+        best: tuple[int, float] | None = None
+        for rule in self.rate_limits:
+            if rule.source_ip not in ("*", source_ip) or rule.domain not in ("*", domain):
+                continue
+            rank = (rule.source_ip != "*") * 2 + (rule.domain != "*")
+            if best is None or rank > best[0]:
+                best = (rank, rule.per_minute)
+        return None if best is None else best[1]
+
+
+def config_path_from(arg: str | None) -> Path:
+    raw = arg or os.environ.get(ENV_VAR)
+    if not raw:
+        raise ConfigError(f"no config file: pass --config PATH or set {ENV_VAR}")
+    return Path(raw)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> AgentConfig:
+    """Read and check the config; raise ConfigError (never a traceback) when unusable."""
+    file = config_path_from(str(path) if path is not None else None).absolute()
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"config file {file} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {file} must hold a JSON object")
+    return parse_config(raw, base=file.parent, path=file)
+
+
+_KNOWN = {
+    "data_dir", "key_file", "cert_file", "cert_key_file", "bounce_spool", "exim_mainlog", "listen",
+    "smtp_host", "smtp_port", "smtp_connections", "source_ips", "rate_limits", "hostname", "max_attempts",
+}
+
+
+def parse_config(raw: dict[str, Any], *, base: Path, path: Path | None = None) -> AgentConfig:
+    unknown = sorted(set(raw) - _KNOWN)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)} (known: {', '.join(sorted(_KNOWN))})")
+    if not isinstance(raw.get("data_dir"), str) or not raw["data_dir"]:
+        raise ConfigError("config needs \"data_dir\": the directory for the queue database and keys")
+
+    def a_path(key: str, default: Path) -> Path:
+        value = raw.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"config \"{key}\" must be a path string")
+        return (base / value).absolute()  # relative paths are relative to the config file
+
+    def an_int(key: str, default: int, low: int, high: int) -> int:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"config \"{key}\" must be a whole number from {low} to {high}, not {value!r}")
+        return value
+
+    data_dir = a_path("data_dir", base)
+    listen = raw.get("listen", "127.0.0.1:8443")
+    if not isinstance(listen, str) or not listen.rpartition(":")[2].isdigit():
+        raise ConfigError(f"config \"listen\" must look like \"127.0.0.1:8443\", not {listen!r}")
+    source_ips = raw.get("source_ips", [])
+    if not isinstance(source_ips, list) or not all(isinstance(ip, str) for ip in source_ips):
+        raise ConfigError("config \"source_ips\" must be a list of IP address strings")
+    for ip in source_ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ConfigError(f"config \"source_ips\": {ip!r} is not an IP address") from None
+    hostname = raw.get("hostname") or socket.gethostname()
+    if not isinstance(hostname, str):
+        raise ConfigError("config \"hostname\" must be a string")
+    smtp_host = raw.get("smtp_host", "127.0.0.1")
+    if not isinstance(smtp_host, str) or not smtp_host:
+        raise ConfigError("config \"smtp_host\" must be a host name or address")
+    return AgentConfig(
+        data_dir=data_dir,
+        key_file=a_path("key_file", data_dir / "agent.key"),
+        cert_file=a_path("cert_file", data_dir / "agent-cert.pem"),
+        cert_key_file=a_path("cert_key_file", data_dir / "agent-cert-key.pem"),
+        bounce_spool=a_path("bounce_spool", data_dir / "bounces"),
+        exim_mainlog=a_path("exim_mainlog", Path("/var/log/exim4/mainlog")),
+        listen=listen,
+        smtp_host=smtp_host,
+        smtp_port=an_int("smtp_port", 25, 1, 65535),
+        smtp_connections=an_int("smtp_connections", 4, 1, 64),
+        source_ips=tuple(source_ips),
+        rate_limits=_rate_limits(raw.get("rate_limits")),
+        hostname=hostname,
+        max_attempts=an_int("max_attempts", 5, 1, 100),
+        path=path,
+    )
+
+
+def _rate_limits(value: Any) -> tuple[RateLimit, ...]:
+    """``[{"source_ip": "*", "domain": "gmail.com", "per_minute": 600}, …]``; missing keys mean "*"."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError("config \"rate_limits\" must be a list of {\"source_ip\", \"domain\", \"per_minute\"}")
+    rules = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or set(item) - {"source_ip", "domain", "per_minute"}:
+            raise ConfigError(f"config \"rate_limits\"[{i}] must be {{\"source_ip\", \"domain\", \"per_minute\"}}")
+        rate = item.get("per_minute")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0:
+            raise ConfigError(f"config \"rate_limits\"[{i}].per_minute must be a number above 0")
+        ip, domain = item.get("source_ip", "*"), item.get("domain", "*")
+        if not isinstance(ip, str) or not isinstance(domain, str):
+            raise ConfigError(f"config \"rate_limits\"[{i}]: source_ip and domain must be strings")
+        rules.append(RateLimit(ip, domain.lower(), float(rate)))
+    return tuple(rules)
