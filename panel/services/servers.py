@@ -22,7 +22,7 @@ class ServerError(Exception):
 @dataclass(frozen=True)
 class SourceIP:
     ip: str
-    helo: str
+    helo: str = ""  # empty: the server's host name
 
 
 def user_servers(user: User) -> list[Server]:
@@ -57,17 +57,21 @@ def _check_host(host: str) -> str:
     return host.lower().rstrip(".")
 
 
-def parse_source_ip(spec: str, default_helo: str) -> SourceIP:
+def parse_source_ip(spec: str) -> SourceIP:
     """`IP` or `IP=HELO` as given on the command line."""
     ip, _, helo = spec.partition("=")
     try:
         ip = str(ipaddress.ip_address(ip.strip()))
     except ValueError:
         raise ServerError(f"{spec!r}: {ip.strip()!r} is not an IP address (use IP or IP=HELO)") from None
-    helo = helo.strip() or default_helo
+    return SourceIP(ip=ip, helo=_check_helo(helo, spec) if helo.strip() else "")
+
+
+def _check_helo(helo: str, where: str) -> str:
+    helo = helo.strip()
     if not _HOSTNAME_RE.fullmatch(helo):
-        raise ServerError(f"{spec!r}: {helo!r} is not a host name to greet with (HELO)")
-    return SourceIP(ip=ip, helo=helo.lower().rstrip("."))
+        raise ServerError(f"{where!r}: {helo!r} is not a host name to greet with (HELO)")
+    return helo.lower().rstrip(".")
 
 
 def register_server(
@@ -104,7 +108,10 @@ def register_server(
         user_id=user.id, name=name, host=host, api_port=port, agent_key=agent_key,
         cert_fingerprint=fingerprint, status="new", outcome_ack=0,
     )
-    server.ips = [ServerIP(ip=item.ip, helo=item.helo, weight=1, active=True) for item in ips]
+    server.ips = [
+        ServerIP(ip=item.ip, helo=_check_helo(item.helo, item.ip) if item.helo else host, weight=1, active=True)
+        for item in ips
+    ]
     db.session.add(server)
     db.session.flush()
     return server
