@@ -1,0 +1,152 @@
+"""Campaigns: list, compose and edit drafts, preview, watch and control sending."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
+
+from ...extensions import db
+from ...models import Campaign
+from ...services.campaigns import (
+    CampaignInput,
+    CampaignInvalid,
+    CampaignLocked,
+    campaign_variables,
+    get_campaign,
+    latest_failures,
+    save_campaign,
+    user_campaigns,
+)
+from ...services.letters import preview_letter
+from ...services.lists import user_lists
+from ...services.sending import SendingError, campaign_stats, set_campaign_state, start_campaign
+from ...services.servers import user_servers
+from .forms import CampaignForm, PreviewForm
+
+bp = Blueprint("campaigns", __name__, url_prefix="/campaigns", template_folder="templates")
+
+ACTION_DONE = {"start": "started", "pause": "paused", "resume": "resumed", "cancel": "cancelled"}
+
+
+@bp.before_request
+@login_required
+def _require_login() -> None:
+    pass
+
+
+def _own_campaign(campaign_id: int) -> Campaign:
+    campaign = get_campaign(current_user, campaign_id)
+    if campaign is None:
+        abort(404)
+    return campaign
+
+
+def _compose(form: CampaignForm, campaign: Campaign | None):
+    lists = user_lists(current_user)
+    form.set_choices(lists, user_servers(current_user))
+    status = 200
+    if form.validate_on_submit():
+        text, html = form.bodies()
+        data = CampaignInput(
+            name=form.name.data, subject=form.subject.data, from_email=form.from_email.data,
+            from_name=form.from_name.data, reply_to=form.reply_to.data, text=text, html=html,
+            encoding=form.encoding.data, lists=form.lists.data, exclude_lists=form.exclude_lists.data,
+            servers=form.servers.data,
+        )
+        try:
+            campaign = save_campaign(current_user, data, campaign)
+        except CampaignLocked as exc:
+            db.session.rollback()
+            flash(f"{exc}.", "error")
+            return redirect(url_for("campaigns.view", campaign_id=campaign.id))
+        except CampaignInvalid as exc:
+            db.session.rollback()
+            for name, messages in exc.errors.items():
+                getattr(form, name).errors.extend(messages)
+            status = 400
+        else:
+            db.session.commit()
+            flash("Draft saved.", "success")
+            return redirect(url_for("campaigns.view", campaign_id=campaign.id))
+    elif form.is_submitted():
+        status = 400
+    fields = {item.id: item.fields for item in lists}
+    return render_template("campaigns/compose.html", form=form, campaign=campaign, list_fields=fields), status
+
+
+@bp.get("/")
+def index():
+    return render_template("campaigns/index.html", campaigns=user_campaigns(current_user))
+
+
+@bp.route("/new", methods=["GET", "POST"])
+def new():
+    return _compose(CampaignForm(), None)
+
+
+@bp.route("/<int:campaign_id>/edit", methods=["GET", "POST"])
+def edit(campaign_id: int):
+    campaign = _own_campaign(campaign_id)
+    if campaign.status != "draft":
+        flash(f"This campaign is {campaign.status}; only a draft can be edited.", "error")
+        return redirect(url_for("campaigns.view", campaign_id=campaign.id))
+    form = CampaignForm(obj=campaign) if request.method == "GET" else CampaignForm()
+    if request.method == "GET":
+        form.format.data = campaign.format
+        form.lists.data = [item.id for item in campaign.lists]
+        form.exclude_lists.data = [item.id for item in campaign.exclude_lists]
+        form.servers.data = [item.id for item in campaign.servers]
+    return _compose(form, campaign)
+
+
+@bp.get("/<int:campaign_id>")
+def view(campaign_id: int):
+    campaign = _own_campaign(campaign_id)
+    return render_template(
+        "campaigns/view.html",
+        campaign=campaign,
+        stats=campaign_stats(campaign),
+        failures=latest_failures(campaign),
+        variables=campaign_variables(campaign),
+    )
+
+
+@bp.get("/<int:campaign_id>/stats")
+def stats(campaign_id: int):
+    """The live counts the campaign page polls (session auth)."""
+    campaign = _own_campaign(campaign_id)
+    failures = [
+        {"email": item.email, "status": item.status, "code": item.code, "reply": item.reply,
+         "at": item.updated_at.strftime("%Y-%m-%d %H:%M:%S")}
+        for item in latest_failures(campaign)
+    ]
+    return jsonify(stats=campaign_stats(campaign), failures=failures)
+
+
+@bp.post("/<int:campaign_id>/<any(start, pause, resume, cancel):action>")
+def control(campaign_id: int, action: str):
+    campaign = _own_campaign(campaign_id)
+    try:
+        if action == "start":
+            start_campaign(current_user, campaign)
+        else:
+            set_campaign_state(current_user, campaign, action)
+    except SendingError as exc:
+        db.session.rollback()
+        flash(f"Could not {action} the campaign: {exc}.", "error")
+    else:
+        db.session.commit()
+        flash(f"Campaign {ACTION_DONE[action]}.", "success")
+    return redirect(url_for("campaigns.view", campaign_id=campaign_id))
+
+
+@bp.get("/<int:campaign_id>/preview")
+def preview(campaign_id: int):
+    campaign = _own_campaign(campaign_id)
+    form = PreviewForm(request.args)
+    config = current_app.config
+    letter = preview_letter(
+        current_user, campaign, (form.email.data or "").strip() or None,
+        public_url=config["PUBLIC_URL"], bounce_domain=config["BOUNCE_DOMAIN"], secret=config["SECRET_KEY"],
+    )
+    return render_template("campaigns/preview.html", campaign=campaign, form=form, letter=letter)

@@ -1,0 +1,64 @@
+from flask_wtf import FlaskForm
+from wtforms import RadioField, SelectField, SelectMultipleField, StringField, TextAreaField, widgets
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import DataRequired, Length, Optional
+
+from ...models import ENCODINGS
+
+FORMATS = [
+    SelectChoice("plain", "Plain text"),
+    SelectChoice("html", "HTML"),
+    SelectChoice("multipart", "Both (multipart/alternative)"),
+]
+ENCODING_LABELS = {"7bit": "7bit (plain ASCII)", "quoted-printable": "Quoted-printable", "base64": "Base64"}
+
+
+class MultiCheckboxField(SelectMultipleField):
+    widget = widgets.ListWidget(prefix_label=False)
+    option_widget = widgets.CheckboxInput()
+
+
+class CampaignForm(FlaskForm):
+    name = StringField("Campaign name", validators=[DataRequired(), Length(max=200)])
+    subject = StringField("Subject", validators=[DataRequired(), Length(max=998)])
+    from_email = StringField("From address", validators=[DataRequired(), Length(max=320)])
+    from_name = StringField("From name", validators=[Optional(), Length(max=200)])
+    reply_to = StringField("Reply-To address", validators=[Optional(), Length(max=320)])
+    format = RadioField("Format", choices=FORMATS, default="plain")
+    text = TextAreaField("Text body")
+    html = TextAreaField("HTML body")
+    encoding = SelectField(
+        "Transfer encoding", choices=[SelectChoice(e, ENCODING_LABELS[e]) for e in ENCODINGS], default="quoted-printable"
+    )
+    lists = SelectMultipleField("Send to lists", coerce=int)
+    exclude_lists = SelectMultipleField("Exclude lists", coerce=int)
+    servers = MultiCheckboxField("Send through servers", coerce=int)
+
+    def set_choices(self, lists, servers) -> None:
+        list_choices = [SelectChoice(item.id, f"{item.name} ({item.recipient_count:,})") for item in lists]
+        self.lists.choices = list_choices
+        self.exclude_lists.choices = list_choices
+        self.servers.choices = [SelectChoice(item.id, f"{item.name} ({item.host})") for item in servers]
+
+    def validate(self, extra_validators=None) -> bool:
+        ok = super().validate(extra_validators)
+        fmt = self.format.data
+        if fmt in ("plain", "multipart") and not (self.text.data or "").strip():
+            self.text.errors.append("Write the text body.")
+            ok = False
+        if fmt in ("html", "multipart") and not (self.html.data or "").strip():
+            self.html.errors.append("Write the HTML body.")
+            ok = False
+        return ok
+
+    def bodies(self) -> tuple[str | None, str | None]:
+        """The text and HTML bodies the chosen format keeps."""
+        fmt = self.format.data
+        return (self.text.data if fmt != "html" else None, self.html.data if fmt != "plain" else None)
+
+
+class PreviewForm(FlaskForm):
+    class Meta:
+        csrf = False  # a GET that changes nothing
+
+    email = StringField("Preview for", validators=[Optional()])
