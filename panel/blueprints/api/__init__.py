@@ -1,0 +1,265 @@
+"""The JSON API under /api/v1 (see DESIGN.md): bearer tokens, JSON in and out.
+
+Every error is `{"error": "<what was wrong and what to do>"}` with its status code; another
+user's object is a 404, exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, g, jsonify, request, url_for
+
+from ...extensions import db
+from ...models import Campaign, MailingList, Server
+from ...services.campaigns import CampaignInput, CampaignInvalid, get_campaign, save_campaign, user_campaigns
+from ...services.csv_import import ImportFailed, import_csv, import_records
+from ...services.lists import ListError, ListNameTaken, create_list, get_list, user_lists
+from ...services.sending import SendingError, campaign_stats, set_campaign_state, start_campaign
+from ...services.servers import user_servers
+from ...services.users import user_for_token
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+CAMPAIGN_STRINGS = ("name", "subject", "from_email", "from_name", "reply_to", "text", "html", "encoding")
+CAMPAIGN_ID_LISTS = ("lists", "exclude_lists", "servers")
+CAMPAIGN_REQUIRED = ("name", "subject", "from_email", "lists")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@bp.errorhandler(ApiError)
+def _api_error(error: ApiError):
+    response = jsonify(error=error.message)
+    response.status_code = error.status
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="mailfleet"'
+    return response
+
+
+@bp.before_request
+def _authenticate() -> None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "send your API token as Authorization: Bearer <token> "
+                            "(make one with: flask --app panel users create-token EMAIL)")
+    user = user_for_token(token.strip())
+    if user is None:
+        raise ApiError(401, "this API token is not valid: check it, or make a new one with "
+                            "flask --app panel users create-token EMAIL")
+    db.session.commit()  # its last-used time
+    g.api_user = user
+
+
+def _json_body() -> Any:
+    if not request.is_json:
+        raise ApiError(415, "send JSON with Content-Type: application/json")
+    data = request.get_json(silent=True)
+    if data is None:
+        raise ApiError(400, "the body is not valid JSON")
+    return data
+
+
+def _json_object() -> dict[str, Any]:
+    data = _json_body()
+    if not isinstance(data, dict):
+        raise ApiError(400, "send a JSON object")
+    return data
+
+
+def _list_json(item: MailingList) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "name": item.name,
+        "fields": list(item.fields),
+        "recipient_count": item.recipient_count,
+        "created_at": item.created_at.isoformat() + "Z",
+    }
+
+
+def _campaign_json(item: Campaign) -> dict[str, Any]:
+    def when(value):
+        return value.isoformat() + "Z" if value else None
+
+    return {
+        "id": item.id,
+        "name": item.name,
+        "status": item.status,
+        "subject": item.subject,
+        "from_email": item.from_email,
+        "from_name": item.from_name,
+        "reply_to": item.reply_to,
+        "text": item.text,
+        "html": item.html,
+        "format": item.format,
+        "encoding": item.encoding,
+        "lists": [x.id for x in item.lists],
+        "exclude_lists": [x.id for x in item.exclude_lists],
+        "servers": [x.id for x in item.servers],
+        "total": item.total,
+        "created_at": when(item.created_at),
+        "started_at": when(item.started_at),
+        "finished_at": when(item.finished_at),
+    }
+
+
+def _server_json(item: Server) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "name": item.name,
+        "host": item.host,
+        "status": item.status,
+        "last_seen_at": item.last_seen_at.isoformat() + "Z" if item.last_seen_at else None,
+        "ips": [{"ip": ip.ip, "helo": ip.helo, "active": ip.active} for ip in item.ips],
+    }
+
+
+def _own_list(list_id: int) -> MailingList:
+    item = get_list(g.api_user, list_id)
+    if item is None:
+        raise ApiError(404, f"you have no list {list_id}: GET /api/v1/lists shows yours")
+    return item
+
+
+def _own_campaign(campaign_id: int) -> Campaign:
+    item = get_campaign(g.api_user, campaign_id)
+    if item is None:
+        raise ApiError(404, f"you have no campaign {campaign_id}: GET /api/v1/campaigns shows yours")
+    return item
+
+
+# -- lists -------------------------------------------------------------------------------
+
+@bp.get("/lists")
+def lists_index():
+    return jsonify([_list_json(item) for item in user_lists(g.api_user)])
+
+
+@bp.post("/lists")
+def lists_create():
+    data = _json_object()
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ApiError(400, 'give the list a name: {"name": "Newsletter"}')
+    try:
+        item = create_list(g.api_user, name)
+    except ListNameTaken as exc:
+        raise ApiError(409, str(exc)) from None
+    except ListError as exc:
+        raise ApiError(400, str(exc)) from None
+    db.session.commit()
+    response = jsonify(_list_json(item))
+    response.status_code = 201
+    response.headers["Location"] = url_for("api.lists_view", list_id=item.id)
+    return response
+
+
+@bp.get("/lists/<int:list_id>")
+def lists_view(list_id: int):
+    return jsonify(_list_json(_own_list(list_id)))
+
+
+@bp.post("/lists/<int:list_id>/recipients")
+def lists_add_recipients(list_id: int):
+    item = _own_list(list_id)
+    mimetype = request.mimetype
+    try:
+        if mimetype == "text/csv":
+            charset = request.mimetype_params.get("charset", "utf-8").lower()
+            if charset not in ("utf-8", "utf8"):
+                raise ApiError(415, "send the CSV as UTF-8 (Content-Type: text/csv; charset=utf-8)")
+            report = import_csv(item, request.stream)
+        elif request.is_json:
+            report = import_records(item, _json_body())
+        else:
+            raise ApiError(415, "send a JSON array of objects (Content-Type: application/json) "
+                                "or a CSV file (Content-Type: text/csv)")
+    except ImportFailed as exc:
+        db.session.rollback()
+        raise ApiError(400, f"nothing was imported: {exc}") from None
+    db.session.commit()
+    return jsonify(report.as_dict())
+
+
+# -- campaigns ---------------------------------------------------------------------------
+
+def _campaign_input(data: dict[str, Any]) -> CampaignInput:
+    known = set(CAMPAIGN_STRINGS) | set(CAMPAIGN_ID_LISTS)
+    unknown = sorted(key for key in data if key not in known)
+    if unknown:
+        raise ApiError(400, f"unknown field(s) {', '.join(unknown)}: the fields are {', '.join(sorted(known))}")
+    missing = [key for key in CAMPAIGN_REQUIRED if data.get(key) in (None, "", [])]
+    if missing:
+        raise ApiError(400, f"missing {', '.join(missing)}: a campaign needs a name, subject, from_email and lists")
+    for key in CAMPAIGN_STRINGS:
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise ApiError(400, f"{key} must be a string")
+    for key in CAMPAIGN_ID_LISTS:
+        value = data.get(key, [])
+        if value is None:
+            value = []
+        if not isinstance(value, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+            raise ApiError(400, f"{key} must be an array of ids (whole numbers)")
+    return CampaignInput(
+        name=data["name"], subject=data["subject"], from_email=data["from_email"],
+        from_name=data.get("from_name"), reply_to=data.get("reply_to"),
+        text=data.get("text"), html=data.get("html"), encoding=data.get("encoding") or "quoted-printable",
+        lists=data["lists"], exclude_lists=data.get("exclude_lists") or [], servers=data.get("servers") or [],
+    )
+
+
+@bp.get("/campaigns")
+def campaigns_index():
+    return jsonify([_campaign_json(item) for item in user_campaigns(g.api_user)])
+
+
+@bp.post("/campaigns")
+def campaigns_create():
+    data = _campaign_input(_json_object())
+    try:
+        item = save_campaign(g.api_user, data)
+    except CampaignInvalid as exc:
+        db.session.rollback()
+        raise ApiError(400, str(exc)) from None
+    db.session.commit()
+    response = jsonify(_campaign_json(item))
+    response.status_code = 201
+    response.headers["Location"] = url_for("api.campaigns_view", campaign_id=item.id)
+    return response
+
+
+@bp.get("/campaigns/<int:campaign_id>")
+def campaigns_view(campaign_id: int):
+    return jsonify(_campaign_json(_own_campaign(campaign_id)))
+
+
+@bp.get("/campaigns/<int:campaign_id>/stats")
+def campaigns_stats(campaign_id: int):
+    return jsonify(campaign_stats(_own_campaign(campaign_id)))
+
+
+@bp.post("/campaigns/<int:campaign_id>/<any(start, pause, resume, cancel):action>")
+def campaigns_control(campaign_id: int, action: str):
+    item = _own_campaign(campaign_id)
+    try:
+        if action == "start":
+            start_campaign(g.api_user, item)
+        else:
+            set_campaign_state(g.api_user, item, action)
+    except SendingError as exc:
+        db.session.rollback()
+        raise ApiError(409, str(exc)) from None
+    db.session.commit()
+    return jsonify(_campaign_json(item))
+
+
+# -- servers -----------------------------------------------------------------------------
+
+@bp.get("/servers")
+def servers_index():
+    return jsonify([_server_json(item) for item in user_servers(g.api_user)])
