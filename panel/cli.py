@@ -1,7 +1,161 @@
-"""`flask --app panel …` commands."""
+"""`flask --app panel …` commands: users and tokens, list imports, servers, the database.
 
+Each command prints what a script needs on stdout (a token, a report, an id) and its
+errors on stderr as one plain sentence, with exit status 1; never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
 from flask import Flask
+from flask.cli import AppGroup, with_appcontext
+
+from .extensions import db
+from .models import User
+from .services.csv_import import ImportFailed, import_csv
+from .services.lists import ListError, create_list, find_list
+from .services.servers import ServerError, parse_source_ip, register_server
+from .services.users import UserError, create_api_token, create_user, find_user, generate_password
+
+users_cli = AppGroup("users", help="Create users and API tokens.")
+lists_cli = AppGroup("lists", help="Import recipients into lists.")
+servers_cli = AppGroup("servers", help="Register sending servers.")
+
+
+def fail(message: str) -> NoReturn:
+    """Roll back, print the reason and exit 1."""
+    db.session.rollback()
+    raise click.ClickException(message)
+
+
+def _user(email: str) -> User:
+    user = find_user(email)
+    if user is None:
+        fail(f"there is no user {email}: create it with `flask --app panel users create {email}`")
+    return user
+
+
+@users_cli.command("create")
+@click.argument("email")
+@click.option("--password", help="The password; without it one is generated and printed.")
+def users_create(email: str, password: str | None) -> None:
+    """Create a user who can log in to the panel. Prints the generated password, if any."""
+    generated = password is None
+    if password is None:
+        password = generate_password()
+    try:
+        user = create_user(email, password)
+    except UserError as exc:
+        fail(str(exc))
+    db.session.commit()
+    if generated:
+        click.echo(f"Created user {user.email}; the password below is shown only now.", err=True)
+        click.echo(password)
+    else:
+        click.echo(f"Created user {user.email}.", err=True)
+
+
+@users_cli.command("create-token")
+@click.argument("email")
+@click.option("--name", default="cli", show_default=True, help="A name to tell the token apart by.")
+def users_create_token(email: str, name: str) -> None:
+    """Create an API token for a user. Prints only the token (it is not stored and cannot be shown again)."""
+    user = _user(email)
+    try:
+        token = create_api_token(user, name)
+    except UserError as exc:
+        fail(str(exc))
+    db.session.commit()
+    click.echo(token)
+
+
+@lists_cli.command("import")
+@click.argument("list_id_or_name")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=str))
+@click.option("--user", "email", required=True, help="The e-mail of the user who owns the list.")
+def lists_import(list_id_or_name: str, file: str, email: str) -> None:
+    """Import a CSV FILE (`-` for stdin) into a list, by id or name (a new name creates the list).
+
+    Prints the report as JSON: {"added", "duplicates", "rejected": [{"row", "email", "reason"}]}.
+    """
+    user = _user(email)
+    mailing_list = find_list(user, list_id_or_name)
+    if mailing_list is None:
+        if list_id_or_name.isdigit():
+            fail(f"{email} has no list {list_id_or_name}")
+        try:
+            mailing_list = create_list(user, list_id_or_name)
+        except ListError as exc:
+            fail(str(exc))
+        click.echo(f"Created list {mailing_list.name!r} (id {mailing_list.id}).", err=True)
+    try:
+        if file == "-":
+            report = import_csv(mailing_list, sys.stdin.buffer)
+        else:
+            with open(file, "rb") as stream:
+                report = import_csv(mailing_list, stream)
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}")
+    except ImportFailed as exc:
+        fail(f"nothing was imported: {exc}")
+    db.session.commit()
+    click.echo(json.dumps(report.as_dict(), ensure_ascii=False))
+    click.echo(
+        f"{report.added} added, {report.duplicates} already on the list, {len(report.rejected)} rejected; "
+        f"the list {mailing_list.name!r} now has {mailing_list.recipient_count}.",
+        err=True,
+    )
+
+
+@servers_cli.command("add")
+@click.option("--user", "email", required=True, help="The e-mail of the user who owns the server.")
+@click.option("--name", required=True, help="A name to show in the panel.")
+@click.option("--host", required=True, help="Host name or IP address of the worker agent.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8443, show_default=True, help="The agent's HTTPS port.")
+@click.option("--key-file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File holding the agent's Fernet key.")
+@click.option("--fingerprint", required=True, help="SHA-256 of the agent's TLS certificate (hex, colons allowed).")
+@click.option("--ip", "ips", multiple=True, required=True, metavar="IP[=HELO]",
+              help="A source IP the server sends from, and the name it greets with (default: the host). Repeatable.")
+def servers_add(email: str, name: str, host: str, port: int, key_file: Path, fingerprint: str,
+                ips: tuple[str, ...]) -> None:
+    """Register a worker whose agent is already running. Prints the new server's id."""
+    user = _user(email)
+    try:
+        key = key_file.read_text().strip()
+    except OSError as exc:
+        fail(f"cannot read the key file {key_file}: {exc.strerror}")
+    except UnicodeDecodeError:
+        fail(f"{key_file} does not hold a Fernet key (it is not text)")
+    try:
+        source_ips = [parse_source_ip(spec) for spec in ips]
+        server = register_server(
+            user, name=name, host=host, port=port, agent_key=key, fingerprint=fingerprint, ips=source_ips
+        )
+    except ServerError as exc:
+        fail(str(exc))
+    db.session.commit()
+    click.echo(f"Registered server {server.name!r} with {len(server.ips)} source IP(s); id {server.id}", err=True)
+    click.echo(server.id)
+
+
+@click.command("init-db")
+@with_appcontext
+def init_db() -> None:
+    """Create or upgrade the database to the newest schema (Alembic migrations)."""
+    from flask_migrate import upgrade
+
+    upgrade()
+    click.echo("The database is up to date.", err=True)
 
 
 def register_commands(app: Flask) -> None:
-    pass
+    app.cli.add_command(users_cli)
+    app.cli.add_command(lists_cli)
+    app.cli.add_command(servers_cli)
+    app.cli.add_command(init_db)
