@@ -44,7 +44,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ACTIONS = ("accept", "defer", "reject")
@@ -173,6 +173,62 @@ class CaptureHandler:
         return f"250 2.0.0 OK queued as {names[0] if names else 'nothing'}"
 
 
+class CaptureSMTP(SMTP):
+    """aiosmtpd's server with a faster DATA: the message is read in large pieces.
+
+    aiosmtpd reads DATA one line at a time, several microseconds of Python per line,
+    which held a single connection under 1,000 letters/s. The reply texts, the
+    checks before DATA and the handler hook are the same.
+    """
+
+    line_length_limit = 1 << 16  # the reader's buffer limit: DATA comes in pieces of up to this
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        pieces: list[bytes] = []
+        size = 0
+        tail = b""
+        while True:
+            try:
+                piece = await self._reader.readuntil(b".\r\n")
+            except asyncio.LimitOverrunError as exc:  # no "." + CRLF within the buffer limit yet
+                piece = await self._reader.readexactly(exc.consumed)
+                pieces.append(piece)
+                size += len(piece)
+                tail = (tail + piece)[-5:]
+                continue
+            pieces.append(piece)
+            size += len(piece)
+            tail = (tail + piece)[-5:]
+            # The end is a line holding a single dot, not any line ending in a dot.
+            if tail == b"\r\n.\r\n" or size == 3:
+                break
+        data = b"".join(pieces)[:-3]
+        if self.data_size_limit and len(data) > self.data_size_limit:
+            self._set_post_data_state()
+            await self.push("552 Error: Too much mail data")
+            return
+        # Undo dot-stuffing (RFC 5321 4.5.2): a leading dot on any line is dropped.
+        content = (b"\r\n" + data).replace(b"\r\n.", b"\r\n")[2:]
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
@@ -185,7 +241,7 @@ async def serve(host: str, port: int, maildir: Path, rules_file: Path | None) ->
     handler = CaptureHandler(MaildirWriter(maildir), Rules(rules_file))
 
     def factory() -> SMTP:
-        return SMTP(handler, hostname=SERVER_NAME, ident="Mailfleet mail capture", enable_SMTPUTF8=True, loop=loop)
+        return CaptureSMTP(handler, hostname=SERVER_NAME, ident="Mailfleet mail capture", enable_SMTPUTF8=True, loop=loop)
 
     server = await loop.create_server(factory, host=host, port=port)
     bound = server.sockets[0].getsockname()

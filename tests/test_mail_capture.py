@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
@@ -102,6 +103,31 @@ def test_a_broken_rules_file_keeps_the_last_good_rules(capture: CaptureServer) -
 def test_set_rule_refuses_an_unknown_action(capture: CaptureServer) -> None:
     with pytest.raises(ValueError, match="accept, defer, reject"):
         capture.set_rule("ann@example.org", "bounce")
+
+
+def _dialogue(port: int, script: bytes) -> bytes:
+    """Send raw SMTP (pipelined, in one write) and return every reply until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.recv(1024)  # banner
+        sock.sendall(script)
+        replies = b""
+        while chunk := sock.recv(65536):
+            replies += chunk
+    return replies
+
+
+def test_data_transparency_and_pipelining(capture: CaptureServer) -> None:
+    body = b"Subject: dots\r\n\r\nends with a dot.\r\n..\r\n...leading dots\r\n.\r\n"
+    # The client stuffed a dot in front of every line starting with one; the lone "." ends DATA.
+    script = (b"EHLO raw.test\r\nMAIL FROM:<x@sender.test>\r\nRCPT TO:<ann@example.org>\r\nDATA\r\n"
+              + body + b"MAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n.\r\nQUIT\r\n")
+    replies = _dialogue(capture.port, script)
+    assert replies.count(b"250 2.0.0 OK queued as ") == 2
+    assert replies.endswith(b"221 Bye\r\n")
+    first, empty = wait_for_count(capture, 2, timeout=10)
+    assert first.raw == b"Subject: dots\n\nends with a dot.\n.\n..leading dots\n"
+    assert first.helo == "raw.test"
+    assert (empty.rcpt_to, empty.mail_from, empty.raw) == ("bob@example.org", "", b"")
 
 
 def test_readers_never_see_half_a_message(capture: CaptureServer) -> None:
