@@ -1,0 +1,262 @@
+"""The sender process: claim letters, render them, submit them to the local Exim.
+
+One main thread claims due letters in chunks and renders them (CPU work, one core);
+``smtp_connections`` threads each hold an SMTP connection to Exim and submit; the main
+thread records their results in batches. A thread follows Exim's main log, and bounce
+spool files are collected between rounds. SIGTERM stops claiming, lets the letters in
+flight finish and be recorded, puts unstarted ones back, then exits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import queue as stdlib_queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import bounce_spool
+from .config import AgentConfig, ConfigError
+from .exim_log import EximLogReader
+from .queue import Claimed, QueueDB
+from .rate_limit import RateLimiter
+from .render import CampaignError, Letter, Renderer, RenderError
+from .smtp_submit import EximSubmitter, Outcome
+
+log = logging.getLogger("worker_agent.sender")
+
+CHUNK = 200  # letters claimed per round
+IDLE_WAIT = 0.2  # s between looks at an idle queue
+RETRY_DELAYS = (30.0, 120.0, 600.0, 1800.0, 3600.0)  # s before attempt 2, 3, …
+UNREACHABLE_BACKOFF = (1.0, 30.0)  # s: first and longest pause while the local Exim does not answer
+HOUSEKEEPING_EVERY = 1.0  # s: bounce spool, cancelled campaigns
+
+
+@dataclass
+class _Work:
+    claimed: Claimed
+    letter: Letter
+
+
+@dataclass
+class _Results:
+    submitted: list[tuple[int, str | None, int, str]] = field(default_factory=list)
+    failed: list[tuple[int, int | None, str]] = field(default_factory=list)
+    retry: list[tuple[int, float, int | None, str]] = field(default_factory=list)
+    release: list[tuple[int, float]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.submitted or self.failed or self.retry or self.release)
+
+
+class Sender:
+    def __init__(self, config: AgentConfig, stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.stop = stop or threading.Event()
+        self.queue = QueueDB(config.queue_db)
+        self.renderer = Renderer()
+        self.limiter = RateLimiter(config.rate_for)
+        self._work: stdlib_queue.Queue[_Work | None] = stdlib_queue.Queue()
+        self._done: stdlib_queue.Queue[tuple[Claimed, Outcome]] = stdlib_queue.Queue()
+        self._in_flight = 0
+        self._campaigns: dict[int, tuple[str, dict[str, Any]]] = {}
+        self._paused_until = 0.0  # the local Exim did not answer: no claims until then
+        self._unreachable = 0
+        self.retry_delays = RETRY_DELAYS
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        lock = _take_lock(self.config)
+        try:
+            # We hold the sender lock, so every claimed letter belongs to a sender that is gone.
+            requeued, failed = self.queue.recover_claims(time.time(), self.config.max_attempts)
+            if requeued or failed:
+                log.info("recovered claimed letters: %d queued again, %d failed", requeued, failed)
+            threads = [threading.Thread(target=self._submit_loop, name=f"smtp-{i}", daemon=True)
+                       for i in range(self.config.smtp_connections)]
+            reader = EximLogReader(self.queue, self.config.exim_mainlog)
+            threads.append(threading.Thread(target=reader.run, args=(self.stop,), name="exim-log", daemon=True))
+            for t in threads:
+                t.start()
+            log.info("sender started: %d SMTP connections to %s:%d, following %s", self.config.smtp_connections,
+                     self.config.smtp_host, self.config.smtp_port, self.config.exim_mainlog)
+            self._main_loop()
+            self._shutdown(threads)
+        finally:
+            lock.close()
+            self.queue.close()
+
+    def _shutdown(self, threads: list[threading.Thread]) -> None:
+        unstarted: list[int] = []
+        while True:  # letters not yet picked up by a thread go back to the queue as they were
+            try:
+                item = self._work.get_nowait()
+            except stdlib_queue.Empty:
+                break
+            if item is not None:
+                unstarted.append(item.claimed.id)
+                self._in_flight -= 1
+        now = time.time()
+        self.queue.finish(release=[(i, now) for i in unstarted], max_attempts=self.config.max_attempts)
+        deadline = time.monotonic() + 90
+        while self._in_flight > 0 and time.monotonic() < deadline:
+            self._record(self._gather(timeout=0.5))
+        for _ in threads:
+            self._work.put(None)
+        for t in threads:
+            t.join(timeout=10)
+        log.info("sender stopped")
+
+    # -- main thread --------------------------------------------------------------------------
+
+    def _main_loop(self) -> None:
+        next_housekeeping = 0.0
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if now >= next_housekeeping:
+                self._housekeeping()
+                next_housekeeping = now + HOUSEKEEPING_EVERY
+            results = self._gather(timeout=0)
+            if results:
+                self._record(results)
+            room = self.config.smtp_connections * 50 - self._in_flight
+            claimed = 0
+            if room >= CHUNK // 2 and time.monotonic() >= self._paused_until:
+                claimed = self._claim_and_render(min(room, CHUNK))
+            if not claimed and not results:
+                self._record(self._gather(timeout=IDLE_WAIT))  # wakes as soon as a result comes in
+
+    def _housekeeping(self) -> None:
+        try:
+            bounce_spool.collect(self.queue, self.config.bounce_spool)
+            bounce_spool.remove_stale_tmp(self.config.bounce_spool)
+            self.queue.cancel_orphans()
+        except Exception:
+            log.exception("housekeeping failed; trying again")
+
+    def _claim_and_render(self, limit: int) -> int:
+        claimed = self.queue.claim(limit)
+        if not claimed:
+            return 0
+        self.limiter.new_round()
+        wall = time.time()
+        failed: list[tuple[int, int | None, str]] = []
+        release: list[tuple[int, float]] = []
+        campaigns: dict[int, dict[str, Any]] = {}
+        for c in claimed:
+            wait = self.limiter.wait(c.source_ip, c.email.rpartition("@")[2].lower())
+            if wait > 0:
+                release.append((c.id, wall + wait))
+                continue
+            try:
+                campaign = campaigns.get(c.campaign_id)
+                if campaign is None:
+                    campaign = campaigns[c.campaign_id] = self._campaign(c.campaign_id)
+                letter = self.renderer.render(campaign, c.recipient())
+            except RenderError as exc:
+                failed.append((c.id, None, f"letter could not be built: {exc.reason}"))
+                continue
+            except CampaignError as exc:
+                failed.append((c.id, None, f"campaign is unusable: {exc}"))
+                continue
+            self._in_flight += 1
+            self._work.put(_Work(c, letter))
+        if failed or release:
+            self.queue.finish(failed=failed, release=release, max_attempts=self.config.max_attempts)
+        return len(claimed)
+
+    def _campaign(self, campaign_id: int) -> dict[str, Any]:
+        """The campaign object, parsed again only when the panel pushed a changed one."""
+        row = self.queue.conn().execute("SELECT json FROM campaigns WHERE id = ?", (campaign_id,)).fetchone()
+        text = row[0] if row and row[0] else None
+        if text is None:
+            raise CampaignError(f"campaign {campaign_id} is not known to this agent")
+        cached = self._campaigns.get(campaign_id)
+        if cached is None or cached[0] != text:
+            cached = self._campaigns[campaign_id] = (text, json.loads(text))
+        return cached[1]
+
+    def _gather(self, timeout: float) -> _Results:
+        results = _Results()
+        try:
+            item = self._done.get(timeout=timeout) if timeout else self._done.get_nowait()
+        except stdlib_queue.Empty:
+            return results
+        now = time.time()
+        while True:
+            claimed, outcome = item
+            self._in_flight -= 1
+            self._sort(results, claimed, outcome, now)
+            try:
+                item = self._done.get_nowait()
+            except stdlib_queue.Empty:
+                return results
+
+    def _sort(self, results: _Results, claimed: Claimed, outcome: Outcome, now: float) -> None:
+        if outcome.kind == "sent":
+            results.submitted.append((claimed.id, outcome.exim_id, outcome.code or 250, outcome.text))
+            self._unreachable = 0
+        elif outcome.kind == "failed":
+            results.failed.append((claimed.id, outcome.code, outcome.text))
+        elif outcome.kind == "retry":
+            delay = self.retry_delays[min(claimed.attempts, len(self.retry_delays)) - 1]
+            results.retry.append((claimed.id, now + delay, outcome.code, outcome.text))
+        else:  # unreachable: not the letter's fault, so it keeps its attempts; pause claiming
+            results.release.append((claimed.id, now))
+            pause = min(UNREACHABLE_BACKOFF[0] * 2 ** self._unreachable, UNREACHABLE_BACKOFF[1])
+            if time.monotonic() >= self._paused_until:
+                self._unreachable += 1
+                self._paused_until = time.monotonic() + pause
+                log.warning("%s; pausing %.0f s", outcome.text, pause)
+
+    def _record(self, results: _Results) -> None:
+        if results:
+            self.queue.finish(submitted=results.submitted, failed=results.failed, retry=results.retry,
+                              release=results.release, max_attempts=self.config.max_attempts)
+
+    # -- SMTP threads -------------------------------------------------------------------------
+
+    def _submit_loop(self) -> None:
+        submitter = EximSubmitter(self.config.smtp_host, self.config.smtp_port, self.config.hostname)
+        try:
+            while True:
+                item = self._work.get()
+                if item is None:
+                    return
+                try:
+                    outcome = submitter.submit(item.letter)
+                except Exception as exc:  # never lose track of a claimed letter
+                    log.exception("submitting letter %d failed", item.claimed.id)
+                    outcome = Outcome("retry", None, f"agent error while submitting: {exc}")
+                self._done.put((item.claimed, outcome))
+        finally:
+            submitter.close()
+
+
+class SenderLockError(ConfigError):
+    pass
+
+
+def _take_lock(config: AgentConfig) -> Any:
+    """One sender per data_dir: startup recovery relies on it."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(config.data_dir / "sender.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise SenderLockError(f"another sender is already running on {config.data_dir}") from None
+    return lock
+
+
+def run_sender(config: AgentConfig) -> None:
+    """Run until SIGTERM or SIGINT."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    Sender(config, stop).run()
