@@ -1,0 +1,96 @@
+"""100,000 letters queued: the agent's processes (API + sender) stay under 120 MB RSS together."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from devserver.ports import free_port
+from worker_agent import protocol
+from worker_agent.config import AgentConfig
+
+from .conftest import make_campaign
+from .test_api import pinned_pool
+
+REPO = Path(__file__).resolve().parents[2]
+LETTERS = 100_000
+BATCH = 5_000
+LIMIT_MB = 120
+
+
+def tree_rss(process: subprocess.Popen[bytes]) -> int:
+    root = psutil.Process(process.pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "worker_agent", *args], cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def test_a_hundred_thousand_queued_letters_fit_in_120_mb(write_config: Any, tmp_path: Path) -> None:
+    port = free_port()
+    # Exim "down" (nothing on smtp_port): the sender keeps claiming and putting back the whole time
+    config: AgentConfig = write_config(listen=f"127.0.0.1:{port}", smtp_port=free_port())
+    init = subprocess.run([sys.executable, "-m", "worker_agent", "init", "--config", str(config.path)],
+                          cwd=REPO, capture_output=True, check=True)
+    fingerprint = json.loads(init.stdout)["fingerprint"]
+    key = config.read_key()
+    api = start(["serve", "--config", str(config.path)], tmp_path / "api.log")
+    sender = start(["sender", "--config", str(config.path)], tmp_path / "sender.log")
+    try:
+        pool = pinned_pool(port, fingerprint)
+
+        def call(path: str, data: Any) -> Any:
+            deadline = time.monotonic() + 30
+            while True:
+                nonce, body = protocol.seal(key, path, data)
+                try:
+                    response = pool.request("POST", path, body=body)
+                    break
+                except Exception:
+                    assert api.poll() is None and time.monotonic() < deadline, (tmp_path / "api.log").read_text()
+                    time.sleep(0.2)
+            assert response.status == 200, response.data
+            return protocol.unseal(key, path, response.data).data
+
+        campaign = make_campaign(text="Hello {{ name }}, " + "x" * 1500 + "\n")
+        peak = 0
+        for n in range(LETTERS // BATCH):
+            recipients = [{"id": i, "email": f"user{i}@example.org", "fields": {"name": f"Reader {i}", "code": f"C{i}"},
+                           "source_ip": "127.0.0.2", "token": f"{i}-{i:010x}"}
+                          for i in range(n * BATCH + 1, (n + 1) * BATCH + 1)]
+            assert call("/v1/batches", {"batch_id": f"b{n}", "campaign": campaign, "recipients": recipients})[
+                "queued"] == BATCH
+            peak = max(peak, tree_rss(api) + tree_rss(sender))
+        ping = call("/v1/ping", {})
+        assert ping["queued"] + ping["sending"] == LETTERS
+        time.sleep(2)  # the sender goes on claiming and putting back meanwhile
+        assert sender.poll() is None, (tmp_path / "sender.log").read_text()
+        now = tree_rss(api) + tree_rss(sender)
+        peak = max(peak, now)
+        print(json.dumps({"queued": LETTERS, "rss_mb_now": round(now / 2**20, 1), "rss_mb_peak": round(peak / 2**20, 1)}))
+        assert peak < LIMIT_MB * 2**20, f"agent processes peaked at {peak / 2**20:.1f} MB"
+    finally:
+        stop(sender)
+        stop(api)
