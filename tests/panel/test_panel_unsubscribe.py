@@ -1,0 +1,96 @@
+"""The unsubscribe link and RFC 8058 one-click POST."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from panel.extensions import db
+from panel.models import Campaign, Delivery, Suppression, User
+from panel.services.sending import start_campaign
+from panel.services.tokens import delivery_token
+
+SECRET = "test-secret-key"  # the app fixture's SECRET_KEY
+
+
+@pytest.fixture
+def delivery(app, seed, alice):
+    list_id = seed.list(alice, "People", [{"email": "ann@example.org", "name": "Ann"}])
+    seed.server(alice)
+    campaign_id = seed.campaign(alice, [list_id])
+    with app.app_context():
+        start_campaign(db.session.get(User, alice), db.session.get(Campaign, campaign_id))
+        db.session.commit()
+        delivery_id = db.session.scalar(select(Delivery.id))
+    return {"id": delivery_id, "token": delivery_token(SECRET, delivery_id), "user": alice}
+
+
+def suppressed(seed):
+    return seed.query(lambda s: [(x.user_id, x.email, x.reason) for x in s.scalars(select(Suppression))])
+
+
+def test_get_shows_a_confirmation_and_changes_nothing(client, seed, delivery):
+    response = client.get(f"/u/{delivery['token']}")
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert "ann@example.org" in page and '<button type="submit" class="primary">Unsubscribe</button>' in page
+    assert f'action="/u/{delivery["token"]}"' in page
+    assert suppressed(seed) == []
+    assert seed.get(Delivery, delivery["id"]).unsubscribed_at is None
+
+
+def test_post_from_the_page_unsubscribes_without_csrf_or_login(client, seed, delivery):
+    response = client.post(f"/u/{delivery['token']}")
+    assert response.status_code == 200  # a page, not a redirect
+    assert "You are unsubscribed" in response.get_data(as_text=True)
+    assert suppressed(seed) == [(delivery["user"], "ann@example.org", "unsubscribe")]
+    assert seed.get(Delivery, delivery["id"]).unsubscribed_at is not None
+    again = client.get(f"/u/{delivery['token']}").get_data(as_text=True)
+    assert "already unsubscribed" in again
+
+
+def test_one_click_post_and_repeats_are_idempotent(client, seed, delivery):
+    for _ in range(2):
+        response = client.post(f"/u/{delivery['token']}", data="List-Unsubscribe=One-Click",
+                               content_type="application/x-www-form-urlencoded")
+        assert response.status_code == 200
+    assert suppressed(seed) == [(delivery["user"], "ann@example.org", "unsubscribe")]
+
+
+def test_stats_count_the_unsubscribe(client, seed, delivery):
+    client.post(f"/u/{delivery['token']}", data={"List-Unsubscribe": "One-Click"})
+    with seed.app.app_context():
+        from panel.services.sending import campaign_stats
+
+        campaign = db.session.scalar(select(Campaign))
+        assert campaign_stats(campaign)["unsubscribed"] == 1
+
+
+def test_the_address_is_left_out_of_the_next_campaign(client, app, seed, delivery):
+    client.post(f"/u/{delivery['token']}")
+    list_id = seed.query(lambda s: s.scalar(select(Campaign)).lists[0].id)
+    more = seed.list(delivery["user"], "More", [{"email": "zed@example.org"}, {"email": "ann@example.org"}])
+    campaign_id = seed.campaign(delivery["user"], [list_id, more])
+    with app.app_context():
+        total = start_campaign(db.session.get(User, delivery["user"]), db.session.get(Campaign, campaign_id))
+        assert total == 1
+        assert db.session.scalars(select(Delivery.email).where(Delivery.campaign_id == campaign_id)).all() == [
+            "zed@example.org"
+        ]
+
+
+@pytest.mark.parametrize("token", ["1-0000000000", "1", "abc", "1-", "99999-deadbeef00"])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_forged_tokens_are_404(client, seed, delivery, token, method):
+    response = client.open(f"/u/{token}", method=method, data="List-Unsubscribe=One-Click",
+                           content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 404
+    assert "text/html" in response.content_type
+    assert suppressed(seed) == []
+
+
+def test_a_token_for_a_deleted_delivery_is_404(client, app, seed, delivery):
+    with app.app_context():
+        db.session.delete(db.session.get(Delivery, delivery["id"]))
+        db.session.commit()
+    assert client.get(f"/u/{delivery['token']}").status_code == 404
