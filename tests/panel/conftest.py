@@ -81,6 +81,16 @@ def make_app(db_path: Path, **overrides: Any) -> Flask:
     return create_app(config)
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scrypt at its production cost takes ~0.1 s a hash; the tests make hundreds."""
+    from functools import partial
+
+    from werkzeug.security import generate_password_hash
+
+    monkeypatch.setattr(user_service, "generate_password_hash", partial(generate_password_hash, method="pbkdf2:sha256:1000"))
+
+
 @pytest.fixture(scope="session")
 def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty database made by `flask db upgrade` (the real migrations), once per session."""
