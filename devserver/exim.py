@@ -187,6 +187,7 @@ def _require_exim_user_access(path: Path, test_flag: str, what: str) -> None:
 
 @contextlib.contextmanager
 def _trusted_configs_locked() -> Iterator[None]:
+    _TRUSTED_CONFIGS_LOCK.parent.mkdir(parents=True, exist_ok=True)
     with open(_TRUSTED_CONFIGS_LOCK, "a", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield

@@ -384,7 +384,8 @@ def test_start_explains_a_directory_the_exim_user_cannot_reach(tmp_path: Path) -
 
 def test_start_fails_fast_when_the_port_is_taken(exim: Exim, exim_tmp: Path) -> None:
     clash = Exim(EximSettings(rundir=exim_tmp / "clash", smtp_port=exim.settings.smtp_port, source_ips=[],
-                              smarthost=None, bounce_domains=[], bounce_spool=None))
+                              smarthost=None, bounce_domains=[], bounce_spool=None,
+                              bounce_pipe_command="/bin/true"))
     try:
         with pytest.raises(EximError, match="Address already in use"):
             clash.start()
