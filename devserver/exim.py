@@ -446,6 +446,10 @@ class Exim:
                 return False
             time.sleep(0.1)
 
+    def queue_run(self, timeout: float = 300) -> None:
+        """One queue run now that, like the daemon's, skips messages whose retry time has not come (`-q`)."""
+        self._exim("-q", timeout=timeout)
+
     def force_queue_run(self, timeout: float = 300, two_stage: bool = False) -> None:
         """Try every queued message now, retry times and frozen state notwithstanding (`-qff`).
 

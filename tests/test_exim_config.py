@@ -305,6 +305,9 @@ def test_remote_defer_and_reject_are_logged_and_the_reject_bounces_to_the_pipe(
         assert b"Status: 5.0.0" in dsn
     assert capture.count() == 0
     assert exim.queue_count() == 1  # the deferred letter waits for its retry
+    # Queue runs that skip it (retry time not reached) add no "==" lines: one per real attempt.
+    exim.queue_run()
+    assert len([line for line in exim.log_lines() if " == busy@example.org " in line]) == 1
 
 
 @pytest.mark.parametrize("local_part", ["bounce+4242-f00d", "unsubscribe+4242-f00d"])
