@@ -116,8 +116,7 @@ CONFIG_VARIANTS = {
     "dnslookup, as on a worker": {
         "smarthost": None,
         "listen": "0.0.0.0",
-        "overrides": {"exim_listen_addresses": ["0.0.0.0", "::"], "exim_smtp_port": 25,
-                      "exim_daemon_startup_retries": 9},
+        "overrides": {"exim_listen_addresses": [], "exim_smtp_port": 25, "exim_daemon_startup_retries": 9},
     },
     "ipv6 source ip": {"source_ips": [("127.0.0.2", "ip2.worker.test"), ("2001:db8::25", "ip6.worker.test")]},
     "no source ips, no bounce domains": {"source_ips": [], "bounce_domains": []},
@@ -375,6 +374,21 @@ def test_stop_leaves_no_process_and_unregisters_the_config(exim_factory: EximFac
     assert str(exim.config_path) not in TRUSTED_CONFIGS.read_text().splitlines()
     assert not exim.pid_file.exists()
     exim.stop()  # stopping twice is harmless
+
+
+def test_daemon_listens_on_every_interface_by_default(exim_tmp: Path) -> None:
+    # The role's default: no local_interfaces. Listing both 0.0.0.0 and :: instead makes
+    # the second bind fail ("Address already in use: daemon abandoned").
+    port = free_port()
+    settings = EximSettings(rundir=exim_tmp / "all", smtp_port=port, source_ips=[], smarthost=None,
+                            bounce_domains=[], bounce_spool=None, bounce_pipe_command="/bin/true",
+                            listen="0.0.0.0", overrides={"exim_listen_addresses": []})
+    with Exim(settings) as exim:
+        assert f"listening for SMTP on port {port} (IPv6 and IPv4)" in exim.log_lines()[0]
+        for host in ("127.0.0.1", "::1"):
+            with smtplib.SMTP(host, port) as smtp:
+                assert smtp.noop()[0] == 250
+    assert not exim.paniclog.exists()
 
 
 def test_start_explains_a_directory_the_exim_user_cannot_reach(tmp_path: Path) -> None:
