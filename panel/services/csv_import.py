@@ -61,10 +61,12 @@ class _Importer:
         self.report = ImportReport()
         self.pending: dict[str, dict[str, Any]] = {}
         self.new_fields: list[str] = []
+        self.known_fields = set(mailing_list.fields)
 
     def note_fields(self, names: Iterable[str]) -> None:
         for name in names:
-            if name not in self.mailing_list.fields and name not in self.new_fields:
+            if name not in self.known_fields:
+                self.known_fields.add(name)
                 self.new_fields.append(name)
 
     def reject(self, row: int, email: Any, reason: str) -> None:
@@ -82,6 +84,7 @@ class _Importer:
         if email in self.pending:
             self.report.duplicates += 1
             return
+        self.note_fields(fields)
         self.pending[email] = fields
         if len(self.pending) >= CHUNK_SIZE:
             self.flush()
@@ -186,7 +189,6 @@ def import_csv(mailing_list: MailingList, stream: IO[bytes]) -> ImportReport:
     try:
         header = next(reader)
         email_index, columns = _header(header)
-        importer.note_fields(name for _, name in columns)
         width = len(header)
         line = reader.line_num
         for cells in reader:
@@ -234,6 +236,5 @@ def import_records(mailing_list: MailingList, records: Any) -> ImportReport:
         if problem:
             importer.reject(row, record.get(email_keys[0]), problem)
             continue
-        importer.note_fields(fields)
         importer.add(row, record[email_keys[0]], fields)
     return importer.finish()

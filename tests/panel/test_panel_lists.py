@@ -187,3 +187,19 @@ def test_import_failed_leaves_the_session_to_roll_back(app, seed, alice):
             import_csv(db.session.get(MailingList, list_id), io.BytesIO(b"email\na@example.org\n\xff\n"))
         db.session.rollback()
     assert recipients(seed, list_id) == []
+
+
+def test_fields_of_rejected_rows_are_not_added(app, seed, alice):
+    from panel.services.csv_import import import_records
+
+    list_id = seed.list(alice, "People")
+    with app.app_context():
+        from panel.extensions import db
+
+        report = import_records(db.session.get(MailingList, list_id), [
+            {"email": "ann@example.org", "name": "Ann"},
+            {"email": "broken", "secret_field": "x"},
+        ])
+        db.session.commit()
+    assert report.added == 1
+    assert seed.get(MailingList, list_id).fields == ["name"]
