@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
+from sqlalchemy.exc import SQLAlchemyError
 
 from .extensions import db
 from .models import User
@@ -22,9 +23,22 @@ from .services.lists import ListError, create_list, find_list
 from .services.servers import ServerError, parse_source_ip, register_server
 from .services.users import UserError, create_api_token, create_user, find_user, generate_password
 
-users_cli = AppGroup("users", help="Create users and API tokens.")
-lists_cli = AppGroup("lists", help="Import recipients into lists.")
-servers_cli = AppGroup("servers", help="Register sending servers.")
+class PanelGroup(AppGroup):
+    """Commands whose database errors end in one plain sentence instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SQLAlchemyError as exc:  # the app context (and its session) is gone by now
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise click.ClickException(
+                f"the database refused: {reason} (is it up to date? run `flask --app panel init-db`)"
+            ) from None
+
+
+users_cli = PanelGroup("users", help="Create users and API tokens.")
+lists_cli = PanelGroup("lists", help="Import recipients into lists.")
+servers_cli = PanelGroup("servers", help="Register sending servers.")
 
 
 def fail(message: str) -> NoReturn:

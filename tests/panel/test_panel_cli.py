@@ -175,3 +175,10 @@ def test_a_user_made_on_the_cli_can_log_in(runner, browser):
     response = browser.post("/login", {"email": "ops@example.com", "password": "long enough pw"})
     assert response.status_code == 302
     assert browser.get("/lists/").status_code == 200
+
+
+def test_a_database_without_tables_gives_a_plain_error(empty_app):
+    result = empty_app.test_cli_runner().invoke(args=["users", "create", "a@example.com", "--password", "long enough"])
+    assert result.exit_code == 1
+    assert "the database refused: no such table: users" in result.stderr
+    assert "init-db" in result.stderr and "Traceback" not in result.output
