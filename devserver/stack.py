@@ -7,10 +7,13 @@ stopped by `stop()`, in reverse order.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from .exim import Exim, EximSettings
+from .exim import Exim, EximSettings, default_bounce_pipe_command, exim_user_can
 from .mail_capture import CaptureServer
 from .ports import free_port
 
@@ -105,6 +108,19 @@ class LocalStack:
         self.processes[name] = process
         return process
 
+    def _wait_port(self, name: str, port: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            process = self.processes[name]
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}; see {self.logs / (name + '.log')}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{name} did not listen on port {port} within {timeout:.0f} s")
+
     def _wait_http(self, name: str, url: str, timeout: float = 30.0, **kwargs) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -125,17 +141,45 @@ class LocalStack:
         )
         self.capture.start()
 
+    @property
+    def exim_home(self) -> Path:
+        """Where Exim's run directory and the bounce spool live: under the root when the Exim
+        user (Debian-exim) can reach it, else in /var/lib/mailfleet-dev (a checkout under /root)."""
+        if exim_user_can("-x", self.root):
+            return self.root
+        home = Path("/var/lib/mailfleet-dev") / hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        home.mkdir(parents=True, exist_ok=True)
+        for path in (home.parent, home):
+            path.chmod(0o711)
+        return home
+
+    @property
+    def bounce_spool(self) -> Path:
+        return self.exim_home / "bounces"
+
+    def _bounce_pipe_command(self) -> str:
+        """The agent's bounce intake, copied where Debian-exim can read it if the checkout is not."""
+        if exim_user_can("-r", REPO / "worker_agent" / "bounce_intake.py"):
+            return default_bounce_pipe_command(self.bounce_spool)
+        code = self.exim_home / "agent-code"
+        shutil.rmtree(code, ignore_errors=True)
+        shutil.copytree(REPO / "worker_agent", code / "worker_agent", ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [code, *code.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        return default_bounce_pipe_command(self.bounce_spool, agent_dir=code)
+
     def start_exim(self) -> None:
         assert self.capture is not None
         self.exim_port = self.exim_port or free_port()
         self.exim = Exim(
             EximSettings(
-                rundir=self.root / "exim",
+                rundir=self.exim_home / "exim",
                 smtp_port=self.exim_port,
                 source_ips=self.settings.source_ips,
                 smarthost=("127.0.0.1", self.capture.port),
                 bounce_domains=[BOUNCE_DOMAIN],
-                bounce_spool=self.root / "agent" / "bounces",
+                bounce_spool=self.bounce_spool,
+                bounce_pipe_command=self._bounce_pipe_command(),
             )
         )
         self.exim.start()
@@ -156,7 +200,7 @@ class LocalStack:
             "smtp_connections": self.settings.smtp_connections,
             "exim_mainlog": str(self.exim.mainlog),
             "source_ips": [ip for ip, _ in self.settings.source_ips],
-            "bounce_spool": str(agent_dir / "bounces"),
+            "bounce_spool": str(self.bounce_spool),
             "hostname": "worker.test",
         }
         self.agent_config_path.write_text(json.dumps(config, indent=2))
@@ -175,7 +219,7 @@ class LocalStack:
         config = ["--config", str(self.agent_config_path)]
         self._spawn("agent-api", [sys.executable, "-m", "worker_agent", "serve", *config])
         self._spawn("agent-sender", [sys.executable, "-m", "worker_agent", "sender", *config])
-        self._wait_http("agent-api", f"https://127.0.0.1:{self.agent_port}/", verify=False)
+        self._wait_port("agent-api", self.agent_port)
 
     def stop_agent(self) -> None:
         for name in ("agent-sender", "agent-api"):

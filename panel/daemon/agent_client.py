@@ -36,7 +36,10 @@ class AgentClient:
         self._key = key.encode() if isinstance(key, str) else key
         self._timeout = timeout
         self._session = requests.Session()
-        self._session.verify = False  # trust comes from the pinned fingerprint, not a CA
+        # Trust comes from the pinned fingerprint, not a CA. No environment either: with
+        # REQUESTS_CA_BUNDLE set, requests would put CA checking back, and proxies have no place here.
+        self._session.trust_env = False
+        self._session.verify = False
         self._session.mount("https://", _PinnedAdapter(fingerprint.replace(":", "").lower()))
 
     def close(self) -> None:

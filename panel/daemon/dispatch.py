@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from ..extensions import db
 from ..models import Campaign, Delivery, DispatchBatch, Recipient, Server
 from ..models.base import utcnow
-from ..services.letters import campaign_payload
+from ..services.letters import campaign_payload, recipient_payload
 from ..services.tokens import delivery_token
 from .agent_client import AgentClient
 
@@ -59,20 +59,14 @@ def batch_payload(batch: DispatchBatch, campaign: Campaign) -> dict:
     config = current_app.config
     secret = config["SECRET_KEY"]
     rows = db.session.execute(
-        select(Delivery.id, Delivery.email, Delivery.source_ip, Recipient.fields)
+        select(Delivery, Recipient.fields)
         .outerjoin(Recipient, Recipient.id == Delivery.recipient_id)
         .where(Delivery.batch_id == batch.id, Delivery.status == "pending")
         .order_by(Delivery.id)
     ).all()
     recipients = [
-        {
-            "id": row.id,
-            "email": row.email,
-            "fields": row.fields or {},
-            "source_ip": row.source_ip,
-            "token": delivery_token(secret, row.id),
-        }
-        for row in rows
+        recipient_payload(delivery, delivery_token(secret, delivery.id), delivery.source_ip, fields or {})
+        for delivery, fields in rows
     ]
     return {
         "batch_id": batch.agent_batch_id,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -41,8 +43,10 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with LocalStack(StackSettings(root=tmp_path_factory.mktemp("stack"))) as running:
+def stack(exim_tmp_base):
+    root = Path(tempfile.mkdtemp(dir=exim_tmp_base, prefix="stack-"))
+    root.chmod(0o755)  # Exim's processes run as Debian-exim and must reach its run directory
+    with LocalStack(StackSettings(root=root)) as running:
         yield running
 
 
