@@ -8,7 +8,6 @@ import contextlib
 import logging
 import re
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -59,15 +58,6 @@ def preserved_logging() -> Iterator[None]:
                 logger.disabled = False
 
 
-@contextlib.contextmanager
-def migrations_env_warnings() -> Iterator[None]:
-    """panel/migrations/env.py is Flask-Migrate's stock template, which still tries the
-    deprecated `db.get_engine()` first; tolerate that one warning, nothing else."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="'get_engine' is deprecated", category=DeprecationWarning)
-        yield
-
-
 def make_app(db_path: Path, **overrides: Any) -> Flask:
     config = {
         "TESTING": True,
@@ -98,7 +88,7 @@ def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     path = tmp_path_factory.mktemp("schema") / "migrated.db"
     app = make_app(path)
-    with app.app_context(), preserved_logging(), migrations_env_warnings():
+    with app.app_context(), preserved_logging():
         upgrade()
         db.engine.dispose()
     return path
@@ -119,7 +109,7 @@ def migrating():
 
     @contextlib.contextmanager
     def guard() -> Iterator[None]:
-        with preserved_logging(), migrations_env_warnings():
+        with preserved_logging():
             yield
 
     return guard
