@@ -62,7 +62,7 @@ class RssSampler(threading.Thread):
 
     def __init__(self, pids: list[int]) -> None:
         super().__init__(daemon=True)
-        self.pids, self.peak, self._stop = pids, 0, threading.Event()
+        self.pids, self.peak, self._done = pids, 0, threading.Event()
 
     def sample(self) -> int:
         total = 0
@@ -76,11 +76,11 @@ class RssSampler(threading.Thread):
         return total
 
     def run(self) -> None:
-        while not self._stop.wait(0.2):
+        while not self._done.wait(0.2):
             self.peak = max(self.peak, self.sample())
 
     def stop(self) -> int:
-        self._stop.set()
+        self._done.set()
         self.join()
         self.peak = max(self.peak, self.sample())
         return self.peak
@@ -170,6 +170,7 @@ def queued_memory(stack: LocalStack, letters: int) -> int:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
     with tempfile.TemporaryDirectory(prefix="mailfleet-bench-") as tmp:
+        Path(tmp).chmod(0o755)  # Exim's processes (Debian-exim) keep their run directory in it
         settings = StackSettings(root=Path(tmp), smtp_connections=CONNECTIONS)
         with LocalStack(settings) as stack:
             ips = [ip for ip, _ in settings.source_ips]
