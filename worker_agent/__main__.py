@@ -98,6 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
         "--bind", config.listen,
         "--certfile", str(config.cert_file), "--keyfile", str(config.cert_key_file),
         "--access-logfile", "-", "--error-logfile", "-",
+        "--no-control-socket",  # its default path is shared by every gunicorn of the user (the panel's too)
         "worker_agent.api:create_app()",
     ]
     os.execv(sys.executable, command)  # gunicorn takes over this process: signals reach it directly

@@ -17,6 +17,7 @@ from .queue import QueueDB
 log = logging.getLogger("worker_agent.bounce_spool")
 
 MAX_RAW = 2 * 1024 * 1024  # bytes kept of one bounce: headers and the DSN part come first
+MAX_ROUND_BYTES = 8 * 1024 * 1024  # bytes read per collection round
 STALE_TMP = 24 * 3600  # s after which a half-written tmp file (intake died, Exim retried) is removed
 
 
@@ -27,8 +28,11 @@ def collect(queue: QueueDB, spool: Path, limit: int = 200) -> int:
         names = sorted(os.listdir(new))[:limit]
     except FileNotFoundError:
         return 0
-    stored = 0
+    found: list[tuple[str, str, str | None, str]] = []
+    size = 0
     for name in names:
+        if size > MAX_ROUND_BYTES:
+            break  # the rest next round: memory stays bounded however big the backlog
         meta = parse_spool_name(name)
         if meta is None:
             continue
@@ -36,16 +40,22 @@ def collect(queue: QueueDB, spool: Path, limit: int = 200) -> int:
         if token:  # Exim lower-cases local parts: report the token as the panel wrote it
             row = queue.letter_by_token(token)
             token = row[2] if row else token
-        path = new / name
         try:
-            with open(path, "rb") as f:
+            with open(new / name, "rb") as f:
                 data = f.read(MAX_RAW + 1)
         except FileNotFoundError:
             continue
-        with queue.write() as conn:
-            stored += queue.add_bounce(conn, token, kind, _as_text(data), name)
+        found.append((name, kind, token, _as_text(data)))
+        size += len(data)
+    if not found:
+        return 0
+    stored = 0
+    with queue.write(durable=True) as conn:  # on disk before the files go
+        for name, kind, token, raw in found:
+            stored += queue.add_bounce(conn, token, kind, raw, name)
+    for name, *_ in found:
         try:
-            path.unlink()
+            (new / name).unlink()
         except OSError as exc:
             log.error("bounce %s is stored but cannot be removed from the spool: %s", name, exc)
     return stored

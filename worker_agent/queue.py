@@ -115,11 +115,11 @@ class Event:
     text: str | None = None
 
 
-def connect(path: Path | str) -> sqlite3.Connection:
+def connect(path: Path | str, synchronous: str = "FULL") -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=True)
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")  # a letter Exim accepted must stay marked submitted
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA cache_size = -2000")  # ~2 MB per connection: memory stays flat at any queue size
     return conn
 
@@ -127,8 +127,13 @@ def connect(path: Path | str) -> sqlite3.Connection:
 class QueueDB:
     """The queue file; one connection per thread (sqlite3 connections are not shared)."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, durable: bool = True) -> None:
+        """``durable``: every commit is on disk before it returns (the API: a batch the panel was
+        told is queued must survive a power cut). The sender passes False: its many small status
+        commits then cost no fsync each, and survive any crash of the process; the next durable
+        commit or checkpoint takes them to disk."""
         self.path = Path(path)
+        self._synchronous = "FULL" if durable else "NORMAL"
         self._local = threading.local()
         self._migrate()
 
@@ -137,7 +142,7 @@ class QueueDB:
     def conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = connect(self.path)
+            conn = self._local.conn = connect(self.path, self._synchronous)
         return conn
 
     def close(self) -> None:
@@ -147,16 +152,26 @@ class QueueDB:
             self._local.conn = None
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken at once (IMMEDIATE) so it never has to be retried."""
+    def write(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (IMMEDIATE) so it never has to be retried.
+
+        ``durable``: on disk when this returns even if the DB was opened with durable=False
+        (for a commit on the strength of which something else is deleted)."""
         conn = self.conn()
-        conn.execute("BEGIN IMMEDIATE")
+        upgrade = durable and self._synchronous != "FULL"
+        if upgrade:
+            conn.execute("PRAGMA synchronous = FULL")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            if upgrade:
+                conn.execute(f"PRAGMA synchronous = {self._synchronous}")
 
     def _migrate(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

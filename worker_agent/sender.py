@@ -34,6 +34,7 @@ IDLE_WAIT = 0.2  # s between looks at an idle queue
 RETRY_DELAYS = (30.0, 120.0, 600.0, 1800.0, 3600.0)  # s before attempt 2, 3, …
 UNREACHABLE_BACKOFF = (1.0, 30.0)  # s: first and longest pause while the local Exim does not answer
 HOUSEKEEPING_EVERY = 1.0  # s: bounce spool, cancelled campaigns
+COALESCE = 0.02  # s to gather more results into one commit
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Sender:
     def __init__(self, config: AgentConfig, stop: threading.Event | None = None) -> None:
         self.config = config
         self.stop = stop or threading.Event()
-        self.queue = QueueDB(config.queue_db)
+        self.queue = QueueDB(config.queue_db, durable=False)
         self.renderer = Renderer()
         self.limiter = RateLimiter(config.rate_for)
         self._work: stdlib_queue.Queue[_Work | None] = stdlib_queue.Queue()
@@ -182,18 +183,22 @@ class Sender:
         return cached[1]
 
     def _gather(self, timeout: float) -> _Results:
+        """Results that are in, waiting up to ``timeout`` for the first; then up to COALESCE
+        more for others, so that one commit (one fsync) records several letters."""
         results = _Results()
         try:
             item = self._done.get(timeout=timeout) if timeout else self._done.get_nowait()
         except stdlib_queue.Empty:
             return results
         now = time.time()
+        until = time.monotonic() + COALESCE
         while True:
             claimed, outcome = item
             self._in_flight -= 1
             self._sort(results, claimed, outcome, now)
+            wait = until - time.monotonic()
             try:
-                item = self._done.get_nowait()
+                item = self._done.get(timeout=wait) if wait > 0 and self._in_flight else self._done.get_nowait()
             except stdlib_queue.Empty:
                 return results
 

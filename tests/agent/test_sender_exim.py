@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from devserver.exim import Exim
@@ -208,6 +209,22 @@ def test_an_unreachable_exim_costs_no_attempts(write_config: Callable[..., Agent
     assert rows == [("queued", 0)] * 3
     assert events(db) == []
     db.close()
+
+
+def test_an_idle_sender_does_not_spin(write_config: Callable[..., AgentConfig], tmp_path: Path) -> None:
+    config = write_config(smtp_port=free_port())
+    sender = RunningSender(config, tmp_path / "sender.log")
+    sender.start()
+    try:
+        wait_for(lambda: "sender started" in sender.output(), "the sender to start")
+        assert sender.process is not None
+        process = psutil.Process(sender.process.pid)
+        before = sum(process.cpu_times()[:2])
+        time.sleep(3)
+        used = sum(process.cpu_times()[:2]) - before
+    finally:
+        assert sender.stop() == 0
+    assert used < 0.3, f"an idle sender used {used:.2f} s of CPU in 3 s"
 
 
 def test_a_second_sender_on_the_same_data_refuses_to_start(agent: tuple, tmp_path: Path) -> None:
