@@ -21,8 +21,8 @@ from .queue import CAMPAIGN_STATES, QueueDB, QueueError
 
 log = logging.getLogger("worker_agent.api")
 
-MAX_BODY = 64 * 1024 * 1024  # a sealed batch of several thousand recipients is a few MB at most
-MAX_RECIPIENTS = 50_000
+MAX_BODY = 32 * 1024 * 1024  # sealed, compressed: a batch of MAX_RECIPIENTS is far smaller
+MAX_RECIPIENTS = 5_000  # per batch: decoding one must fit the memory budget (120 MB, API and sender together)
 
 Handler = Callable[[Any], dict[str, Any]]
 

@@ -94,6 +94,8 @@ def test_a_batch_pushed_twice_queues_once(panel: Panel, agent_config: AgentConfi
     ({"batch_id": "x", "campaign": make_campaign(), "recipients": [make_recipient(1, source_ip="nope")]}, "recipients[0]"),
     ({"batch_id": "x", "campaign": make_campaign(), "recipients": [make_recipient(1), {"id": 2}]}, "recipients[1]"),
     ([1, 2], "JSON object"),
+    ({"batch_id": "x", "campaign": make_campaign(), "recipients": [make_recipient(i) for i in range(1, 5002)]},
+     "at most 5000"),
 ])
 def test_a_bad_batch_is_a_sealed_400_and_queues_nothing(panel: Panel, agent_config: AgentConfig, body: Any,
                                                          message: str) -> None:
