@@ -175,6 +175,21 @@ def test_claims_of_a_crashed_sender_are_sent_after_a_restart(agent: tuple, captu
     assert sorted(m.rcpt_to for m in capture.messages()) == [f"user{i}@example.org" for i in range(1, 6)]
 
 
+def test_a_restarted_sender_reads_the_log_on_without_repeats(agent: tuple, capture: CaptureServer) -> None:
+    config, sender, db = agent
+    db.queue_batch("b1", campaign(), [make_recipient(i) for i in range(1, 21)])
+    sender.start()
+    wait_for(lambda: sum(s == ["sent", "delivered"] for s in statuses(db).values()) == 20, "the first 20")
+    assert sender.stop() == 0
+    db.queue_batch("b2", campaign(), [make_recipient(i) for i in range(21, 41)])
+    sender.start()
+    wait_for(lambda: len(statuses(db)) == 40 and all(s == ["sent", "delivered"] for s in statuses(db).values()),
+             "all 40 sent and delivered once")
+    time.sleep(1.0)  # nothing more may come
+    assert all(s == ["sent", "delivered"] for s in statuses(db).values())
+    assert capture.count() == 40
+
+
 def test_rate_limit_paces_one_domain_without_holding_up_others(agent: tuple, capture: CaptureServer) -> None:
     config, sender, db = agent
     slow = [make_recipient(i, email=f"user{i}@slow.example") for i in range(1, 31)]  # 600/min = 10/s
