@@ -68,6 +68,9 @@ class Sender:
         self._paused_until = 0.0  # the local Exim did not answer: no claims until then
         self._unreachable = 0
         self.retry_delays = RETRY_DELAYS
+        # letters rendered ahead of the SMTP threads: enough to keep them busy, few enough to
+        # keep memory flat and a cancel or pause quick to take effect
+        self._capacity = max(CHUNK, config.smtp_connections * 50)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -125,9 +128,9 @@ class Sender:
             results = self._gather(timeout=0)
             if results:
                 self._record(results)
-            room = self.config.smtp_connections * 50 - self._in_flight
+            room = self._capacity - self._in_flight
             claimed = 0
-            if room >= CHUNK // 2 and time.monotonic() >= self._paused_until:
+            if room >= self._capacity // 2 and time.monotonic() >= self._paused_until:
                 claimed = self._claim_and_render(min(room, CHUNK))
             if not claimed and not results:
                 self._record(self._gather(timeout=IDLE_WAIT))  # wakes as soon as a result comes in

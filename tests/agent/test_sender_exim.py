@@ -77,24 +77,40 @@ class RunningSender:
 
 
 @pytest.fixture
-def agent(exim: Exim, tmp_path: Path) -> Iterator[tuple[AgentConfig, RunningSender, QueueDB]]:
-    path = tmp_path / "agent.json"
-    path.write_text(json.dumps({
-        "data_dir": str(tmp_path / "data"), "smtp_port": exim.settings.smtp_port, "smtp_connections": 4,
-        "exim_mainlog": str(exim.mainlog), "bounce_spool": str(exim.bounce_spool),
-        "source_ips": ["127.0.0.2", "127.0.0.3"], "hostname": "agent.worker.test",
-        "rate_limits": [{"domain": "slow.example", "per_minute": 600}],
-    }))
-    config = load_config(path)
-    db = QueueDB(config.queue_db)
-    sender = RunningSender(config, tmp_path / "sender.log")
+def make_agent(exim: Exim, tmp_path: Path) -> Iterator[Callable[..., tuple[AgentConfig, RunningSender, QueueDB]]]:
+    """An agent config for the Exim fixture, its sender (not started yet) and its queue."""
+    made: list[tuple[RunningSender, QueueDB]] = []
+
+    def make(**overrides: Any) -> tuple[AgentConfig, RunningSender, QueueDB]:
+        path = tmp_path / f"agent{len(made)}.json"
+        settings = {
+            "data_dir": str(tmp_path / f"data{len(made)}"), "smtp_port": exim.settings.smtp_port,
+            "smtp_connections": 4, "exim_mainlog": str(exim.mainlog), "bounce_spool": str(exim.bounce_spool),
+            "source_ips": ["127.0.0.2", "127.0.0.3"], "hostname": "agent.worker.test",
+            "rate_limits": [{"domain": "slow.example", "per_minute": 600}],
+        }
+        settings.update(overrides)
+        path.write_text(json.dumps(settings))
+        config = load_config(path)
+        db = QueueDB(config.queue_db)
+        sender = RunningSender(config, tmp_path / f"sender{len(made)}.log")
+        made.append((sender, db))
+        return config, sender, db
+
     try:
-        yield config, sender, db
+        yield make
     finally:
-        code = sender.stop()
-        db.close()
-        assert code == 0, sender.output()
-        assert "Traceback" not in sender.output(), sender.output()
+        for sender, db in made:
+            code = sender.stop()
+            db.close()
+            assert code == 0, sender.output()
+            assert "Traceback" not in sender.output(), sender.output()
+
+
+@pytest.fixture
+def agent(make_agent: Callable[..., tuple[AgentConfig, RunningSender, QueueDB]]
+          ) -> tuple[AgentConfig, RunningSender, QueueDB]:
+    return make_agent()
 
 
 def events(db: QueueDB) -> list[dict[str, Any]]:
@@ -188,6 +204,13 @@ def test_a_restarted_sender_reads_the_log_on_without_repeats(agent: tuple, captu
     time.sleep(1.0)  # nothing more may come
     assert all(s == ["sent", "delivered"] for s in statuses(db).values())
     assert capture.count() == 40
+
+
+def test_one_smtp_connection_is_enough(make_agent: Callable[..., tuple], capture: CaptureServer) -> None:
+    config, sender, db = make_agent(smtp_connections=1)
+    db.queue_batch("b1", campaign(), [make_recipient(i) for i in range(1, 31)])
+    sender.start()
+    wait_for(lambda: capture.count() == 30, "30 letters over one connection")
 
 
 def test_rate_limit_paces_one_domain_without_holding_up_others(agent: tuple, capture: CaptureServer) -> None:
