@@ -46,7 +46,7 @@ class EximSubmitter:
                 self._smtp = smtplib.SMTP(self.host, self.port, local_hostname=self.helo, timeout=self.timeout)
                 self._smtp.ehlo_or_helo_if_needed()  # smtplib's low-level mail() does not greet by itself
             except (OSError, smtplib.SMTPException) as exc:
-                self._smtp = None
+                self._drop()
                 return Outcome("unreachable", None, f"local Exim at {self.host}:{self.port} unreachable: {exc}")
         try:
             outcome = self._transaction(letter)
