@@ -16,6 +16,7 @@ both with a single number; the counter only grows, so a seq is never reused.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -175,6 +176,9 @@ class QueueDB:
 
     def _migrate(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            # recipients' addresses live here: owner only (SQLite gives -wal/-shm the same mode)
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         with self.write() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:

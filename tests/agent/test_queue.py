@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import stat
 import time
 from pathlib import Path
 
@@ -26,6 +27,13 @@ def test_schema_is_versioned_and_in_wal_mode(queue_db: QueueDB) -> None:
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert queue_db.conn().execute("PRAGMA busy_timeout").fetchone()[0] > 0
+
+
+def test_the_queue_files_are_private(queue_db: QueueDB) -> None:
+    queue_db.queue_batch("b1", make_campaign(), recipients(range(1, 3)))
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(str(queue_db.path) + suffix)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
