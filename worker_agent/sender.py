@@ -84,6 +84,10 @@ class Sender:
             threads = [threading.Thread(target=self._submit_loop, name=f"smtp-{i}", daemon=True)
                        for i in range(self.config.smtp_connections)]
             reader = EximLogReader(self.queue, self.config.exim_mainlog)
+            # Catch up with Exim's log before claiming: a letter Exim took just before a crash
+            # (its "sent" never recorded) is then marked sent instead of being submitted again.
+            while not self.stop.is_set() and reader.poll(self.stop):
+                pass
             threads.append(threading.Thread(target=reader.run, args=(self.stop,), name="exim-log", daemon=True))
             for t in threads:
                 t.start()

@@ -265,6 +265,30 @@ def test_an_idle_sender_does_not_spin(write_config: Callable[..., AgentConfig], 
     assert used < 0.3, f"an idle sender used {used:.2f} s of CPU in 3 s"
 
 
+def test_a_letter_exim_took_before_a_crash_is_not_sent_again(write_config: Callable[..., AgentConfig],
+                                                              tmp_path: Path) -> None:
+    """The sender died after Exim's 250 but before recording it: the restart reads the log first."""
+    config = write_config(smtp_port=free_port())
+    db = QueueDB(config.queue_db)
+    db.queue_batch("b1", campaign(), [make_recipient(1, token="1-tok1")])
+    db.claim(1)
+    config.exim_mainlog.write_text(
+        "2026-11-28 00:38:10 1xX6SA-0004im-2N <= bounce+1-tok1@bounces.test H=(agent.test) [127.0.0.1] "
+        "I=[127.0.0.1]:40905 P=esmtp S=297 for user1@example.org\n")
+    sender = RunningSender(config, tmp_path / "sender.log")
+    sender.start()
+    try:
+        wait_for(lambda: "sender started" in sender.output(), "the sender to start")
+        time.sleep(1.0)
+    finally:
+        assert sender.stop() == 0
+    assert db.conn().execute("SELECT state, exim_id, attempts FROM letters").fetchall() == [
+        ("submitted", "1xX6SA-0004im-2N", 1)]
+    assert [(e["id"], e["status"]) for e in events(db)] == [(1, "sent")]
+    assert "unreachable" not in sender.output()  # nothing was submitted
+    db.close()
+
+
 def test_a_second_sender_on_the_same_data_refuses_to_start(agent: tuple, tmp_path: Path) -> None:
     config, sender, db = agent
     sender.start()
