@@ -86,6 +86,24 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
+def cpu_seconds(stack: LocalStack) -> dict[str, float]:
+    """CPU time (user + system) used so far by each of the stack's process trees, and the machine."""
+    used: dict[str, float] = {}
+    for name, process in stack.processes.items():
+        try:
+            root = psutil.Process(process.pid)
+            used[name] = sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+        except psutil.NoSuchProcess:
+            used[name] = 0.0
+    times = psutil.cpu_times()
+    used["machine"] = times.user + times.system + times.nice + times.softirq + times.irq
+    return used
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: round(after[name] - before.get(name, 0.0), 1) for name in after}
+
+
 def campaign_json(campaign_id: int) -> dict:
     return {
         "id": campaign_id, "subject": SUBJECT, "from_email": "news@sender.example", "from_name": "Sender News",
@@ -110,12 +128,14 @@ def baseline(stack: LocalStack, n: int, ips: list[str]) -> float:
                 smtp.sendmail(letter.envelope_from, [letter.recipient], letter.data)
 
     threads = [threading.Thread(target=submit, args=(letters[k::CONNECTIONS],)) for k in range(CONNECTIONS)]
+    cpu_before = cpu_seconds(stack)
     started = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     finished = wait_count(stack.maildir, start_count + n, timeout=max(600, n / 20))
+    emit({"phase": "baseline_cpu_s", **cpu_delta(cpu_before, cpu_seconds(stack))})
     return n / (finished - started)
 
 
@@ -135,10 +155,12 @@ def campaign(stack: LocalStack, n: int) -> tuple[float, int]:
     start_count = maildir_count(stack.maildir)
     agent = RssSampler([stack.processes["agent-api"].pid, stack.processes["agent-sender"].pid])
     agent.start()
+    cpu_before = cpu_seconds(stack)
     started = time.monotonic()
     response = api.post(f"{base}/campaigns/{created['id']}/start", timeout=300)
     assert response.status_code == 200, response.text
     finished = wait_count(stack.maildir, start_count + n, timeout=max(600, n / 20))
+    emit({"phase": "campaign_cpu_s", **cpu_delta(cpu_before, cpu_seconds(stack))})
     peak = agent.stop()
     return n / (finished - started), peak
 

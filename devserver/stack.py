@@ -121,19 +121,6 @@ class LocalStack:
                 time.sleep(0.1)
         raise RuntimeError(f"{name} did not listen on port {port} within {timeout:.0f} s")
 
-    def _wait_http(self, name: str, url: str, timeout: float = 30.0, **kwargs) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            process = self.processes[name]
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}; see {self.logs / (name + '.log')}")
-            try:
-                requests.get(url, timeout=2, **kwargs)
-                return
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise RuntimeError(f"{name} did not answer at {url} within {timeout:.0f} s")
-
     # -- the parts ---------------------------------------------------------------------
     def start_capture(self) -> None:
         self.capture = CaptureServer(
@@ -257,7 +244,7 @@ class LocalStack:
             [sys.executable, "-m", "gunicorn", "-w", str(self.settings.panel_workers), "--threads", "4",
              "-b", f"127.0.0.1:{port}", "--access-logfile", "-", "panel:create_app()"],
         )
-        self._wait_http("panel", self.panel_url + "/login")
+        self._wait_port("panel", port)
 
     def start_daemon(self) -> None:
         self._spawn("daemon", [sys.executable, "-m", "panel.daemon"])

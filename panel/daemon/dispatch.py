@@ -104,6 +104,7 @@ def dispatch_server(client: AgentClient, server: Server) -> bool:
     ).all():
         push_batch(client, batch)
         pushed = True
+    size = min(config["DISPATCH_BATCH_SIZE"], config["DISPATCH_WINDOW"])
     room = config["DISPATCH_WINDOW"] - _in_flight(server)
     campaigns = db.session.scalars(
         select(Campaign)
@@ -111,8 +112,9 @@ def dispatch_server(client: AgentClient, server: Server) -> bool:
         .order_by(Campaign.id)
     ).all()
     for campaign in campaigns:
-        while room > 0:
-            batch = _open_batch(campaign, server, min(config["DISPATCH_BATCH_SIZE"], room))
+        # Only whole batches: topping the window up letter by letter would mean many tiny pushes.
+        while room >= size:
+            batch = _open_batch(campaign, server, size)
             if batch is None:
                 break
             push_batch(client, batch)

@@ -91,14 +91,16 @@ def _tell_campaign_states(state: DaemonState, server: Server, client: AgentClien
 
 
 def serve_server(state: DaemonState, server: Server) -> bool:
-    """One round for one server; True if it did any work (so the next round comes at once)."""
+    """One round for one server; True if it pushed a batch (so the next round comes at once,
+    to fill the server's window). Outcomes alone wait for the next tick: fetching them in
+    bigger, rarer replies costs the agent and the panel less CPU than a tight polling loop."""
     client = state.client(server)
     if not _heartbeat(state, server, client):
         return False
     try:
         _tell_campaign_states(state, server, client)
-        busy = dispatch_server(client, server)
-        busy = collect_outcomes(client, server) or busy
+        pushed = dispatch_server(client, server)
+        collect_outcomes(client, server)
     except AgentUnreachable as exc:
         db.session.rollback()
         _mark(server, "offline", str(exc))
@@ -111,7 +113,7 @@ def serve_server(state: DaemonState, server: Server) -> bool:
         log.warning("server %s: %s", server.id, exc)
         return False
     state.last_ping[server.id] = time.monotonic()  # it just answered: that is a heartbeat
-    return busy
+    return pushed
 
 
 def run_round(state: DaemonState) -> bool:

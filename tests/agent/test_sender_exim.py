@@ -21,6 +21,7 @@ from devserver.exim import Exim
 from devserver.mail_capture import CaptureServer
 from devserver.ports import free_port
 from worker_agent.config import AgentConfig, load_config
+from tests.helpers import wait_for
 from worker_agent.queue import QueueDB
 
 from .conftest import make_campaign, make_recipient
@@ -33,17 +34,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a real Exim with its 
 
 def campaign(**changes: Any) -> dict[str, Any]:
     return make_campaign(bounce_domain=BOUNCE_DOMAIN, **changes)
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 class RunningSender:

@@ -12,7 +12,9 @@ import pytest
 
 from devserver.mail_capture import read_maildir
 
-from .conftest import Api, wait_for
+from tests.helpers import wait_for
+
+from .conftest import Api
 
 N_RECIPIENTS = 1000
 DEFERRED = {f"user{i}@e2e.example" for i in (7, 77, 777)}
