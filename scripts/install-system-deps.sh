@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Mailfleet runs and tests with, only those missing.
 set -euo pipefail
-packages=(exim4-daemon-light swaks python3-venv sqlite3 openssl)
+# chromium: the browser tests drive Debian's build (Playwright's own download cannot work offline).
+packages=(exim4-daemon-light swaks python3-venv sqlite3 openssl chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
