@@ -41,6 +41,7 @@
       });
       var none = document.getElementById("no-failures");
       if (none) none.hidden = data.failures.length > 0;
+      document.getElementById("failures").hidden = data.failures.length === 0;
     }
   }
 
