@@ -161,6 +161,10 @@ def test_agent_unreachable_campaign_waits_and_resumes(stack, api: Api, panel_db)
              timeout=120, what="all letters delivered after the agent came back")
     got = [m.rcpt_to for m in read_maildir(stack.maildir) if m.rcpt_to.endswith("@outage.example")]
     assert sorted(got) == sorted(f"o{i}@outage.example" for i in range(60))
+    # the user sees both moments on the server's page, as events in order
+    events = panel_db("SELECT id, kind FROM server_events WHERE server_id = ? ORDER BY id", (stack.server_id,))
+    kinds = list(events.values())
+    assert "offline" in kinds and "online" in kinds[kinds.index("offline"):]
 
 
 def test_daemon_restarted_mid_campaign_sends_each_letter_once(stack, api: Api):
