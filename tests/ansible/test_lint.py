@@ -282,3 +282,37 @@ def test_preflight_names_the_program_holding_the_smtp_port(ansible_env: dict[str
     # ss names this test's own interpreter: python / python3 / python3.11.
     assert f"Port {port} is taken by python" in text, output(result)
     assert "stop and remove that program" in text, output(result)
+
+
+# -- each role documents and checks exactly the variables it has ----------------------------
+
+
+ROLES = sorted(p.name for p in (COLLECTION_DIR / "roles").iterdir() if p.is_dir())
+
+
+def test_the_roles_are_the_four_the_issue_names() -> None:
+    assert ROLES == ["exim", "preflight", "ssh_access", "worker_agent"]
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_argument_specs_mirror_the_defaults_and_the_readme_lists_them(role: str) -> None:
+    yaml = pytest.importorskip("yaml", reason="PyYAML comes with requirements-ansible.txt")
+    role_dir = COLLECTION_DIR / "roles" / role
+    defaults = yaml.safe_load((role_dir / "defaults" / "main.yml").read_text(encoding="utf-8"))
+    options = yaml.safe_load((role_dir / "meta" / "argument_specs.yml").read_text(encoding="utf-8"))[
+        "argument_specs"]["main"]["options"]
+    assert list(options) == list(defaults), "argument_specs.yml must list the defaults, in the same order"
+    for name, spec in options.items():
+        assert name.startswith(f"{role}_"), f"{name}: public variables carry the role's name"
+        assert spec.get("description"), f"{name}: no description"
+        if spec.get("required"):
+            assert defaults[name] in ("", None), f"{name}: required, so its default is only a placeholder"
+        else:
+            assert spec["default"] == defaults[name], f"{name}: default differs from defaults/main.yml"
+    lines = (role_dir / "defaults" / "main.yml").read_text(encoding="utf-8").splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith(f"{role}_"):
+            assert lines[index - 1].startswith("# "), f"{line}: needs a one-line comment above it"
+    readme = (role_dir / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in options if f"| `{name}` |" not in readme]
+    assert missing == [], f"roles/{role}/README.md has no table row for {missing}"
