@@ -2,7 +2,9 @@
 # Installs the Debian packages Mailfleet runs and tests with, only those missing.
 set -euo pipefail
 # chromium: the browser tests drive Debian's build (Playwright's own download cannot work offline).
-packages=(exim4-daemon-light swaks python3-venv sqlite3 openssl chromium)
+# debootstrap … iproute2: test hosts (devserver/testhost.py), Debian trees booted with systemd-nspawn.
+packages=(exim4-daemon-light swaks python3-venv sqlite3 openssl chromium
+  debootstrap systemd-container tinyproxy openssh-client sshpass iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
