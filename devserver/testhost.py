@@ -714,3 +714,57 @@ def _port_open(host: str, port: int) -> bool:
             return True
     return False
 
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m devserver.testhost NAME --subnet-index N [--release R] [--proxy] [--memory 200M]`
+
+    Boots a test host, prints one JSON line (name, release, ip, host_ip, ssh_port,
+    root_password, proxy_url) and keeps it running until SIGTERM or SIGINT, then stops it
+    and removes everything it had. The root password can be given in
+    MAILFLEET_TESTHOST_ROOT_PASSWORD (never on the command line); otherwise a random one is printed.
+    """
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m devserver.testhost", description=main.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name")
+    parser.add_argument("--subnet-index", type=int, required=True)
+    parser.add_argument("--release", default="bookworm", choices=RELEASES)
+    parser.add_argument("--proxy", action="store_true", help="apt inside reaches this machine's mirrors")
+    parser.add_argument("--memory", help="memory the host sees and is limited to, e.g. 200M")
+    args = parser.parse_args(argv)
+
+    stopping: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopping.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    host = TestHost(args.name, release=args.release, subnet_index=args.subnet_index, proxy=args.proxy,
+                    memory=args.memory, root_password=os.environ.get("MAILFLEET_TESTHOST_ROOT_PASSWORD") or None)
+    try:
+        host.start()
+        print(json.dumps({"name": host.name, "release": host.release, "ip": host.ip, "host_ip": host.host_ip,
+                          "ssh_port": host.ssh_port, "root_password": host.root_password,
+                          "proxy_url": host.proxy_url}), flush=True)
+        while host._nspawn is not None and host._nspawn.poll() is None:
+            time.sleep(0.5)
+        if host._nspawn is not None:
+            print(f"test host {host.name} stopped by itself: {host.log_tail()}", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt:
+        return 0
+    except TestHostError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        host.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

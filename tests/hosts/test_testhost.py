@@ -182,6 +182,10 @@ def test_apt_works_through_the_proxy_and_nothing_else_does(test_host: HostFactor
     assert "Err:" not in update.stdout and "W: " not in update.stderr, update.stderr
     assert time.monotonic() - started < 180
     assert host.run("apt-cache policy openssh-server").stdout.count("http://") >= 1
+    # As on a real server, an installed package's service starts (no policy-rc.d in the way).
+    install = host.run("apt-get install -y -q exim4-daemon-light", timeout=300)
+    assert install.returncode == 0, install.stdout[-1500:] + install.stderr[-1500:]
+    assert host.run("systemctl is-active exim4").stdout.strip() == "active"
 
     # Through the proxy, a host that is not one of this machine's apt mirrors is refused
     # (127.0.0.1 here would answer 200 if the proxy let the request through).
@@ -240,3 +244,32 @@ def test_trixie_host_boots_too(test_host: HostFactory) -> None:
     assert host.run("cat /etc/debian_version").stdout.startswith("13")
     result = ssh(host, "python3 --version")
     assert result.returncode == 0 and result.stdout.startswith("Python 3."), result.stderr
+
+
+def test_command_line_keeps_a_host_up_until_sigterm(rootfs: Path) -> None:
+    import json
+    import signal
+    import sys
+
+    index = next(i for i in range(testhost.MAX_HOSTS)
+                 if not Path(f"/sys/class/net/mfth{i}").exists() and i != testhost.MAX_HOSTS - 1)
+    proc = subprocess.Popen([sys.executable, "-m", "devserver.testhost", "mfcli", "--subnet-index", str(index)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(testhost.__file__).resolve().parent.parent)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        info = json.loads(line)
+        host = TestHost("mfcli", subnet_index=index, root_password=info["root_password"])
+        assert (info["ip"], info["host_ip"], info["ssh_port"]) == (host.ip, host.host_ip, 22)
+        result = ssh(host, "systemctl is-system-running --wait")
+        assert result.stdout.strip() == "running", result.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.stderr.read()  # type: ignore[union-attr]
+        assert leftovers(host) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
