@@ -10,9 +10,10 @@ BASE_PYTHON := /usr/bin/python3
 system-deps:
 	bash scripts/install-system-deps.sh
 
-$(VENV)/.installed: requirements.txt requirements-agent.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-agent.txt requirements-dev.txt requirements-ansible.txt scripts/ansible-collections.sh
 	test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -r requirements-ansible.txt
+	bash scripts/ansible-collections.sh
 	touch $@
 
 venv: $(VENV)/.installed
