@@ -690,6 +690,10 @@ class TestHost:
         full = [_tool("nsenter"), "-t", str(self.pid), "-a", "/usr/bin/env", "-i",
                 "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 "HOME=/root", "LANG=C.UTF-8", "DEBIAN_FRONTEND=noninteractive", *argv]
+        group = self._memory_cgroup()
+        if self.memory is not None and (group / "cgroup.procs").exists():
+            # Under the host's memory limit like everything started inside by its systemd.
+            full = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(group / "cgroup.procs"), *full]
         proc = subprocess.run(full, input=input, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise TestHostError(

@@ -214,6 +214,9 @@ def test_memory_limit_is_what_the_host_sees(test_host: HostFactory) -> None:
     meminfo = host.run("head -1 /proc/meminfo").stdout.split()
     assert meminfo == ["MemTotal:", str(200 * 1024), "kB"]
     assert host.run("free -m").stdout.splitlines()[1].split()[1] == "200"
+    # And it is a limit: a process inside that touches 400 MB is killed, 50 MB is fine.
+    assert host.run(["python3", "-c", "b = b'x' * (50 << 20)"], timeout=60).returncode == 0
+    assert host.run(["python3", "-c", "b = b'x' * (400 << 20)"], timeout=60).returncode in (-9, 137)
 
 
 def test_leftovers_of_a_crashed_run_are_cleared_at_start(rootfs: Path) -> None:
