@@ -15,7 +15,7 @@ from flask import Flask, current_app
 from sqlalchemy import select
 
 from ..extensions import db
-from ..models import Campaign, Server, ServerEvent
+from ..models import READY_STATES, Campaign, Server, ServerEvent
 from ..models.base import utcnow
 from .agent_client import AgentClient, AgentError, AgentUnreachable
 from .dispatch import dispatch_server
@@ -118,16 +118,27 @@ def serve_server(state: DaemonState, server: Server) -> bool:
 
 def run_round(state: DaemonState) -> bool:
     busy = False
-    for server in db.session.scalars(select(Server).order_by(Server.id)).all():
+    # Servers being set up, taken down or whose setup failed have no agent to talk to.
+    ready = select(Server).where(
+        Server.status.in_(READY_STATES), Server.agent_key.is_not(None), Server.cert_fingerprint.is_not(None)
+    )
+    for server in db.session.scalars(ready.order_by(Server.id)).all():
         busy = serve_server(state, server) or busy
     finish_campaigns()
     db.session.remove()
     return busy
 
 
-def run_forever(app: Flask, stop: threading.Event) -> None:
+def run_forever(app: Flask, stop: threading.Event, *, provision: bool = True) -> None:
     state = DaemonState()
     interval = app.config["DAEMON_INTERVAL"]
+    provisioner = None
+    if provision:
+        # Playbook runs take minutes: they go on in their own thread while the rounds go on here.
+        from .provision import Provisioner
+
+        provisioner = Provisioner(app, stop)
+        provisioner.start()
     log.info("daemon started")
     while not stop.is_set():
         with app.app_context():
@@ -139,6 +150,8 @@ def run_forever(app: Flask, stop: threading.Event) -> None:
                 busy = False
         if not busy:
             stop.wait(interval)
+    if provisioner is not None:
+        provisioner.stop()
     for _, client in state.clients.values():
         client.close()
     log.info("daemon stopped")

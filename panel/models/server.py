@@ -11,6 +11,11 @@ from ..extensions import db
 from .base import utcnow
 
 
+READY_STATES = ("new", "online", "offline")
+JOB_KINDS = ("add", "reprovision", "reconfigure", "remove")
+JOB_STATES = ("queued", "running", "succeeded", "failed")
+
+
 class Server(db.Model):
     __tablename__ = "servers"
 
@@ -19,10 +24,17 @@ class Server(db.Model):
     name: Mapped[str] = mapped_column(String(200))
     host: Mapped[str] = mapped_column(String(255))
     api_port: Mapped[int] = mapped_column(default=8443)
+    # SSH: the port the panel provisions through, and the host key recorded on first use
+    # (known_hosts lines) with its SHA256 fingerprint as `ssh-keygen -l` shows it.
+    ssh_port: Mapped[int] = mapped_column(default=22, server_default="22")
+    host_key: Mapped[str | None] = mapped_column(Text)
+    host_key_fingerprint: Mapped[str | None] = mapped_column(Text)
     # The worker's Fernet key and its TLS certificate fingerprint (SHA-256 hex), pinned.
-    agent_key: Mapped[str] = mapped_column(String(64))
-    cert_fingerprint: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(20), default="new")  # new | online | offline
+    # Empty while the panel is still setting the server up (filled when setup succeeds).
+    agent_key: Mapped[str | None] = mapped_column(String(64))
+    cert_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # new | online | offline, and provisioning | failed | removed while the panel sets it up or takes it down
+    status: Mapped[str] = mapped_column(String(20), default="new", index=True)
     last_seen_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     # Highest outcome event seq stored; sent back to the agent as its ack.
@@ -32,6 +44,11 @@ class Server(db.Model):
     ips: Mapped[list[ServerIP]] = relationship(
         back_populates="server", cascade="all, delete-orphan", order_by="ServerIP.id"
     )
+
+    @property
+    def ready(self) -> bool:
+        """Its agent is installed and known: the daemon may ping it and push to it."""
+        return self.status in READY_STATES and bool(self.agent_key and self.cert_fingerprint)
 
     @property
     def api_url(self) -> str:
@@ -63,3 +80,33 @@ class ServerEvent(db.Model):
     kind: Mapped[str] = mapped_column(String(30))
     message: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ProvisionJob(db.Model):
+    """One run of the playbooks against a server, done by the daemon; its log is kept.
+
+    kind: add (bootstrap.yml with the root password, then worker.yml with the panel's key),
+    reprovision (worker.yml, key only), reconfigure (reconfigure.yml), remove (decommission.yml).
+    The root password is never stored: it travels from the web view to the daemon's memory.
+    """
+
+    __tablename__ = "provision_jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    needs_password: Mapped[bool] = mapped_column(default=False, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    current_task: Mapped[str | None] = mapped_column(Text)
+    tasks_done: Mapped[int] = mapped_column(default=0, server_default="0")
+    log: Mapped[str] = mapped_column(Text, default="", server_default="")
+    error: Mapped[str | None] = mapped_column(Text)
+
+    server: Mapped[Server] = relationship()
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("succeeded", "failed")

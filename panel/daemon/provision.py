@@ -1,0 +1,385 @@
+"""Provisioning jobs: the playbooks run through ansible-runner, in a thread of the daemon.
+
+One job at a time, taken from the DB (status queued). Each ansible-runner run gets a fresh
+private_data_dir (0700, deleted afterwards) and `suppress_env_files=True`, so nothing of
+a run outlives it there. The root password (only for the `add` job's bootstrap run) comes
+from the daemon's memory (password_channel.PasswordStore) and goes to ansible-runner through
+`passwords=` + `--ask-pass`, which answers ssh's prompt through a pty: never an extra var,
+never argv, never a file. Progress is written to the job row in short transactions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from flask import Flask
+from sqlalchemy import select
+
+from ..extensions import db
+from ..models import ProvisionJob, Server, ServerEvent
+from ..models.base import utcnow
+from ..services.provisioning import (
+    PASSWORD_LOST,
+    fail_job,
+    known_hosts_path,
+    panel_key,
+    scan_host_key,
+    write_known_hosts,
+)
+from ..services.servers import ServerError
+from .password_channel import PasswordChannel, PasswordStore, socket_path
+
+log = logging.getLogger("panel.daemon.provision")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ANSIBLE_DIR = REPO_ROOT / "ansible"
+PLAYBOOKS = {
+    "add": ("bootstrap.yml", "worker.yml"),
+    "reprovision": ("worker.yml",),
+    "reconfigure": ("reconfigure.yml",),
+    "remove": ("decommission.yml",),
+}
+SSH_PASSWORD_PROMPT = r"^SSH password:\s*?$"
+# A password job whose password never arrived (the view died between commit and send).
+PASSWORD_WAIT = timedelta(seconds=60)
+LOG_LIMIT = 2_000_000  # characters of job log kept (the tail)
+
+
+class JobFailed(Exception):
+    """A job ended badly; the message is for the user."""
+
+
+@dataclass
+class RunResult:
+    status: str
+    rc: int | None
+    failure: str | None = None
+    facts: dict = field(default_factory=dict)
+
+
+def _append(job_id: int, text: str, **fields) -> None:  # noqa: ANN003
+    """Add lines to a job's log (and set fields) in one short transaction."""
+    job = db.session.get(ProvisionJob, job_id)
+    if job is None:
+        return
+    log_text = (job.log or "") + text
+    if len(log_text) > LOG_LIMIT:
+        log_text = "…\n" + log_text[-LOG_LIMIT:]
+    job.log = log_text
+    for name, value in fields.items():
+        setattr(job, name, value)
+    db.session.commit()
+
+
+class EventRecorder:
+    """ansible-runner's event_handler: task progress and host results into the job's log."""
+
+    def __init__(self, job_id: int, playbook: str) -> None:
+        self.job_id = job_id
+        self.playbook = playbook
+        self.failure: str | None = None
+        self.facts: dict = {}
+        job = db.session.get(ProvisionJob, job_id)
+        self.tasks_started = job.tasks_done if job else 0
+
+    def __call__(self, event: dict) -> bool:
+        try:
+            self._record(event)
+        except Exception:  # progress must never break the run
+            log.exception("job %s: could not record an event", self.job_id)
+            db.session.rollback()
+        return False  # nothing of the run is kept on disk (the folder is deleted anyway)
+
+    def _record(self, event: dict) -> None:
+        kind = event.get("event", "")
+        data = event.get("event_data") or {}
+        host = data.get("host") or data.get("remote_addr") or ""
+        res = data.get("res") if isinstance(data.get("res"), dict) else {}
+        if kind == "playbook_on_play_start":
+            _append(self.job_id, f"PLAY [{data.get('play', '')}] ({self.playbook})\n")
+        elif kind == "playbook_on_task_start":
+            name = data.get("task") or data.get("name") or "task"
+            role = data.get("role")
+            label = f"{role} : {name}" if role else name
+            self.tasks_started += 1
+            _append(self.job_id, f"TASK [{label}]\n", current_task=label, tasks_done=max(self.tasks_started - 1, 0))
+        elif kind in ("runner_on_ok", "runner_item_on_ok"):
+            facts = res.get("ansible_facts") or {}
+            if "worker_agent_tls_fingerprint" in facts:
+                self.facts["worker_agent_tls_fingerprint"] = facts["worker_agent_tls_fingerprint"]
+            if kind == "runner_on_ok":
+                _append(self.job_id, f"{'changed' if res.get('changed') else 'ok'}: [{host}]\n")
+        elif kind in ("runner_on_failed", "runner_item_on_failed"):
+            message = _message(res)
+            ignored = data.get("ignore_errors")
+            _append(self.job_id, f"failed: [{host}]{' (ignored)' if ignored else ''}: {message}\n")
+            if not ignored and kind == "runner_on_failed":
+                self.failure = message
+        elif kind == "runner_on_unreachable":
+            message = _message(res)
+            _append(self.job_id, f"unreachable: [{host}]: {message}\n")
+            self.failure = f"the server could not be reached over SSH: {message}"
+        elif kind == "runner_on_skipped":
+            _append(self.job_id, f"skipping: [{host}]\n")
+        elif kind == "playbook_on_stats":
+            _append(self.job_id, f"done: {self.playbook}\n", tasks_done=self.tasks_started)
+
+
+def _message(res: dict) -> str:
+    msg = res.get("msg") or res.get("stderr") or res.get("reason") or ""
+    if isinstance(msg, (list, dict)):
+        msg = str(msg)
+    msg = str(msg).strip()
+    if not msg and res.get("results"):
+        msgs = [str(item.get("msg")) for item in res["results"] if isinstance(item, dict) and item.get("failed")]
+        msg = "; ".join(m for m in msgs if m and m != "None")
+    return msg or "the task failed (no message)"
+
+
+def _inventory(server: Server, key_file: Path, public_key: str, extra: dict) -> dict:
+    host_vars = {
+        "ansible_host": server.host,
+        "ansible_port": server.ssh_port,
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": str(key_file),
+        "ansible_python_interpreter": "/usr/bin/python3",
+        "ssh_access_public_key": public_key,
+        "exim_source_ips": [{"ip": ip.ip, "helo": ip.helo} for ip in server.ips if ip.active],
+        "worker_agent_listen_port": server.api_port,
+        "worker_agent_fernet_key": server.agent_key or "",
+    }
+    host_vars.update(extra)
+    return {"mailfleet_workers": {"hosts": {f"server{server.id}": host_vars}}}
+
+
+def run_playbook(
+    app: Flask, job_id: int, server: Server, playbook: str, *, password: str | None = None,
+    cancel: Callable[[], bool] | None = None, observe: Callable[[Path], None] | None = None,
+) -> RunResult:
+    """One ansible-runner run in a fresh private_data_dir that is deleted afterwards."""
+    import ansible_runner
+
+    instance = Path(app.instance_path)
+    key_file, public_key = panel_key(instance)
+    known_hosts = known_hosts_path(instance)
+    private_dir = Path(tempfile.mkdtemp(prefix="mailfleet-run-"))
+    os.chmod(private_dir, 0o700)
+    try:
+        inventory_dir = private_dir / "inventory"
+        inventory_dir.mkdir(mode=0o700)
+        inventory_file = inventory_dir / "hosts.json"
+        fd = os.open(inventory_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(_inventory(server, key_file, public_key, app.config.get("PROVISION_VARS") or {}), f)
+        envvars = {
+            "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
+            "ANSIBLE_COLLECTIONS_PATH": str(ANSIBLE_DIR / ".collections"),
+            "ANSIBLE_SSH_ARGS": (
+                "-o ControlMaster=no -o ControlPath=none "
+                f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes"
+            ),
+            "ANSIBLE_HOST_KEY_CHECKING": "True",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_LOCAL_TEMP": str(private_dir / "tmp"),
+        }
+        kwargs: dict = {}
+        if password is not None:
+            kwargs["passwords"] = {SSH_PASSWORD_PROMPT: password}
+            kwargs["cmdline"] = "--ask-pass"
+        recorder = EventRecorder(job_id, playbook)
+        if observe is not None:
+            observe(private_dir)
+        runner = ansible_runner.run(
+            private_data_dir=str(private_dir),
+            playbook=str(ANSIBLE_DIR / "playbooks" / playbook),
+            inventory=str(inventory_file),
+            envvars=envvars,
+            suppress_env_files=True,
+            quiet=True,
+            event_handler=recorder,
+            cancel_callback=cancel or (lambda: False),
+            timeout=app.config.get("PROVISION_TIMEOUT", 3600),
+            **kwargs,
+        )
+        password = None  # noqa: F841  (this frame no longer holds it)
+        return RunResult(status=runner.status, rc=runner.rc, failure=recorder.failure, facts=recorder.facts)
+    finally:
+        shutil.rmtree(private_dir, ignore_errors=True)
+
+
+class Provisioner:
+    """The daemon's provisioning thread and its password channel."""
+
+    def __init__(self, app: Flask, stop: threading.Event | None = None) -> None:
+        self.app = app
+        self.stop_event = stop or threading.Event()
+        self.passwords = PasswordStore()
+        self.channel = PasswordChannel(socket_path(app.instance_path), self.passwords, self._accepts)
+        self.started_at = utcnow()
+        self._thread: threading.Thread | None = None
+        self.observe: Callable[[Path], None] | None = None  # tests: see each run's private_data_dir
+
+    # lifecycle
+    def start(self) -> None:
+        with self.app.app_context():
+            self._fail_orphans()
+            panel_key(self.app.instance_path)
+        self.channel.start()
+        self._thread = threading.Thread(target=self._loop, name="provisioner", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.channel.stop()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _accepts(self, job_id: int) -> str | None:
+        with self.app.app_context():
+            job = db.session.get(ProvisionJob, job_id)
+            try:
+                if job is None:
+                    return f"there is no provisioning job {job_id}"
+                if not job.needs_password or job.status != "queued":
+                    return f"provisioning job {job_id} is not waiting for a password"
+                return None
+            finally:
+                db.session.remove()
+
+    def _fail_orphans(self) -> None:
+        """Jobs left queued or running by a daemon that stopped."""
+        jobs = db.session.scalars(select(ProvisionJob).where(ProvisionJob.status.in_(("queued", "running")))).all()
+        for job in jobs:
+            if job.needs_password:
+                fail_job(job, PASSWORD_LOST)
+            elif job.status == "running":
+                fail_job(job, "the panel daemon stopped while this job ran; start it again")
+        db.session.commit()
+
+    # the thread
+    def _loop(self) -> None:
+        while not self.stop_event.is_set():
+            with self.app.app_context():
+                try:
+                    worked = self.run_next()
+                except Exception:
+                    log.exception("provisioning round failed")
+                    db.session.rollback()
+                    worked = False
+                finally:
+                    db.session.remove()
+            if not worked:
+                self.stop_event.wait(1.0)
+
+    def run_next(self) -> bool:
+        """Run the oldest queued job that can run now; True if one ran."""
+        for job in db.session.scalars(
+            select(ProvisionJob).where(ProvisionJob.status == "queued").order_by(ProvisionJob.id)
+        ).all():
+            if job.needs_password and not self.passwords.has(job.id):
+                if job.created_at < self.started_at:
+                    fail_job(job, PASSWORD_LOST)
+                    db.session.commit()
+                elif utcnow() - job.created_at > PASSWORD_WAIT:
+                    fail_job(job, "the root password never reached the daemon; enter it again")
+                    db.session.commit()
+                continue
+            self.run_job(job.id)
+            return True
+        return False
+
+    def run_job(self, job_id: int) -> None:
+        job = db.session.get(ProvisionJob, job_id)
+        job.status = "running"
+        job.started_at = utcnow()
+        job.log = (job.log or "") + f"Job {job.id} ({job.kind}) started {job.started_at:%Y-%m-%d %H:%M:%S} UTC\n"
+        db.session.commit()
+        password = self.passwords.take(job_id) if job.needs_password else None
+        try:
+            self._run(job_id, password)
+        except JobFailed as exc:
+            db.session.rollback()
+            job = db.session.get(ProvisionJob, job_id)
+            fail_job(job, str(exc))
+            server = db.session.get(Server, job.server_id)
+            db.session.add(ServerEvent(server_id=server.id, kind="error", message=f"{job.kind} failed: {exc}"))
+            db.session.commit()
+            log.info("provisioning job %s failed: %s", job_id, exc)
+        except Exception as exc:
+            log.exception("provisioning job %s crashed", job_id)
+            db.session.rollback()
+            job = db.session.get(ProvisionJob, job_id)
+            fail_job(job, f"the panel could not run the job: {exc.__class__.__name__}: {exc}")
+            db.session.commit()
+        finally:
+            password = None  # noqa: F841
+            self.passwords.discard(job_id)
+
+    def _run(self, job_id: int, password: str | None) -> None:
+        job = db.session.get(ProvisionJob, job_id)
+        server = db.session.get(Server, job.server_id)
+        kind = job.kind
+        if job.needs_password and password is None:
+            raise JobFailed(PASSWORD_LOST)
+        if server.host_key is None:
+            _append(job_id, f"Scanning the SSH host key of {server.host} port {server.ssh_port}\n")
+            try:
+                host_key, fingerprint = scan_host_key(server.host, server.ssh_port)
+            except ServerError as exc:
+                raise JobFailed(str(exc)) from None
+            server.host_key, server.host_key_fingerprint = host_key, fingerprint
+            db.session.commit()
+            _append(job_id, "Host key recorded on first use:\n" + fingerprint + "\n")
+        write_known_hosts(self.app.instance_path)
+        db.session.commit()
+        facts: dict = {}
+        for playbook in PLAYBOOKS[kind]:
+            use_password = password if playbook == "bootstrap.yml" else None
+            password = None if playbook == "bootstrap.yml" else password
+            server = db.session.get(Server, job.server_id)
+            _append(job_id, f"Running {playbook}{' with the root password' if use_password else ' with the panel key'}\n")
+            result = run_playbook(self.app, job_id, server, playbook, password=use_password,
+                                  cancel=self.stop_event.is_set, observe=self.observe)
+            use_password = None
+            db.session.remove()
+            if result.status != "successful":
+                if self.stop_event.is_set():
+                    raise JobFailed("the panel daemon stopped during the run; start the job again")
+                raise JobFailed(result.failure or f"{playbook} ended with status {result.status} (exit code {result.rc})")
+            facts.update(result.facts)
+        self._finish(job_id, kind, facts)
+
+    def _finish(self, job_id: int, kind: str, facts: dict) -> None:
+        job = db.session.get(ProvisionJob, job_id)
+        server = db.session.get(Server, job.server_id)
+        if kind in ("add", "reprovision"):
+            fingerprint = facts.get("worker_agent_tls_fingerprint", "").replace(":", "").lower()
+            if len(fingerprint) != 64:
+                raise JobFailed("the agent was set up but its certificate fingerprint was not reported")
+            server.cert_fingerprint = fingerprint
+            server.status = "new"  # the heartbeat takes over
+            server.last_error = None
+            message = "set up: the agent is installed; waiting for its first heartbeat"
+        elif kind == "remove":
+            server.status = "removed"
+            message = "decommissioned: the agent and Mailfleet's Exim configuration were removed"
+        else:
+            message = "reconfigured"
+        job.status = "succeeded"
+        job.finished_at = utcnow()
+        job.current_task = None
+        job.log = (job.log or "") + f"Job {job.id} succeeded {job.finished_at:%Y-%m-%d %H:%M:%S} UTC\n"
+        db.session.add(ServerEvent(server_id=server.id, kind="provisioned" if kind != "remove" else "removed",
+                                   message=message))
+        db.session.commit()
+        log.info("provisioning job %s (%s) of server %s succeeded", job_id, kind, server.id)

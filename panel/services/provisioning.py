@@ -1,0 +1,194 @@
+"""Setting servers up through Ansible: adding a server from its root password, jobs, the panel's SSH key.
+
+The root password never comes here: the web view hands it straight to the daemon's memory
+(panel/daemon/password_channel.py). These functions flush but do not commit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+from sqlalchemy import select
+
+from ..extensions import db
+from ..models import JOB_KINDS, ProvisionJob, Server, ServerIP, User
+from ..models.base import utcnow
+from .servers import ServerError, SourceIP, _check_helo, _check_host, parse_source_ip
+
+ACTIVE_JOB_STATES = ("queued", "running")
+# What the user reads when a password job outlived the process that held the password.
+PASSWORD_LOST = "the root password was only in memory of the daemon that stopped; enter it again"
+DAEMON_DOWN = (
+    "the panel daemon is not running, so nobody can set the server up; the root password was "
+    "discarded. Start the daemon (python -m panel.daemon) and add the server again"
+)
+
+
+# --- the panel's own SSH key and known_hosts, kept in instance/ssh/
+
+def ssh_dir(instance_path: str | os.PathLike) -> Path:
+    path = Path(instance_path) / "ssh"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def panel_key(instance_path: str | os.PathLike) -> tuple[Path, str]:
+    """The panel's SSH key (made once with ssh-keygen, 0600): its private key file and public key line."""
+    key = ssh_dir(instance_path) / "id_ed25519"
+    if not key.exists():
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailfleet-panel", "-f", str(key)],
+            check=True, capture_output=True, text=True, timeout=30,
+        )
+    os.chmod(key, 0o600)
+    return key, key.with_suffix(".pub").read_text().strip()
+
+
+def known_hosts_path(instance_path: str | os.PathLike) -> Path:
+    return ssh_dir(instance_path) / "known_hosts"
+
+
+def write_known_hosts(instance_path: str | os.PathLike) -> Path:
+    """Rewrite instance/ssh/known_hosts from the host keys recorded on the servers (atomically)."""
+    path = known_hosts_path(instance_path)
+    lines = []
+    for host_key in db.session.scalars(select(Server.host_key).where(Server.host_key.is_not(None))):
+        lines.extend(line for line in host_key.splitlines() if line.strip())
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".known_hosts.")
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return path
+
+
+def scan_host_key(host: str, port: int, timeout: int = 10) -> tuple[str, str]:
+    """`ssh-keyscan -p PORT HOST`: the known_hosts lines and their SHA256 fingerprints (one per key type)."""
+    proc = subprocess.run(
+        ["ssh-keyscan", "-T", str(timeout), "-p", str(port), host],
+        capture_output=True, text=True, timeout=timeout + 10,
+    )
+    lines = sorted(line for line in proc.stdout.splitlines() if line.strip() and not line.startswith("#"))
+    if not lines:
+        raise ServerError(
+            f"no SSH server answered on {host} port {port}: check the address and port, "
+            "and that the server is running and reachable from the panel"
+        )
+    with tempfile.NamedTemporaryFile("w", suffix=".keys") as f:
+        f.write("\n".join(lines) + "\n")
+        f.flush()
+        out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", f.name],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    # "256 SHA256:abc… [host]:2222 (ED25519)" -> "ED25519 SHA256:abc…"
+    prints = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 4:
+            prints.append(f"{parts[-1].strip('()')} {parts[1]}")
+    return "\n".join(lines), "\n".join(prints)
+
+
+# --- adding servers and starting jobs
+
+def parse_ip_lines(text: str) -> list[SourceIP]:
+    """IPs one per line, each `IP` or `IP=HELO`; blank lines ignored."""
+    return [parse_source_ip(line) for line in text.splitlines() if line.strip()]
+
+
+def add_server(user: User, *, name: str, host: str, ssh_port: int, ips: list[SourceIP]) -> tuple[Server, ProvisionJob]:
+    """A server the panel is to set up from its root password: the row (status provisioning) and
+    its `add` job (queued, waiting for the password that the caller hands to the daemon)."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise ServerError("give the server a name of 1 to 200 characters")
+    host = _check_host(host)
+    if not 1 <= ssh_port <= 65535:
+        raise ServerError(f"SSH port {ssh_port} is out of range (1-65535)")
+    if not ips:
+        raise ServerError("give at least one IP address the server sends from (one per line, IP or IP=HELO)")
+    seen = [item.ip for item in ips]
+    if len(set(seen)) != len(seen):
+        raise ServerError("each source IP address may be given once")
+    server = Server(
+        user_id=user.id, name=name, host=host, ssh_port=ssh_port, api_port=8443,
+        agent_key=Fernet.generate_key().decode(), cert_fingerprint=None, status="provisioning", outcome_ack=0,
+    )
+    server.ips = [
+        ServerIP(ip=item.ip, helo=_check_helo(item.helo, item.ip) if item.helo else host, weight=1, active=True)
+        for item in ips
+    ]
+    db.session.add(server)
+    db.session.flush()
+    job = ProvisionJob(server_id=server.id, kind="add", status="queued", needs_password=True, log="")
+    db.session.add(job)
+    db.session.flush()
+    return server, job
+
+
+def active_job(server: Server) -> ProvisionJob | None:
+    return db.session.scalars(
+        select(ProvisionJob).where(ProvisionJob.server_id == server.id, ProvisionJob.status.in_(ACTIVE_JOB_STATES))
+    ).first()
+
+
+def start_job(user: User, server: Server, kind: str) -> ProvisionJob:
+    """Queue a key-only job (reprovision, reconfigure, remove) for the user's server."""
+    if server.user_id != user.id:
+        raise ServerError("there is no such server")
+    if kind not in JOB_KINDS or kind == "add":
+        raise ServerError(f"unknown job {kind!r}")
+    if active_job(server) is not None:
+        raise ServerError("a job for this server is already queued or running: wait until it ends")
+    if server.host_key is None:
+        raise ServerError("the panel has never reached this server over SSH: add it again with its root password")
+    if kind == "reconfigure" and not server.cert_fingerprint:
+        raise ServerError("the server was never set up completely: re-provision it first")
+    job = ProvisionJob(server_id=server.id, kind=kind, status="queued", needs_password=False, log="")
+    db.session.add(job)
+    if kind in ("reprovision", "remove"):
+        server.status = "provisioning"
+    db.session.flush()
+    return job
+
+
+def fail_job(job: ProvisionJob, error: str) -> None:
+    job.status = "failed"
+    job.error = error
+    job.finished_at = utcnow()
+    job.log = (job.log or "") + f"FAILED: {error}\n"
+    server = db.session.get(Server, job.server_id)
+    if server is not None and server.status == "provisioning":
+        server.status = "failed"
+        server.last_error = error
+    db.session.flush()
+
+
+def server_jobs(server: Server, limit: int = 20) -> list[ProvisionJob]:
+    return list(db.session.scalars(
+        select(ProvisionJob).where(ProvisionJob.server_id == server.id).order_by(ProvisionJob.id.desc()).limit(limit)
+    ))
+
+
+def get_job(user: User, job_id: int) -> ProvisionJob | None:
+    job = db.session.get(ProvisionJob, job_id)
+    if job is None:
+        return None
+    server = db.session.get(Server, job.server_id)
+    return job if server is not None and server.user_id == user.id else None
+
+
+def _when(value) -> str | None:  # noqa: ANN001
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else None
+
+
+def job_info(job: ProvisionJob) -> dict:
+    return {
+        "id": job.id, "kind": job.kind, "status": job.status, "created_at": _when(job.created_at),
+        "started_at": _when(job.started_at), "finished_at": _when(job.finished_at),
+        "current_task": job.current_task, "tasks_done": job.tasks_done, "log": job.log or "", "error": job.error,
+    }

@@ -1,0 +1,74 @@
+"""Fixtures for provisioning tests: the panel's app/browser/seed fixtures (tests/panel) on an
+instance folder of the test's own, and a Provisioner whose password channel listens there."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from panel import create_app
+from panel.daemon.provision import Provisioner
+from panel.extensions import db
+from tests.panel.conftest import (  # noqa: F401  (fixtures shared with the panel's tests)
+    SECRET,
+    Browser,
+    Seed,
+    fast_password_hashing,
+    migrated_db,
+    preserved_logging,
+)
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Path:
+    path = tmp_path / "instance"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def app(migrated_db: Path, tmp_path: Path, instance: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:  # noqa: F811
+    path = instance / "mailfleet.db"
+    shutil.copyfile(migrated_db, path)
+    monkeypatch.setenv("MAILFLEET_INSTANCE_PATH", str(instance))
+    app = create_app({
+        "TESTING": True, "SECRET_KEY": SECRET, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{path}",
+        "PUBLIC_URL": "http://panel.example.com", "BOUNCE_DOMAIN": "bounces.example.com",
+        "WTF_CSRF_ENABLED": True,
+    })
+    assert Path(app.instance_path) == instance
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def browser(app: Flask) -> Browser:
+    return Browser(app.test_client())
+
+
+@pytest.fixture
+def seed(app: Flask) -> Seed:
+    return Seed(app)
+
+
+@pytest.fixture
+def channel(app: Flask) -> Iterator[Provisioner]:
+    """The daemon's password channel listening (its provisioning thread not started)."""
+    provisioner = Provisioner(app)
+    provisioner.channel.start()
+    yield provisioner
+    provisioner.channel.stop()
+
+
+def add_form(**fields: Any) -> dict[str, Any]:
+    data = {"name": "fresh worker", "host": "192.0.2.50", "ssh_port": "22",
+            "root_password": "Sup3r-Secret-Root-Pw", "ips": "192.0.2.50=mx1.example.net\n192.0.2.51\n"}
+    data.update(fields)
+    return data
