@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -161,6 +162,17 @@ def _inventory(server: Server, key_file: Path, public_key: str, extra: dict) -> 
     return {"mailfleet_workers": {"hosts": {f"server{server.id}": host_vars}}}
 
 
+def provision_vars(app: Flask) -> dict:
+    """Variables the site adds to every worker's inventory (PROVISION_VARS: a dict, or JSON in
+    MAILFLEET_PROVISION_VARS), e.g. {"exim_smarthost": "…"}; they win over the panel's own."""
+    value = app.config.get("PROVISION_VARS") or {}
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, dict):
+        raise ValueError("PROVISION_VARS must be a JSON object")
+    return value
+
+
 def run_playbook(
     app: Flask, job_id: int, server: Server, playbook: str, *, password: str | None = None,
     cancel: Callable[[], bool] | None = None, observe: Callable[[Path], None] | None = None,
@@ -179,8 +191,10 @@ def run_playbook(
         inventory_file = inventory_dir / "hosts.json"
         fd = os.open(inventory_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(_inventory(server, key_file, public_key, app.config.get("PROVISION_VARS") or {}), f)
+            json.dump(_inventory(server, key_file, public_key, provision_vars(app)), f)
         envvars = {
+            # ansible-playbook from the panel's own venv, whatever PATH the daemon was started with
+            "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)]),
             "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
             "ANSIBLE_COLLECTIONS_PATH": str(ANSIBLE_DIR / ".collections"),
             "ANSIBLE_SSH_ARGS": (
@@ -212,7 +226,16 @@ def run_playbook(
             **kwargs,
         )
         password = None  # noqa: F841  (this frame no longer holds it)
-        return RunResult(status=runner.status, rc=runner.rc, failure=recorder.failure, facts=recorder.facts)
+        failure = recorder.failure
+        if runner.status != "successful" and not failure:
+            try:
+                tail = [line for line in runner.stdout.read().splitlines() if line.strip()][-15:]
+            except (OSError, AttributeError):
+                tail = []
+            if tail:
+                _append(job_id, "ansible-playbook said:\n" + "\n".join(tail) + "\n")
+                failure = f"{playbook} ended with status {runner.status} (exit code {runner.rc}): {tail[-1]}"
+        return RunResult(status=runner.status, rc=runner.rc, failure=failure, facts=recorder.facts)
     finally:
         shutil.rmtree(private_dir, ignore_errors=True)
 
