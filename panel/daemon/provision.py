@@ -351,7 +351,7 @@ class Provisioner:
     def _run(self, job_id: int, password: str | None) -> None:
         job = db.session.get(ProvisionJob, job_id)
         server = db.session.get(Server, job.server_id)
-        kind = job.kind
+        kind, server_id = job.kind, job.server_id
         if job.needs_password and password is None:
             raise JobFailed(PASSWORD_LOST)
         if server.host_key is None:
@@ -369,7 +369,7 @@ class Provisioner:
         for playbook in PLAYBOOKS[kind]:
             use_password = password if playbook == "bootstrap.yml" else None
             password = None if playbook == "bootstrap.yml" else password
-            server = db.session.get(Server, job.server_id)
+            server = db.session.get(Server, server_id)
             _append(job_id, f"Running {playbook}{' with the root password' if use_password else ' with the panel key'}\n")
             result = run_playbook(self.app, job_id, server, playbook, password=use_password,
                                   cancel=self.stop_event.is_set, observe=self.observe)

@@ -1,0 +1,88 @@
+"""End to end: the panel (web views in-process, the daemon as a real process) sets up a bare
+Debian test host from its root password alone — bootstrap.yml, then worker.yml with the
+panel's key — and the server comes online. Afterwards the password is found nowhere.
+
+Needs root and the test-host packages (devserver.testhost); skipped with the reason otherwise.
+Slow (~1-2 min): apt installs Exim inside the host through the test proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from panel.daemon.password_channel import socket_path
+from panel.extensions import db
+from panel.models import ProvisionJob, Server
+from tests.helpers import wait_for
+from tests.hosts.conftest import rootfs, test_host  # noqa: F401  (fixtures)
+
+from .conftest import add_form
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _prepare_like_a_real_server(host) -> None:  # noqa: ANN001
+    """What a real server has and a test host lacks (see the report of issue 3):
+    - a resolver: test hosts have no DNS; the package mirror's name in /etc/hosts passes preflight's check;
+    - python3-packaging: ansible.builtin.pip needs it on the target and the worker_agent role does not
+      install it yet (role change requested).
+    Time sync is not running in a container: PROVISION_VARS turns that check off for this test."""
+    host.run("echo '%s deb.debian.org' >> /etc/hosts" % host.host_ip, check=True)
+    host.run("apt-get update -q && apt-get install -y -q python3-packaging", check=True, timeout=300)
+
+
+def test_the_panel_sets_up_a_bare_host_from_its_root_password(
+    app: Flask, browser, seed, instance: Path, tmp_path: Path, test_host,  # noqa: F811
+) -> None:
+    host = test_host(proxy=True)
+    _prepare_like_a_real_server(host)
+    password = host.root_password
+    daemon_log = tmp_path / "daemon.log"
+    env = dict(os.environ, MAILFLEET_INSTANCE_PATH=str(instance),
+               DATABASE_URL=app.config["SQLALCHEMY_DATABASE_URI"],
+               MAILFLEET_PROVISION_VARS=json.dumps({"preflight_time_sync_required": False}),
+               MAILFLEET_DAEMON_INTERVAL="0.5")
+    with open(daemon_log, "wb") as out:
+        daemon = subprocess.Popen([sys.executable, "-m", "panel.daemon"], cwd=REPO, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: socket_path(instance).exists(), what="the daemon's password channel", timeout=30)
+        seed.user("a@example.com")
+        browser.login("a@example.com")
+        response = browser.post("/servers/", add_form(name="nspawn worker", host=host.ip, ssh_port=str(host.ssh_port),
+                                                      root_password=password, ips=host.ip))
+        assert response.status_code == 302, response.get_data(as_text=True)
+        server_id = int(response.headers["Location"].rstrip("/").split("/")[-1])
+
+        def job_done():
+            data = browser.get(f"/servers/{server_id}/jobs.json").get_json()
+            job = data["jobs"][0]
+            return job if job["status"] in ("succeeded", "failed") else None
+
+        job = wait_for(job_done, what="the add job to end", timeout=600, interval=1)
+        assert job["status"] == "succeeded", job["log"][-4000:]
+        assert "Running bootstrap.yml with the root password" in job["log"]
+        assert "Running worker.yml with the panel key" in job["log"]
+        server = seed.get(Server, server_id)
+        assert len(server.cert_fingerprint) == 64 and "SHA256:" in server.host_key_fingerprint
+        wait_for(lambda: seed.get(Server, server_id).status == "online", what="the server online", timeout=60)
+        page = browser.get(f"/servers/{server_id}").get_data(as_text=True)
+        assert server.host_key_fingerprint.splitlines()[0] in page
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(30)
+    with app.app_context():
+        db.engine.dispose()
+    needle = password.encode()
+    leaks = [str(p) for p in instance.rglob("*") if p.is_file() and not p.is_socket() and needle in p.read_bytes()]
+    assert leaks == []
+    assert needle not in daemon_log.read_bytes()
+    assert password not in seed.query(lambda s: "".join(j.log for j in s.query(ProvisionJob)))
