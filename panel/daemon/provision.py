@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -256,8 +257,15 @@ class Provisioner:
     def start(self) -> None:
         with self.app.app_context():
             self._fail_orphans()
+        # Sending must go on even where setting servers up cannot: these failures are logged.
+        try:
             panel_key(self.app.instance_path)
-        self.channel.start()
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.error("the panel's SSH key could not be made (is ssh-keygen installed?): %s", exc)
+        try:
+            self.channel.start()
+        except OSError as exc:
+            log.error("the password channel could not listen on %s: %s; adding servers will fail", self.channel.path, exc)
         self._thread = threading.Thread(target=self._loop, name="provisioner", daemon=True)
         self._thread.start()
 

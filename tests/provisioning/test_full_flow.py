@@ -76,6 +76,22 @@ def test_the_panel_sets_up_a_bare_host_from_its_root_password(
         wait_for(lambda: seed.get(Server, server_id).status == "online", what="the server online", timeout=60)
         page = browser.get(f"/servers/{server_id}").get_data(as_text=True)
         assert server.host_key_fingerprint.splitlines()[0] in page
+
+        # Later runs need the key only: with password logins off on the host, re-provision works.
+        host.run("printf 'PasswordAuthentication no\\nKbdInteractiveAuthentication no\\n'"
+                 " > /etc/ssh/sshd_config.d/00-test-nopassword.conf && systemctl reload ssh", check=True)
+        assert browser.post(f"/servers/{server_id}/reprovision").status_code == 302
+        job = wait_for(job_done, what="the reprovision job to end", timeout=600, interval=1)
+        assert (job["kind"], job["status"]) == ("reprovision", "succeeded"), job["log"][-4000:]
+        assert "Running worker.yml with the panel key" in job["log"] and "root password" not in job["log"]
+        assert seed.get(Server, server_id).cert_fingerprint == server.cert_fingerprint  # same agent, same certificate
+        wait_for(lambda: seed.get(Server, server_id).status == "online", what="the server online again", timeout=60)
+
+        assert browser.post(f"/servers/{server_id}/remove").status_code == 302
+        job = wait_for(job_done, what="the remove job to end", timeout=300, interval=1)
+        assert (job["kind"], job["status"]) == ("remove", "succeeded"), job["log"][-4000:]
+        assert seed.get(Server, server_id).status == "removed"
+        assert host.run("systemctl is-active mailfleet-agent-api.service").stdout.strip() != "active"
     finally:
         os.killpg(daemon.pid, signal.SIGTERM)
         daemon.wait(30)
