@@ -2,6 +2,11 @@
 // while one is queued or running. Values are set as text, never as HTML.
 (function () {
   "use strict";
+  document.querySelectorAll("button[data-confirm]").forEach(function (button) {
+    button.addEventListener("click", function (event) {
+      if (!window.confirm(button.dataset.confirm)) event.preventDefault();
+    });
+  });
   var section = document.getElementById("jobs");
   if (!section) return;
   var url = section.dataset.url;

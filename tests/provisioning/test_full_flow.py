@@ -16,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from flask import Flask
 
 from panel.daemon.password_channel import socket_path
