@@ -22,6 +22,7 @@ from ..models import (
     campaign_lists,
 )
 from ..models.base import utcnow
+from .servers import user_servers
 
 
 class SendingError(Exception):
@@ -46,9 +47,11 @@ def start_campaign(user: User, campaign: Campaign) -> int:
         raise SendingError(f"campaign is {campaign.status}; only a draft can be started")
     if not campaign.lists:
         raise SendingError("choose at least one list to send to")
-    servers = campaign.servers or list(
-        db.session.scalars(select(Server).where(Server.user_id == user.id).order_by(Server.id))
-    )
+    not_ready = [server for server in campaign.servers if not server.ready]
+    if not_ready:
+        names = ", ".join(f"{server.name} ({server.status})" for server in not_ready)
+        raise SendingError(f"chosen servers cannot send yet: {names}; wait until they are set up or choose others")
+    servers = campaign.servers or [server for server in user_servers(user) if server.ready]
     slots = _slots(servers)
     if not slots:
         raise SendingError("no server with an active IP address to send from: add a server first")

@@ -8,7 +8,7 @@ import re
 import pytest
 from sqlalchemy import select
 
-from panel.models import Campaign, Delivery, Suppression
+from panel.models import Campaign, Delivery, Server, Suppression
 from panel.services.templates import allowed_variables, check_template
 
 PEOPLE = [
@@ -195,6 +195,35 @@ def test_start_without_a_server_says_what_to_do(as_alice, seed, alice, lists):
     response = as_alice.post(f"/campaigns/{campaign_id}/start")
     page = as_alice.get(response.headers["Location"]).get_data(as_text=True)
     assert "add a server first" in page
+    assert seed.get(Campaign, campaign_id).status == "draft"
+    assert seed.query(lambda s: s.query(Delivery).count()) == 0
+
+
+def _set_server_status(seed, server_id: int, status: str) -> None:
+    with seed.app.app_context():
+        from panel.extensions import db
+
+        db.session.get(Server, server_id).status = status
+        db.session.commit()
+
+
+def test_start_uses_only_servers_that_can_send(as_alice, seed, alice, lists):
+    ready = seed.server(alice, name="ready", ips=("192.0.2.10",))
+    busy = seed.server(alice, name="still provisioning", ips=("192.0.2.20",))
+    _set_server_status(seed, busy, "provisioning")
+    campaign_id = seed.campaign(alice, [lists["people"], lists["vips"]])
+    as_alice.post(f"/campaigns/{campaign_id}/start")
+    used = seed.query(lambda s: {row.server_id for row in s.query(Delivery).filter_by(campaign_id=campaign_id)})
+    assert used == {ready}
+
+
+def test_start_refuses_a_chosen_server_that_cannot_send_yet(as_alice, seed, alice, lists):
+    busy = seed.server(alice, name="still provisioning")
+    _set_server_status(seed, busy, "provisioning")
+    campaign_id = seed.campaign(alice, [lists["people"]], servers=[busy])
+    response = as_alice.post(f"/campaigns/{campaign_id}/start")
+    page = as_alice.get(response.headers["Location"]).get_data(as_text=True)
+    assert "still provisioning (provisioning)" in page and "cannot send yet" in page
     assert seed.get(Campaign, campaign_id).status == "draft"
     assert seed.query(lambda s: s.query(Delivery).count()) == 0
 
