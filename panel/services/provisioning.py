@@ -15,9 +15,9 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 
 from ..extensions import db
-from ..models import JOB_KINDS, ProvisionJob, Server, ServerIP, User
+from ..models import JOB_KINDS, ProvisionJob, Server, User
 from ..models.base import utcnow
-from .servers import ServerError, SourceIP, _check_helo, _check_host, parse_source_ip
+from .servers import ServerError, SourceIP, new_server, parse_source_ip
 
 ACTIVE_JOB_STATES = ("queued", "running")
 # What the user reads when a password job outlived the process that held the password.
@@ -103,27 +103,10 @@ def parse_ip_lines(text: str) -> list[SourceIP]:
 def add_server(user: User, *, name: str, host: str, ssh_port: int, ips: list[SourceIP]) -> tuple[Server, ProvisionJob]:
     """A server the panel is to set up from its root password: the row (status provisioning) and
     its `add` job (queued, waiting for the password that the caller hands to the daemon)."""
-    name = name.strip()
-    if not name or len(name) > 200:
-        raise ServerError("give the server a name of 1 to 200 characters")
-    host = _check_host(host)
     if not 1 <= ssh_port <= 65535:
         raise ServerError(f"SSH port {ssh_port} is out of range (1-65535)")
-    if not ips:
-        raise ServerError("give at least one IP address the server sends from (one per line, IP or IP=HELO)")
-    seen = [item.ip for item in ips]
-    if len(set(seen)) != len(seen):
-        raise ServerError("each source IP address may be given once")
-    server = Server(
-        user_id=user.id, name=name, host=host, ssh_port=ssh_port, api_port=8443,
-        agent_key=Fernet.generate_key().decode(), cert_fingerprint=None, status="provisioning", outcome_ack=0,
-    )
-    server.ips = [
-        ServerIP(ip=item.ip, helo=_check_helo(item.helo, item.ip) if item.helo else host, weight=1, active=True)
-        for item in ips
-    ]
-    db.session.add(server)
-    db.session.flush()
+    server = new_server(user, name=name, host=host, ips=ips, ssh_port=ssh_port, api_port=8443,
+                        agent_key=Fernet.generate_key().decode(), cert_fingerprint=None, status="provisioning")
     job = ProvisionJob(server_id=server.id, kind="add", status="queued", needs_password=True, log="")
     db.session.add(job)
     db.session.flush()

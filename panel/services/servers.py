@@ -85,10 +85,6 @@ def register_server(
     ips: list[SourceIP],
 ) -> Server:
     """Record an agent that is already installed and running (its key and certificate known)."""
-    name = name.strip()
-    if not name or len(name) > 200:
-        raise ServerError("give the server a name of 1 to 200 characters")
-    host = _check_host(host)
     if not 1 <= port <= 65535:
         raise ServerError(f"port {port} is out of range (1-65535)")
     agent_key = agent_key.strip()
@@ -99,15 +95,23 @@ def register_server(
     fingerprint = fingerprint.strip().replace(":", "").lower()
     if not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
         raise ServerError("the fingerprint must be the SHA-256 of the agent's certificate: 64 hex digits")
+    return new_server(user, name=name, host=host, ips=ips, api_port=port, agent_key=agent_key,
+                      cert_fingerprint=fingerprint, status="new")
+
+
+def new_server(user: User, *, name: str, host: str, ips: list[SourceIP], **columns: object) -> Server:
+    """Check what every server needs (name, host, distinct source IPs), then add the row with
+    its IPs; ``columns`` are the other Server columns, already checked by the caller."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise ServerError("give the server a name of 1 to 200 characters")
+    host = _check_host(host)
     if not ips:
-        raise ServerError("give at least one source IP address the server sends from")
+        raise ServerError("give at least one IP address the server sends from (one per line, IP or IP=HELO)")
     seen = [item.ip for item in ips]
     if len(set(seen)) != len(seen):
         raise ServerError("each source IP address may be given once")
-    server = Server(
-        user_id=user.id, name=name, host=host, api_port=port, agent_key=agent_key,
-        cert_fingerprint=fingerprint, status="new", outcome_ack=0,
-    )
+    server = Server(user_id=user.id, name=name, host=host, outcome_ack=0, **columns)
     server.ips = [
         ServerIP(ip=item.ip, helo=_check_helo(item.helo, item.ip) if item.helo else host, weight=1, active=True)
         for item in ips
