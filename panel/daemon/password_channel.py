@@ -131,14 +131,9 @@ class PasswordChannel:
         _pid, uid, _gid = struct.unpack("3i", creds)
         if uid not in (0, os.getuid()):
             return {"ok": False, "error": "not allowed"}
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-            if len(data) > MAX_MESSAGE:
-                return {"ok": False, "error": "message too long"}
+        data = _read_line(conn)
+        if data is None:
+            return {"ok": False, "error": "message too long"}
         message = json.loads(data.decode())
         job_id, password = message.get("job_id"), message.get("password")
         if not isinstance(job_id, int) or not isinstance(password, str) or not password:
@@ -149,6 +144,19 @@ class PasswordChannel:
         self.store.put(job_id, password)
         log.info("password received for provisioning job %s", job_id)
         return {"ok": True}
+
+
+def _read_line(sock: socket.socket) -> bytes | None:
+    """One JSON line from the peer (or what came before it closed); None past MAX_MESSAGE."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_MESSAGE:
+            return None
+    return data
 
 
 def send_password(path: str | os.PathLike, job_id: int, password: str, timeout: float = 10.0) -> None:
@@ -163,12 +171,7 @@ def send_password(path: str | os.PathLike, job_id: int, password: str, timeout: 
         except OSError as exc:
             raise ChannelError(f"the panel daemon could not be reached ({exc.strerror or exc})") from None
         sock.sendall(json.dumps({"job_id": job_id, "password": password}).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = _read_line(sock) or b""
     except (TimeoutError, socket.timeout):
         raise ChannelError("the panel daemon did not answer in time") from None
     finally:
