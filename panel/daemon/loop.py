@@ -15,7 +15,7 @@ from flask import Flask, current_app
 from sqlalchemy import select
 
 from ..extensions import db
-from ..models import READY_STATES, Campaign, Server, ServerEvent
+from ..models import Campaign, Server, ServerEvent
 from ..models.base import utcnow
 from .agent_client import AgentClient, AgentError, AgentUnreachable
 from .dispatch import dispatch_server
@@ -119,10 +119,7 @@ def serve_server(state: DaemonState, server: Server) -> bool:
 def run_round(state: DaemonState) -> bool:
     busy = False
     # Servers being set up, taken down or whose setup failed have no agent to talk to.
-    ready = select(Server).where(
-        Server.status.in_(READY_STATES), Server.agent_key.is_not(None), Server.cert_fingerprint.is_not(None)
-    )
-    for server in db.session.scalars(ready.order_by(Server.id)).all():
+    for server in db.session.scalars(select(Server).where(Server.ready).order_by(Server.id)).all():
         busy = serve_server(state, server) or busy
     finish_campaigns()
     db.session.remove()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import ColumnElement, ForeignKey, String, Text, UniqueConstraint, and_
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..extensions import db
@@ -45,10 +46,15 @@ class Server(db.Model):
         back_populates="server", cascade="all, delete-orphan", order_by="ServerIP.id"
     )
 
-    @property
+    @hybrid_property
     def ready(self) -> bool:
         """Its agent is installed and known: the daemon may ping it and push to it."""
         return self.status in READY_STATES and bool(self.agent_key and self.cert_fingerprint)
+
+    @ready.inplace.expression
+    @classmethod
+    def _ready_expression(cls) -> ColumnElement[bool]:
+        return and_(cls.status.in_(READY_STATES), cls.agent_key.is_not(None), cls.cert_fingerprint.is_not(None))
 
     @property
     def api_url(self) -> str:
