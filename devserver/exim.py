@@ -65,12 +65,18 @@ class EximSettings:
     # Accept into the queue only; the daemon's queue runners (every `queue_interval`) deliver.
     queue_only: bool = False
     queue_interval: str = "5s"
+    # The HELO map the agent writes (default rundir/helo-map; it need not exist).
+    helo_map: Path | None = None
     # Any other `exim_*` template variable, e.g. {"exim_queue_run_max": 4}.
     overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def bounce_spool_path(self) -> Path:
         return (self.bounce_spool or self.rundir / "bounces").absolute()
+
+    @property
+    def helo_map_path(self) -> Path:
+        return (self.helo_map or self.rundir / "helo-map").absolute()
 
 
 def comment(text: str, style: str = "plain", decoration: str = "# ") -> str:
@@ -122,6 +128,7 @@ def template_vars(settings: EximSettings) -> dict[str, Any]:
         "exim_notifier_socket": f"mailfleet-exim-{settings.smtp_port}-{os.getpid()}",
         "exim_relay_from_hosts": ["127.0.0.1", "::1"],
         "exim_source_ips": [{"ip": ip, "helo": helo} for ip, helo in settings.source_ips],
+        "exim_helo_map": str(settings.helo_map_path),
         "exim_smarthost": smarthost,
         "exim_bounce_domains": list(settings.bounce_domains),
         "exim_bounce_local_part_prefixes": ["bounce+", "unsubscribe+"],
@@ -241,6 +248,7 @@ class Exim:
         self.rejectlog = self.log_directory / "rejectlog"
         self.paniclog = self.log_directory / "paniclog"
         self.bounce_spool = settings.bounce_spool_path
+        self.helo_map = settings.helo_map_path
         self._stderr_path = self.rundir / "exim.stderr"
         self._process: subprocess.Popen[bytes] | None = None
 

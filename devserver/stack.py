@@ -188,6 +188,7 @@ class LocalStack:
             "exim_mainlog": str(self.exim.mainlog),
             "source_ips": [ip for ip, _ in self.settings.source_ips],
             "bounce_spool": str(self.bounce_spool),
+            "helo_map": str(self.exim.helo_map),  # HELO names pushed by the panel, read by this Exim
             "hostname": "worker.test",
         }
         self.agent_config_path.write_text(json.dumps(config, indent=2))

@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from . import __version__, protocol, render
+from . import __version__, protocol, remote_config, render
 from .config import AgentConfig, load_config
 from .queue import CAMPAIGN_STATES, QueueDB, QueueError
 
@@ -38,18 +38,19 @@ def create_app(config: AgentConfig | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     key = config.read_key()
     queue = QueueDB(config.queue_db)
-    _register_endpoints(app, key, queue)
+    _register_endpoints(app, key, queue, config)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return app
 
 
-def _register_endpoints(app: Flask, key: bytes, queue: QueueDB) -> None:
+def _register_endpoints(app: Flask, key: bytes, queue: QueueDB, config: AgentConfig) -> None:
     handlers: dict[str, Handler] = {
         "/v1/ping": lambda data: _ping(queue, data),
         "/v1/batches": lambda data: _batches(queue, data),
         "/v1/outcomes": lambda data: _outcomes(queue, data),
         "/v1/campaigns/state": lambda data: _campaign_state(queue, data),
+        "/v1/config": lambda data: _config(queue, config, data),
     }
     for path, handler in handlers.items():
         app.add_url_rule(path, path, _sealed_view(path, handler, key, queue), methods=["POST"])
@@ -67,7 +68,7 @@ def _sealed_view(path: str, handler: Handler, key: bytes, queue: QueueDB) -> Cal
             return Response(f"refused: {exc.reason}", status=403, mimetype="text/plain")
         try:
             reply, status = handler(opened.data), 200
-        except (RequestError, QueueError, render.CampaignError) as exc:
+        except (RequestError, QueueError, render.CampaignError, remote_config.RemoteConfigError) as exc:
             reply, status = {"error": str(exc)}, 400
         _, body = protocol.seal(key, path, reply, reply_to=opened.nonce)
         return Response(body, status=status, content_type=protocol.CONTENT_TYPE)
@@ -84,7 +85,8 @@ def _object(data: Any) -> dict[str, Any]:
 
 def _ping(queue: QueueDB, data: Any) -> dict[str, Any]:
     queued, sending = queue.counts()
-    return {"ok": True, "version": __version__, "queued": queued, "sending": sending, "time": int(time.time())}
+    return {"ok": True, "version": __version__, "queued": queued, "sending": sending, "time": int(time.time()),
+            "config_version": remote_config.stored_version(queue)}
 
 
 def _batches(queue: QueueDB, data: Any) -> dict[str, Any]:
@@ -122,3 +124,11 @@ def _campaign_state(queue: QueueDB, data: Any) -> dict[str, Any]:
         raise RequestError(f"state must be one of {', '.join(CAMPAIGN_STATES)}")
     affected = queue.set_campaign_state(campaign_id, state)
     return {"campaign_id": campaign_id, "state": state, "affected": affected}
+
+
+def _config(queue: QueueDB, config: AgentConfig, data: Any) -> dict[str, Any]:
+    remote = remote_config.parse(data, config.source_ips)
+    remote_config.apply(queue, config, remote)
+    log.info("config version %d applied: %d rate limits, %d HELO names",
+             remote.version, len(remote.rate_limits), len(remote.helo))
+    return {"config_version": remote.version, "rate_limits": len(remote.rate_limits), "helo": len(remote.helo)}

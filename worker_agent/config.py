@@ -34,6 +34,7 @@ class AgentConfig:
     cert_key_file: Path
     bounce_spool: Path
     exim_mainlog: Path
+    helo_map: Path  # HELO name per source IP, written from the panel's pushes, read by Exim
     listen: str = "127.0.0.1:8443"
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
@@ -60,15 +61,20 @@ class AgentConfig:
             raise ConfigError(f"cannot read key_file {self.key_file}: {exc.strerror}; run `python -m worker_agent init`") from None
 
     def rate_for(self, source_ip: str, domain: str) -> float | None:
-        """Letters per minute for this pair: the most specific rule wins, None = unlimited."""
-        best: tuple[int, float] | None = None
-        for rule in self.rate_limits:
-            if rule.source_ip not in ("*", source_ip) or rule.domain not in ("*", domain):
-                continue
-            rank = (rule.source_ip != "*") * 2 + (rule.domain != "*")
-            if best is None or rank > best[0]:
-                best = (rank, rule.per_minute)
-        return None if best is None else best[1]
+        """Letters per minute for this pair under the file's rules (see ``rate_for``)."""
+        return rate_for(self.rate_limits, source_ip, domain)
+
+
+def rate_for(rules: tuple[RateLimit, ...], source_ip: str, domain: str) -> float | None:
+    """Letters per minute for this pair: the most specific rule wins, None = unlimited."""
+    best: tuple[int, float] | None = None
+    for rule in rules:
+        if rule.source_ip not in ("*", source_ip) or rule.domain not in ("*", domain):
+            continue
+        rank = (rule.source_ip != "*") * 2 + (rule.domain != "*")
+        if best is None or rank > best[0]:
+            best = (rank, rule.per_minute)
+    return None if best is None else best[1]
 
 
 def config_path_from(arg: str | None) -> Path:
@@ -95,7 +101,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> AgentConfig:
 
 
 _KNOWN = {
-    "data_dir", "key_file", "cert_file", "cert_key_file", "bounce_spool", "exim_mainlog", "listen",
+    "data_dir", "key_file", "cert_file", "cert_key_file", "bounce_spool", "exim_mainlog", "helo_map", "listen",
     "smtp_host", "smtp_port", "smtp_connections", "source_ips", "rate_limits", "hostname", "max_attempts",
 }
 
@@ -146,6 +152,7 @@ def parse_config(raw: dict[str, Any], *, base: Path, path: Path | None = None) -
         cert_key_file=a_path("cert_key_file", data_dir / "agent-cert-key.pem"),
         bounce_spool=a_path("bounce_spool", data_dir / "bounces"),
         exim_mainlog=a_path("exim_mainlog", Path("/var/log/exim4/mainlog")),
+        helo_map=a_path("helo_map", data_dir / "helo-map"),
         listen=listen,
         smtp_host=smtp_host,
         smtp_port=an_int("smtp_port", 25, 1, 65535),

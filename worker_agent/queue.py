@@ -400,6 +400,14 @@ class QueueDB:
             # a letter that went back to the queue after its campaign was cancelled is removed now
             _cancel_queued(conn, "campaign_id IN (SELECT id FROM campaigns WHERE state = 'cancelled')", (), now)
 
+    def release_rate_holds(self, now: float) -> int:
+        """Make letters held back by a rate limit due now (the limits changed). A letter waiting
+        to be retried after a failed attempt carries its error and keeps its time."""
+        with self.write() as conn:
+            return conn.execute(
+                "UPDATE letters SET not_before = ? WHERE state = 'queued' AND not_before > ? AND last_error IS NULL",
+                (now, now)).rowcount
+
     def recover_claims(self, claimed_before: float, max_attempts: int) -> tuple[int, int]:
         """Put back letters claimed before ``claimed_before`` by a sender that is gone.
 

@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import bounce_spool
-from .config import AgentConfig, ConfigError
+from . import bounce_spool, remote_config
+from .config import AgentConfig, ConfigError, rate_for
 from .exim_log import EximLogReader
 from .queue import Claimed, QueueDB
 from .rate_limit import RateLimiter
@@ -61,6 +61,8 @@ class Sender:
         self.queue = QueueDB(config.queue_db, durable=False)
         self.renderer = Renderer()
         self.limiter = RateLimiter(config.rate_for)
+        self._config_version: int | None = None  # of the rate limits in self.limiter
+        self._load_rate_limits()
         self._work: stdlib_queue.Queue[_Work | None] = stdlib_queue.Queue()
         self._done: stdlib_queue.Queue[tuple[Claimed, Outcome]] = stdlib_queue.Queue()
         self._in_flight = 0
@@ -141,11 +143,33 @@ class Sender:
 
     def _housekeeping(self) -> None:
         try:
+            self._load_rate_limits()
             bounce_spool.collect(self.queue, self.config.bounce_spool)
             bounce_spool.remove_stale_tmp(self.config.bounce_spool)
             self.queue.cancel_orphans()
         except Exception:
             log.exception("housekeeping failed; trying again")
+
+    def _load_rate_limits(self) -> None:
+        """Rebuild the buckets when the panel has pushed a new config (checked every second).
+
+        Letters held by the old limits are made due again, so a raised limit takes effect at
+        once; the new buckets pace them. Retries waiting after a remote refusal keep their time.
+        """
+        version = remote_config.stored_version(self.queue)
+        if version == self._config_version:
+            return
+        remote = remote_config.stored(self.queue)
+        rules = remote_config.rate_limits(self.config, remote)
+        self.limiter = RateLimiter(lambda ip, domain: rate_for(rules, ip, domain))
+        if self._config_version is None:
+            log.info("%d rate limits from %s", len(rules),
+                     "the config file" if remote is None else f"the panel's config version {version}")
+        else:
+            released = self.queue.release_rate_holds(time.time())
+            log.info("config version %d: %d rate limits now in force, %d held letters due again",
+                     version, len(rules), released)
+        self._config_version = version
 
     def _claim_and_render(self, limit: int) -> int:
         claimed = self.queue.claim(limit)

@@ -167,7 +167,9 @@ def test_exim_accepts_the_rendered_configuration(rendered: Path) -> None:
     config.chmod(0o644)
     text = config.read_text(encoding="utf-8")
     assert "MAILFLEET_SOURCE_IPS = <; 192.0.2.10 ; 192.0.2.11\n" in text
-    assert "smtp_192_0_2_11:\n  driver = smtp\n  interface = <; 192.0.2.11\n  helo_data = mx2.example.net\n" in text
+    assert "MAILFLEET_HELO_MAP = /var/lib/mailfleet-agent/helo-map\n" in text
+    assert ("smtp_192_0_2_11:\n  driver = smtp\n  interface = <; 192.0.2.11\n  helo_data = ${if exists{MAILFLEET_HELO_MAP}"
+            "{${lookup{192.0.2.11}lsearch{MAILFLEET_HELO_MAP}{$value}{mx2.example.net}}}{mx2.example.net}}\n") in text
     assert "domainlist bounce_domains = <; bounces.example.com\n" in text
     assert ("command = /usr/bin/python3 /opt/mailfleet-agent/worker_agent/bounce_intake.py "
             "/var/spool/mailfleet/bounces\n") in text
