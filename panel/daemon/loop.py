@@ -17,6 +17,7 @@ from sqlalchemy import select
 from ..extensions import db
 from ..models import Campaign, Server, ServerEvent
 from ..models.base import utcnow
+from ..services import server_config
 from .agent_client import AgentClient, AgentError, AgentUnreachable
 from .dispatch import dispatch_server
 from .outcomes import collect_outcomes, finish_campaigns
@@ -25,6 +26,7 @@ log = logging.getLogger("panel.daemon")
 
 HEARTBEAT_INTERVAL = 5.0  # seconds between pings of a server that is otherwise idle
 PING_TIMEOUT = 5.0  # an unreachable server must not hold up the others for long
+CONFIG_RETRY = 60.0  # seconds before a configuration the agent refused is pushed again
 AGENT_STATES = {"running": "running", "paused": "paused", "cancelled": "cancelled"}
 
 
@@ -37,6 +39,8 @@ class DaemonState:
     # (campaign id, server id) -> the state last told to that agent; empty after a restart,
     # so every live campaign's state is told again once.
     told: dict[tuple[int, int], str] = field(default_factory=dict)
+    # server id -> (config version the agent refused, when): not pushed again at once
+    config_failed: dict[int, tuple[int, float]] = field(default_factory=dict)
 
     def client(self, server: Server) -> AgentClient:
         identity = (server.api_url, server.agent_key, server.cert_fingerprint)
@@ -69,12 +73,47 @@ def _heartbeat(state: DaemonState, server: Server, client: AgentClient) -> bool:
         return server.status == "online"  # an offline server is asked again only every interval
     state.last_ping[server.id] = now
     try:
-        client.call("/v1/ping", {}, timeout=PING_TIMEOUT)
+        reply = client.call("/v1/ping", {}, timeout=PING_TIMEOUT)
     except AgentError as exc:
         _mark(server, "offline", str(exc))
         return False
+    held = reply.get("config_version") if isinstance(reply, dict) else None
+    if isinstance(held, int) and not isinstance(held, bool):
+        server.config_applied = held  # e.g. 0 again after a reinstall: pushed again below
     _mark(server, "online", "agent answered")
     return True
+
+
+def _push_config(state: DaemonState, server: Server, client: AgentClient) -> None:
+    """Push the server's settings when the agent holds another version. A refused config is
+    recorded once and tried again after CONFIG_RETRY (the agent may have been fixed meanwhile);
+    an unreachable agent raises AgentUnreachable like any other call."""
+    if server.config_applied == server.config_version:
+        return
+    if server.config_version == 0:
+        # the agent holds settings this panel does not know of (a restored DB): the panel's win
+        server_config.bump(server)
+        db.session.commit()
+    version = server.config_version
+    failed = state.config_failed.get(server.id)
+    if failed is not None and failed[0] == version and time.monotonic() - failed[1] < CONFIG_RETRY:
+        return
+    try:
+        reply = client.call("/v1/config", server_config.agent_config(server))
+    except AgentUnreachable:
+        raise
+    except AgentError as exc:
+        db.session.rollback()
+        if failed is None or failed[0] != version:
+            server_config.record_refused(server, version, str(exc))
+            db.session.commit()
+            log.warning("server %s: configuration version %d refused: %s", server.id, version, exc)
+        state.config_failed[server.id] = (version, time.monotonic())
+        return
+    state.config_failed.pop(server.id, None)
+    server_config.record_applied(server, version, reply)
+    db.session.commit()
+    log.info("server %s: configuration version %d applied", server.id, version)
 
 
 def _tell_campaign_states(state: DaemonState, server: Server, client: AgentClient) -> None:
@@ -98,6 +137,7 @@ def serve_server(state: DaemonState, server: Server) -> bool:
     if not _heartbeat(state, server, client):
         return False
     try:
+        _push_config(state, server, client)
         _tell_campaign_states(state, server, client)
         pushed = dispatch_server(client, server)
         collect_outcomes(client, server)

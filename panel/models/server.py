@@ -40,10 +40,18 @@ class Server(db.Model):
     last_error: Mapped[str | None] = mapped_column(Text)
     # Highest outcome event seq stored; sent back to the agent as its ack.
     outcome_ack: Mapped[int] = mapped_column(default=0)
+    # Settings the daemon pushes to the agent (HELO names, rate limits): bumped on every change;
+    # config_applied is the version the agent last said it holds (0: none pushed yet).
+    config_version: Mapped[int] = mapped_column(default=0, server_default="0")
+    config_applied: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     ips: Mapped[list[ServerIP]] = relationship(
         back_populates="server", cascade="all, delete-orphan", order_by="ServerIP.id"
+    )
+    rate_limits: Mapped[list[ServerRateLimit]] = relationship(
+        back_populates="server", cascade="all, delete-orphan",
+        order_by="(ServerRateLimit.source_ip, ServerRateLimit.domain)",
     )
 
     @hybrid_property
@@ -74,6 +82,21 @@ class ServerIP(db.Model):
     active: Mapped[bool] = mapped_column(default=True)
 
     server: Mapped[Server] = relationship(back_populates="ips")
+
+
+class ServerRateLimit(db.Model):
+    """At most ``per_minute`` letters a minute from ``source_ip`` to ``domain`` ("*": any), on one server."""
+
+    __tablename__ = "server_rate_limits"
+    __table_args__ = (UniqueConstraint("server_id", "source_ip", "domain"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"), index=True)
+    source_ip: Mapped[str] = mapped_column(String(45))
+    domain: Mapped[str] = mapped_column(String(253))
+    per_minute: Mapped[int]
+
+    server: Mapped[Server] = relationship(back_populates="rate_limits")
 
 
 class ServerEvent(db.Model):

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from ..extensions import db
 from ..models import Server, ServerEvent, ServerIP, User
 
-_HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
 
 
 class ServerError(Exception):
@@ -52,7 +52,7 @@ def _check_host(host: str) -> str:
         return str(ipaddress.ip_address(host))
     except ValueError:
         pass
-    if not _HOSTNAME_RE.fullmatch(host):
+    if not HOSTNAME_RE.fullmatch(host):
         raise ServerError(f"{host!r} is neither an IP address nor a host name")
     return host.lower().rstrip(".")
 
@@ -64,12 +64,12 @@ def parse_source_ip(spec: str) -> SourceIP:
         ip = str(ipaddress.ip_address(ip.strip()))
     except ValueError:
         raise ServerError(f"{spec!r}: {ip.strip()!r} is not an IP address (use IP or IP=HELO)") from None
-    return SourceIP(ip=ip, helo=_check_helo(helo, spec) if helo.strip() else "")
+    return SourceIP(ip=ip, helo=check_helo(helo, spec) if helo.strip() else "")
 
 
-def _check_helo(helo: str, where: str) -> str:
+def check_helo(helo: str, where: str) -> str:
     helo = helo.strip()
-    if not _HOSTNAME_RE.fullmatch(helo):
+    if not HOSTNAME_RE.fullmatch(helo):
         raise ServerError(f"{where!r}: {helo!r} is not a host name to greet with (HELO)")
     return helo.lower().rstrip(".")
 
@@ -113,7 +113,7 @@ def new_server(user: User, *, name: str, host: str, ips: list[SourceIP], **colum
         raise ServerError("each source IP address may be given once")
     server = Server(user_id=user.id, name=name, host=host, outcome_ack=0, **columns)
     server.ips = [
-        ServerIP(ip=item.ip, helo=_check_helo(item.helo, item.ip) if item.helo else host, weight=1, active=True)
+        ServerIP(ip=item.ip, helo=check_helo(item.helo, item.ip) if item.helo else host, weight=1, active=True)
         for item in ips
     ]
     db.session.add(server)

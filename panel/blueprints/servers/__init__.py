@@ -75,13 +75,18 @@ def _own_server(server_id: int):
     return server
 
 
+def page_context(server) -> dict:
+    """What the server page shows; the settings views add their forms with errors to it."""
+    return dict(
+        server=server, events=server_events(server), jobs=server_jobs(server),
+        busy=active_job(server) is not None, actions=JOB_LABELS,
+    )
+
+
 @bp.get("/<int:server_id>")
 def view(server_id: int):
     server = _own_server(server_id)
-    return render_template(
-        "servers/view.html", server=server, events=server_events(server), jobs=server_jobs(server),
-        busy=active_job(server) is not None, actions=JOB_LABELS,
-    )
+    return render_template("servers/view.html", **page_context(server))
 
 
 @bp.get("/<int:server_id>/jobs.json")
@@ -114,3 +119,6 @@ def run_job(server_id: int, kind: str):
     db.session.commit()
     flash(f"{JOB_LABELS[kind]} queued: the log below follows the run.", "success")
     return redirect(url_for("servers.view", server_id=server.id))
+
+
+from . import settings  # noqa: E402,F401  (registers the settings views on bp)

@@ -1,6 +1,6 @@
 from flask_wtf import FlaskForm
-from wtforms import IntegerField, PasswordField, StringField, TextAreaField
-from wtforms.validators import DataRequired, Length, NumberRange
+from wtforms import IntegerField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
 
 class AddServerForm(FlaskForm):
@@ -10,3 +10,21 @@ class AddServerForm(FlaskForm):
     # Never rendered back into the page (PasswordField), never stored: it goes to the daemon's memory.
     root_password = PasswordField("Root password", validators=[DataRequired(), Length(max=1024)])
     ips = TextAreaField("Source IP addresses, one per line: IP or IP=HELO", validators=[DataRequired()])
+
+
+class HeloForm(FlaskForm):
+    """The HELO name one source IP greets with (pushed to the agent, no Ansible run)."""
+
+    helo = StringField("HELO name", validators=[DataRequired(), Length(max=253)])
+
+
+class RateLimitForm(FlaskForm):
+    """At most so many letters a minute from a source IP ("*": each) to a recipient domain ("*": each)."""
+
+    source_ip = SelectField("From source IP", default="*", validate_choice=True)
+    domain = StringField("To recipient domain", default="*", validators=[DataRequired(), Length(max=253)])
+    per_minute = IntegerField("Letters per minute", validators=[InputRequired(), NumberRange(1, 1_000_000)])
+
+    def __init__(self, server, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.source_ip.choices = [("*", "every source IP")] + [(ip.ip, ip.ip) for ip in server.ips]

@@ -1,0 +1,174 @@
+"""Settings of a server that the daemon pushes to its agent without Ansible: the HELO name of each
+source IP and the rate limits per (source IP, recipient domain).
+
+Every change bumps ``Server.config_version``; the daemon pushes the whole config to the agent
+(``POST /v1/config``) whenever the version the agent holds (``config_applied``) differs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from ..extensions import db
+from ..models import Server, ServerEvent, ServerIP, ServerRateLimit
+from .servers import ServerError, HOSTNAME_RE, check_helo
+
+MAX_PER_MINUTE = 1_000_000
+MAX_RATE_LIMITS = 1000  # what one agent takes in one config
+ANY = "*"
+
+
+@dataclass(frozen=True)
+class RateLimitInput:
+    source_ip: str  # one of the server's IPs, or "*"
+    domain: str  # a recipient domain, or "*"
+    per_minute: int
+
+
+def bump(server: Server) -> None:
+    """Mark the server's settings as changed: the daemon pushes them on its next round."""
+    server.config_version = (server.config_version or 0) + 1
+
+
+def set_helo(server: Server, ip_id: int, helo: str) -> ServerIP:
+    """Change the HELO name one source IP greets with."""
+    item = next((ip for ip in server.ips if ip.id == ip_id), None)
+    if item is None:
+        raise ServerError(f"this server has no source IP #{ip_id}")
+    name = check_helo(helo, item.ip)
+    if name != item.helo:
+        item.helo = name
+        bump(server)
+    db.session.flush()
+    return item
+
+
+def _check_rate_limit(server: Server, data: RateLimitInput) -> RateLimitInput:
+    source_ip = data.source_ip.strip() or ANY
+    if source_ip != ANY:
+        try:
+            source_ip = str(ipaddress.ip_address(source_ip))
+        except ValueError:
+            raise ServerError(f"{source_ip!r} is not an IP address (give one of the server's IPs, or *)") from None
+        if source_ip not in {ip.ip for ip in server.ips}:
+            raise ServerError(f"{source_ip} is not a source IP of this server "
+                              f"(its IPs: {', '.join(ip.ip for ip in server.ips)}, or * for all)")
+    domain = data.domain.strip().lower().rstrip(".") or ANY
+    if domain != ANY and not HOSTNAME_RE.fullmatch(domain):
+        raise ServerError(f"{data.domain.strip()!r} is not a domain name (e.g. gmail.com, or * for every domain)")
+    per_minute = data.per_minute
+    if isinstance(per_minute, bool) or not isinstance(per_minute, int) or not 1 <= per_minute <= MAX_PER_MINUTE:
+        raise ServerError(f"letters per minute must be a whole number from 1 to {MAX_PER_MINUTE}")
+    return RateLimitInput(source_ip, domain, per_minute)
+
+
+def set_rate_limit(server: Server, data: RateLimitInput) -> tuple[ServerRateLimit, bool]:
+    """Add a limit, or change the one for the same source IP and domain; (row, created)."""
+    data = _check_rate_limit(server, data)
+    existing = next((r for r in server.rate_limits if (r.source_ip, r.domain) == (data.source_ip, data.domain)), None)
+    if existing is None:
+        if len(server.rate_limits) >= MAX_RATE_LIMITS:
+            raise ServerError(f"a server takes at most {MAX_RATE_LIMITS} rate limits: remove one first")
+        existing = ServerRateLimit(source_ip=data.source_ip, domain=data.domain, per_minute=data.per_minute)
+        server.rate_limits.append(existing)
+        created = True
+    else:
+        created = False
+        if existing.per_minute == data.per_minute:
+            return existing, False
+        existing.per_minute = data.per_minute
+    bump(server)
+    db.session.flush()
+    return existing, created
+
+
+def remove_rate_limit(server: Server, limit_id: int) -> ServerRateLimit:
+    item = next((r for r in server.rate_limits if r.id == limit_id), None)
+    if item is None:
+        raise ServerError(f"this server has no rate limit #{limit_id}")
+    server.rate_limits.remove(item)
+    bump(server)
+    db.session.flush()
+    return item
+
+
+def replace_settings(server: Server, *, helo: dict[str, str], rate_limits: list[RateLimitInput]) -> None:
+    """Set the whole config at once (the JSON API): every item is checked before anything changes."""
+    by_ip = {ip.ip: ip for ip in server.ips}
+    names: dict[str, str] = {}
+    for ip, name in helo.items():
+        try:
+            key = str(ipaddress.ip_address(ip))
+        except ValueError:
+            raise ServerError(f"helo: {ip!r} is not an IP address") from None
+        if key not in by_ip:
+            raise ServerError(f"helo: {key} is not a source IP of this server (its IPs: {', '.join(by_ip)})")
+        names[key] = check_helo(name, key)
+    rules: dict[tuple[str, str], RateLimitInput] = {}
+    for n, item in enumerate(rate_limits):
+        try:
+            rule = _check_rate_limit(server, item)
+        except ServerError as exc:
+            raise ServerError(f"rate_limits[{n}]: {exc}") from None
+        if (rule.source_ip, rule.domain) in rules:
+            raise ServerError(f"rate_limits[{n}]: source IP {rule.source_ip} and domain {rule.domain} are given twice")
+        rules[rule.source_ip, rule.domain] = rule
+    if len(rules) > MAX_RATE_LIMITS:
+        raise ServerError(f"a server takes at most {MAX_RATE_LIMITS} rate limits")
+    for key, name in names.items():
+        by_ip[key].helo = name
+    current = {(r.source_ip, r.domain): r for r in server.rate_limits}
+    for key, row in current.items():
+        if key not in rules:
+            server.rate_limits.remove(row)
+        else:
+            row.per_minute = rules[key].per_minute
+    for key, rule in rules.items():
+        if key not in current:
+            server.rate_limits.append(ServerRateLimit(source_ip=rule.source_ip, domain=rule.domain,
+                                                      per_minute=rule.per_minute))
+    bump(server)
+    db.session.flush()
+
+
+def settings_json(server: Server) -> dict[str, Any]:
+    """What the user sees and edits (the JSON API)."""
+    return {
+        "config_version": server.config_version,
+        "config_applied": server.config_applied,
+        "helo": {ip.ip: ip.helo for ip in server.ips},
+        "rate_limits": [{"id": r.id, "source_ip": r.source_ip, "domain": r.domain, "per_minute": r.per_minute}
+                        for r in server.rate_limits],
+    }
+
+
+def agent_config(server: Server) -> dict[str, Any]:
+    """The body of ``POST /v1/config`` (docs/agent-protocol.md) for the server's current settings."""
+    rules = db.session.scalars(
+        select(ServerRateLimit).where(ServerRateLimit.server_id == server.id).order_by(ServerRateLimit.id)
+    ).all()
+    return {
+        "version": server.config_version,
+        "rate_limits": [{"source_ip": r.source_ip, "domain": r.domain, "per_minute": r.per_minute} for r in rules],
+        "helo": {ip.ip: ip.helo for ip in server.ips},
+    }
+
+
+def record_applied(server: Server, version: int, reply: Any) -> None:
+    server.config_applied = version
+    counts = reply if isinstance(reply, dict) else {}
+    db.session.add(ServerEvent(
+        server_id=server.id, kind="config",
+        message=(f"configuration version {version} applied: {counts.get('rate_limits', '?')} rate limits, "
+                 f"{counts.get('helo', '?')} HELO names"),
+    ))
+
+
+def record_refused(server: Server, version: int, error: str) -> None:
+    message = f"configuration version {version} was not applied: {error}"
+    server.last_error = message
+    db.session.add(ServerEvent(server_id=server.id, kind="error", message=message))
