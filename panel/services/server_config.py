@@ -96,8 +96,9 @@ def remove_rate_limit(server: Server, limit_id: int) -> ServerRateLimit:
     return item
 
 
-def replace_settings(server: Server, *, helo: dict[str, str], rate_limits: list[RateLimitInput]) -> None:
-    """Set the whole config at once (the JSON API): every item is checked before anything changes."""
+def replace_settings(server: Server, *, helo: dict[str, str], rate_limits: list[RateLimitInput]) -> bool:
+    """Set the whole config at once (the JSON API): every item is checked before anything changes.
+    True if something changed (and the version was bumped)."""
     by_ip = {ip.ip: ip for ip in server.ips}
     names: dict[str, str] = {}
     for ip, name in helo.items():
@@ -119,20 +120,27 @@ def replace_settings(server: Server, *, helo: dict[str, str], rate_limits: list[
         rules[rule.source_ip, rule.domain] = rule
     if len(rules) > MAX_RATE_LIMITS:
         raise ServerError(f"a server takes at most {MAX_RATE_LIMITS} rate limits")
+    changed = False
     for key, name in names.items():
+        changed |= by_ip[key].helo != name
         by_ip[key].helo = name
     current = {(r.source_ip, r.domain): r for r in server.rate_limits}
     for key, row in current.items():
         if key not in rules:
             server.rate_limits.remove(row)
-        else:
+            changed = True
+        elif row.per_minute != rules[key].per_minute:
             row.per_minute = rules[key].per_minute
+            changed = True
     for key, rule in rules.items():
         if key not in current:
             server.rate_limits.append(ServerRateLimit(source_ip=rule.source_ip, domain=rule.domain,
                                                       per_minute=rule.per_minute))
-    bump(server)
+            changed = True
+    if changed:
+        bump(server)
     db.session.flush()
+    return changed
 
 
 def settings_json(server: Server) -> dict[str, Any]:

@@ -160,3 +160,59 @@ def test_config_events_show_on_the_page(as_alice, app, seed, server_id):
         db.session.commit()
     page = as_alice.get(f"/servers/{server_id}").get_data(as_text=True)
     assert "configuration version 3 applied" in page
+
+
+# -- the JSON API: GET/PUT /api/v1/servers/<id>/config --------------------------------------
+
+@pytest.fixture
+def api_put(client, seed, alice):
+    headers = {"Authorization": f"Bearer {seed.token(alice)}"}
+
+    def put(server_id, body, method="PUT"):
+        return client.open(f"/api/v1/servers/{server_id}/config", method=method, headers=headers, json=body)
+
+    return put
+
+
+def test_api_reads_and_replaces_the_settings(api_put, seed, server_id):
+    assert api_put(server_id, None, method="GET").get_json() == {
+        "config_version": 0, "config_applied": 0, "rate_limits": [],
+        "helo": {"192.0.2.10": "mx1.example.net", "192.0.2.11": "mx2.example.net"}}
+    body = {"helo": {"192.0.2.11": "Out2.Example.net"},
+            "rate_limits": [{"domain": "gmail.com", "per_minute": 600},
+                            {"source_ip": "192.0.2.10", "domain": "*", "per_minute": 60}]}
+    reply = api_put(server_id, body)
+    assert reply.status_code == 200, reply.get_json()
+    assert reply.get_json()["config_version"] == 1
+    assert reply.get_json()["helo"] == {"192.0.2.10": "mx1.example.net", "192.0.2.11": "out2.example.net"}
+    assert rules(seed, server_id) == [("*", "gmail.com", 600), ("192.0.2.10", "*", 60)]
+    assert api_put(server_id, body).get_json()["config_version"] == 1  # the same again: no change
+    # rules left out are removed; helo left out keeps the names
+    assert api_put(server_id, {"rate_limits": []}).get_json()["config_version"] == 2
+    assert rules(seed, server_id) == [] and ips(seed, server_id)[1][2] == "out2.example.net"
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"helo": {"192.0.2.99": "a.example"}}, "helo: 192.0.2.99 is not a source IP of this server"),
+    ({"helo": {"192.0.2.10": "bad name"}}, "is not a host name to greet with (HELO)"),
+    ({"helo": ["x"]}, "helo must be an object"),
+    ({"rate_limits": [{"domain": "a.example", "per_minute": 0}]}, "rate_limits[0]: letters per minute must be"),
+    ({"rate_limits": [{"domain": "a.example", "per_minute": 1}, {"domain": "A.example", "per_minute": 2}]},
+     "rate_limits[1]: source IP * and domain a.example are given twice"),
+    ({"rate_limits": [{"domain": "a.example"}]}, "rate_limits[0] must be"),
+    ({"rate_limits": [{"source_ip": "10.1.1.1", "per_minute": 5}]}, "rate_limits[0]: 10.1.1.1 is not a source IP"),
+    ({"colour": "red"}, "unknown field(s): colour"),
+])
+def test_api_refuses_bad_settings_whole(api_put, seed, server_id, body, message):
+    api_put(server_id, {"rate_limits": [{"domain": "keep.example", "per_minute": 9}]})
+    response = api_put(server_id, {"helo": {"192.0.2.11": "changed.example"}, **body})
+    assert response.status_code == 400 and message in response.get_json()["error"], response.get_json()
+    assert rules(seed, server_id) == [("*", "keep.example", 9)]
+    assert ips(seed, server_id)[1][2] == "mx2.example.net" and version(seed, server_id) == 1
+
+
+def test_api_another_users_server_is_404(api_put, seed, bob):
+    bob_server = seed.server(bob, "bob's worker")
+    assert api_put(bob_server, None, method="GET").status_code == 404
+    assert api_put(bob_server, {"rate_limits": [{"per_minute": 1}]}).status_code == 404
+    assert rules(seed, bob_server) == [] and version(seed, bob_server) == 0

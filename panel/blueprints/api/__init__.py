@@ -16,7 +16,8 @@ from ...services.campaigns import CampaignInput, CampaignInvalid, get_campaign, 
 from ...services.csv_import import ImportFailed, import_csv, import_records
 from ...services.lists import ListError, ListNameTaken, create_list, get_list, user_lists
 from ...services.sending import SendingError, campaign_stats, set_campaign_state, start_campaign
-from ...services.servers import user_servers
+from ...services.server_config import RateLimitInput, replace_settings, settings_json
+from ...services.servers import ServerError, get_server, user_servers
 from ...services.users import user_for_token
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -263,3 +264,48 @@ def campaigns_control(campaign_id: int, action: str):
 @bp.get("/servers")
 def servers_index():
     return jsonify([_server_json(item) for item in user_servers(g.api_user)])
+
+
+def _own_server(server_id: int) -> Server:
+    item = get_server(g.api_user, server_id)
+    if item is None:
+        raise ApiError(404, f"no server {server_id} (or it is not yours)")
+    return item
+
+
+@bp.get("/servers/<int:server_id>/config")
+def server_config_get(server_id: int):
+    return jsonify(settings_json(_own_server(server_id)))
+
+
+@bp.put("/servers/<int:server_id>/config")
+def server_config_put(server_id: int):
+    """The whole of a server's run-time settings: {"helo": {ip: name}, "rate_limits": [{source_ip, domain,
+    per_minute}]}; IPs left out of "helo" keep their name, rules left out of "rate_limits" are removed."""
+    item = _own_server(server_id)
+    data = _json_object()
+    unknown = sorted(set(data) - {"helo", "rate_limits"})
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(unknown)} (send helo and/or rate_limits)")
+    helo, rules = data.get("helo", {}), data.get("rate_limits", None)
+    if not isinstance(helo, dict) or not all(isinstance(v, str) for v in helo.values()):
+        raise ApiError(400, "helo must be an object {\"<source IP>\": \"<host name>\"}")
+    if rules is None:
+        rules = [{"source_ip": r.source_ip, "domain": r.domain, "per_minute": r.per_minute} for r in item.rate_limits]
+    if not isinstance(rules, list):
+        raise ApiError(400, "rate_limits must be a list of {\"source_ip\", \"domain\", \"per_minute\"}")
+    inputs = []
+    for n, rule in enumerate(rules):
+        if not isinstance(rule, dict) or set(rule) - {"source_ip", "domain", "per_minute"} or "per_minute" not in rule:
+            raise ApiError(400, f"rate_limits[{n}] must be {{\"source_ip\"?, \"domain\"?, \"per_minute\"}}")
+        source_ip, domain = rule.get("source_ip", "*"), rule.get("domain", "*")
+        if not isinstance(source_ip, str) or not isinstance(domain, str):
+            raise ApiError(400, f"rate_limits[{n}]: source_ip and domain must be strings")
+        inputs.append(RateLimitInput(source_ip, domain, rule["per_minute"]))
+    try:
+        replace_settings(item, helo=helo, rate_limits=inputs)
+    except ServerError as exc:
+        db.session.rollback()
+        raise ApiError(400, str(exc)) from None
+    db.session.commit()
+    return jsonify(settings_json(item))
