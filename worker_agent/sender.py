@@ -60,8 +60,8 @@ class Sender:
         self.stop = stop or threading.Event()
         self.queue = QueueDB(config.queue_db, durable=False)
         self.renderer = Renderer()
-        self.limiter = RateLimiter(config.rate_for)
-        self._config_version: int | None = None  # of the rate limits in self.limiter
+        self.limiter = RateLimiter(config.rate_for)  # replaced by _load_rate_limits when the panel pushed rules
+        self._config_version: int | None = None  # of the rules in self.limiter
         self._load_rate_limits()
         self._work: stdlib_queue.Queue[_Work | None] = stdlib_queue.Queue()
         self._done: stdlib_queue.Queue[tuple[Claimed, Outcome]] = stdlib_queue.Queue()

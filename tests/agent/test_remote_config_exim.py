@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from devserver.exim import Exim
+from devserver.exim import EXIM_BIN, Exim
 from devserver.mail_capture import CaptureServer
 from tests.helpers import wait_for
 from worker_agent.api import create_app
 from worker_agent.config import AgentConfig
+from worker_agent.remote_config import write_helo_map
 from worker_agent.setup_node import init_node
 
 from .conftest import make_recipient
@@ -118,3 +120,23 @@ def test_raising_a_limit_releases_letters_held_by_the_old_one(node: tuple, captu
                  "rate_limits": [{"source_ip": "127.0.0.2", "domain": "held.example", "per_minute": 6000}]})
     wait_for(lambda: capture.count() == 4, "the held letters, at the new limit", timeout=8)
     assert "config version 2: 1 rate limits now in force, 3 held letters due again" in sender.output()
+
+
+def test_exim_reads_the_map_the_agent_writes_ipv4_and_ipv6(exim: Exim) -> None:
+    """The exact lookup of the rendered config, run by Exim itself against a map the agent wrote."""
+    line = next(line for line in exim.config_path.read_text().splitlines() if "helo_data = ${if exists" in line)
+    expression = line.split("helo_data = ", 1)[1]
+
+    def expand(text: str) -> str:
+        result = subprocess.run([EXIM_BIN, "-C", str(exim.config_path), "-be"], input=text + "\n",
+                                capture_output=True, text=True, check=True)
+        return result.stdout.strip().removeprefix(">").strip().splitlines()[0]
+
+    exim.helo_map.unlink(missing_ok=True)
+    assert expand(expression) == "ip2.worker.test"  # no map: the configured name, no error
+    write_helo_map(exim.helo_map, {"127.0.0.2": "new.example.net", "2001:db8::25": "six.example.net"})
+    assert expand(expression) == "new.example.net"
+    six = expression.replace("{127.0.0.2}", "{2001:db8::25}")
+    assert expand(six) == "six.example.net"  # the quoted key holds the colons
+    write_helo_map(exim.helo_map, {"127.0.0.3": "other.example.net"})
+    assert expand(expression) == "ip2.worker.test"  # no line for the IP: the configured name
