@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from typing import Any, Callable
 
@@ -16,3 +17,40 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0, interva
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+# Virtual file systems and this sandbox's own tool mount: nothing a test run writes lands there.
+_NOT_FILES = ("/proc", "/sys", "/dev", "/mnt/sandboxing")
+
+
+def files_containing(needle: bytes, changed_since: float) -> list[str]:
+    """Every regular file on this machine changed since `changed_since` (epoch seconds) that
+    holds `needle`: a leak can only be in a file something wrote while the test ran.
+
+    One `find` over the whole tree (a few seconds), then each candidate is read in chunks
+    that overlap by len(needle), so a needle split across two reads is still found.
+    """
+    prune = [arg for path in _NOT_FILES for arg in ("-o", "-path", path)][1:]
+    found = subprocess.run(
+        ["find", "/", "(", *prune, ")", "-prune", "-o", "-type", "f",
+         "-newerct", f"@{int(changed_since) - 1}", "-print0"],
+        capture_output=True, check=False, timeout=300,
+    )
+    hits = []
+    for raw in found.stdout.split(b"\0"):
+        if raw and _file_holds(raw.decode(errors="surrogateescape"), needle):
+            hits.append(raw.decode(errors="replace"))
+    return hits
+
+
+def _file_holds(path: str, needle: bytes, chunk: int = 1 << 20) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            tail = b""
+            while block := handle.read(chunk):
+                if needle in tail + block:
+                    return True
+                tail = block[-len(needle):]
+    except OSError:  # gone already, or a socket/fifo renamed in: nothing to read
+        return False
+    return False
