@@ -12,10 +12,10 @@ import tempfile
 from pathlib import Path
 
 from cryptography.fernet import Fernet
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from ..extensions import db
-from ..models import JOB_KINDS, ProvisionJob, Server, User
+from ..models import JOB_KINDS, Delivery, ProvisionJob, Server, User
 from ..models.base import utcnow
 from .servers import ServerError, SourceIP, new_server, parse_source_ip
 
@@ -175,3 +175,30 @@ def job_info(job: ProvisionJob) -> dict:
         "started_at": _when(job.started_at), "finished_at": _when(job.finished_at),
         "current_task": job.current_task, "tasks_done": job.tasks_done, "log": job.log or "", "error": job.error,
     }
+
+
+UNFINISHED_DELIVERY_STATES = ("pending", "queued", "sent", "deferred")
+
+
+def delete_server(user: User, server: Server) -> int:
+    """Forget a server the panel no longer uses: its row, IPs, settings, jobs and events go;
+    the campaigns' history stays (deliveries keep their outcome and lose only the server).
+
+    Letters still assigned to it without a final outcome can no longer be followed: they are
+    marked failed saying so, and the count is returned. Refused while it may still be sending.
+    """
+    if server.user_id != user.id:
+        raise ServerError("there is no such server")
+    if active_job(server) is not None:
+        raise ServerError("a setup job is queued or running: wait until it ends")
+    if server.status == "online":
+        raise ServerError("it is online and may still be sending: remove it first (Remove uninstalls the agent), "
+                          "or delete it once it is offline")
+    lost = db.session.execute(
+        update(Delivery)
+        .where(Delivery.server_id == server.id, Delivery.status.in_(UNFINISHED_DELIVERY_STATES))
+        .values(status="failed", code=None, reply=f"the server {server.name} was deleted before this letter's outcome was known")
+    ).rowcount
+    db.session.delete(server)
+    db.session.flush()
+    return lost

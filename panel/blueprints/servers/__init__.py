@@ -11,6 +11,7 @@ from ...services.provisioning import (
     DAEMON_DOWN,
     active_job,
     add_server,
+    delete_server,
     fail_job,
     get_job,
     job_info,
@@ -122,3 +123,19 @@ def run_job(server_id: int, kind: str):
 
 
 from . import settings  # noqa: E402,F401  (registers the settings views on bp)
+
+
+@bp.post("/<int:server_id>/delete")
+def delete(server_id: int):
+    server = _own_server(server_id)
+    name = server.name
+    try:
+        lost = delete_server(current_user, server)
+    except ServerError as exc:
+        db.session.rollback()
+        flash(f"“{name}” was not deleted: {exc}.", "error")
+        return redirect(url_for("servers.view", server_id=server_id))
+    db.session.commit()
+    note = f" {lost} letters assigned to it had no outcome yet and are marked failed." if lost else ""
+    flash(f"“{name}” is deleted; its campaigns' history is kept.{note}", "success")
+    return redirect(url_for("servers.index"))
