@@ -168,8 +168,32 @@ def init_db() -> None:
     click.echo("The database is up to date.", err=True)
 
 
+bounces_cli = PanelGroup("bounces", help="Read returned messages.")
+
+
+@bounces_cli.command("classify")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=str))
+def bounces_classify(file: str) -> None:
+    """Classify a returned message FILE (`-` for stdin): one JSON object a failed recipient,
+    {"recipient", "reason", "kind": "hard"|"soft", "dsn"?, "code"?, …}, or for a message that
+    reports no failure {"recipient": null, "reason", "kind": "none"}."""
+    from .services.bounces import NotAMessage, classify, read_message
+
+    try:
+        raw = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}")
+    try:
+        verdicts = classify(read_message(raw))
+    except NotAMessage as exc:
+        fail(f"{file} is not an e-mail message: {exc}")
+    for verdict in verdicts:
+        click.echo(json.dumps(verdict.as_json(), ensure_ascii=False))
+
+
 def register_commands(app: Flask) -> None:
     app.cli.add_command(users_cli)
     app.cli.add_command(lists_cli)
     app.cli.add_command(servers_cli)
+    app.cli.add_command(bounces_cli)
     app.cli.add_command(init_db)

@@ -11,7 +11,8 @@ tells the panel to suppress the address anyway, with reason "complaint".
 """
 
 from .classify import Verdict, classify, classify_reply, suppression_for
+from .message import NotAMessage, read_message
 from .reasons import FAILURE_REASONS, HARD_REASONS, NONE_REASONS, kind_for, reason_for
 
-__all__ = ["FAILURE_REASONS", "HARD_REASONS", "NONE_REASONS", "Verdict", "classify", "classify_reply", "kind_for",
+__all__ = ["FAILURE_REASONS", "HARD_REASONS", "NONE_REASONS", "NotAMessage", "Verdict", "read_message", "classify", "classify_reply", "kind_for",
            "reason_for", "suppression_for"]

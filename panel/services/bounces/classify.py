@@ -9,7 +9,8 @@ not of its kind; the first that answers wins:
 4. vacation   — an auto-reply from a person's mailbox: kind none
 5. text       — the human-written bounces of qmail, Exim, Sendmail, Exchange, Lotus, …:
                 recipients found by their line shapes, reasons by their words
-6. fallback   — a failure we cannot read: the returned letter's To, reason undefined
+6. fallback   — a failure we cannot read: the returned letter's To, reason undefined, soft;
+                anything else: kind none, reason nofailure
 
 (VERP comes before all of them, outside this package: the panel knows the delivery, and so
 the address, from the return path's token.)
@@ -326,12 +327,15 @@ _FAILURE_WORDS = re.compile(
 )
 
 
-def detect_text(anatomy: Anatomy) -> list[Verdict] | None:
+def _looks_failed(anatomy: Anatomy) -> bool:
     message = anatomy.message
     subject = header_text(message.get("Subject", ""))
-    looks_failed = _FAILURE_WORDS.search(subject) or _FAILURE_WORDS.search(anatomy.report[:4000]) or \
-        _system((_header_addresses(message, "From") or ["x@x"])[0])
-    if not looks_failed:
+    return bool(_FAILURE_WORDS.search(subject) or _FAILURE_WORDS.search(anatomy.report[:4000])
+                or _system((_header_addresses(message, "From") or ["x@x"])[0]))
+
+
+def detect_text(anatomy: Anatomy) -> list[Verdict] | None:
+    if not _looks_failed(anatomy):
         return None
     recipients = _text_recipients(anatomy)
     if not recipients:
@@ -340,7 +344,7 @@ def detect_text(anatomy: Anatomy) -> list[Verdict] | None:
     verdicts = []
     for recipient, near in _sections(report, recipients):
         status = find_status(near)
-        own_line = near.split("\n", 1)[0] if near.lower().startswith(recipient.lower()) or "<" in near[:2] else ""
+        own_line = near.split("\n", 1)[0] if recipient.lower() in near.split("\n", 1)[0].lower() else ""
         reason = refine(reason_from_text(own_line), own_line, status, near) or \
             refine(reason_from_text(near), near, status) or refine(reason_from_text(report), report, status)
         verdicts.append(_verdict(recipient, near, status, reason=reason))
@@ -361,13 +365,20 @@ def _sections(report: str, recipients: list[str]) -> list[tuple[str, str]]:
             continue
         start = places[recipient][0]
         others = [p for other in recipients if other != recipient for p in places[other] if p > start]
-        sections.append((recipient, report[start: min(others, default=len(report))]))
+        line_start = report.rfind("\n", 0, start) + 1
+        end = min(others, default=len(report))
+        end = max(line_start, report.rfind("\n", 0, end) + 1) if end < len(report) else end
+        sections.append((recipient, report[line_start:end] if end > line_start else report[start:]))
     return sections
 
 
 # 6. anything else ------------------------------------------------------------------------------
 
 def detect_fallback(anatomy: Anatomy) -> list[Verdict]:
+    """A failure we cannot read counts as soft (never suppressed at once); a message that does
+    not look like a failure at all is none of our business: kind none, reason nofailure."""
+    if not _looks_failed(anatomy):
+        return [Verdict(recipient=None, reason="nofailure", kind="none")]
     recipients = _original_to(anatomy) or [None]
     return [_verdict(r, anatomy.report[:2000], reason="undefined") for r in recipients]
 

@@ -31,10 +31,25 @@ _QUOTE_MARKER = re.compile(
 FIELD_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*):[ \t]*(.*)$")
 
 
+class NotAMessage(ValueError):
+    """The bytes are no RFC 5322 message (no header fields at the start)."""
+
+
 def parse(raw: bytes | str) -> Message:
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogateescape")
     return email.message_from_bytes(raw, policy=compat32)
+
+
+def read_message(raw: bytes) -> Message:
+    """Parse, refusing what is plainly not a message: no header fields, or binary data."""
+    head = raw[:8192].split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+    if b"\0" in head:
+        raise NotAMessage("it is binary data, not a message")
+    message = parse(raw)
+    if not message.keys():
+        raise NotAMessage("it does not start with header fields (From:, Subject:, …)")
+    return message
 
 
 def header_text(value: object) -> str:

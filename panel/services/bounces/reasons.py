@@ -20,7 +20,7 @@ FAILURE_REASONS = (
     "networkerror", "toomanyconn", "syntaxerror", "contenterror", "mailererror", "undefined",
 )
 # ... and what a message is when it reports no failure (kind none).
-NONE_REASONS = ("feedback", "vacation", "delivered")
+NONE_REASONS = ("feedback", "vacation", "delivered", "nofailure")
 
 # Hard: the address itself is bad and will stay bad (the corpus README's definition).
 HARD_REASONS = frozenset({"userunknown", "hostunknown", "hasmoved"})
