@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from email import message_from_string
 from email.message import Message
+from email.policy import compat32
 from email.utils import getaddresses
 from typing import Callable
 
@@ -47,6 +49,7 @@ class Verdict:
     diagnostic: str | None = None
     original_recipient: str | None = None
     feedback_type: str | None = None  # for ARF reports: abuse, fraud, auth-failure, not-spam, …
+    action: str | None = None  # a DSN's Action: failed, delayed (still being tried), …
 
     @property
     def complaint(self) -> bool:
@@ -113,9 +116,6 @@ def _original_headers(anatomy: Anatomy) -> Message | None:
     if anatomy.original:
         return anatomy.original[0]
     if anatomy.quoted:
-        from email import message_from_string
-        from email.policy import compat32
-
         return message_from_string(anatomy.quoted.lstrip("\r\n -"), policy=compat32)
     return None
 
@@ -249,6 +249,7 @@ def detect_dsn(anatomy: Anatomy) -> list[Verdict] | None:
             reason = "expired"  # still being tried: whatever it says, not final
         verdict = _verdict(recipient, diagnostic or near, status, code, reason,
                            original if original != recipient else None)
+        verdict.action = action or None
         failures.append(verdict)
     return failures or delivered
 
@@ -269,7 +270,8 @@ def detect_vacation(anatomy: Anatomy) -> list[Verdict] | None:
     auto = str(message.get("Auto-Submitted", "")).lower().startswith("auto-replied")
     marked = any(message.get(name) for name in ("X-Autoreply", "X-Autorespond", "X-Vacation")) or \
         str(message.get("Precedence", "")).lower() == "auto_reply"
-    if (auto or marked) and not anatomy.original or _AUTOREPLY_SUBJECT.search(subject):
+    if ((auto or marked) and not anatomy.original and not _FAILURE_WORDS.search(subject)) or \
+            _AUTOREPLY_SUBJECT.search(subject):
         return [Verdict(recipient=sender, reason="vacation", kind="none")]
     return None
 
