@@ -65,6 +65,7 @@ TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
                     r"user (?:account )?(?:is )?(?:suspended|disabled|inactive)", r"not active", r"deactivated")),
     ("hasmoved", _rx(r"no longer (?:on server|with|valid at|available)", r"has moved", r"not our customer",
                      r"user has moved", r"address (?:has )?changed")),
+    ("networkerror", _rx(r"not found,? try again", r"temporary failure in name resolution")),  # DNS TRY_AGAIN
     ("hostunknown", _rx(r"host (?:or domain name )?not found", r"host unknown", r"unknown host", r"domain (?:name )?not found",
                         r"invalid domain", r"no such domain", r"domain (?:does not|doesn't) exist(?! .{0,20}sender)",
                         r"unrout(?:e)?able (?:mail )?domain", r"\bunrout(?:e)?able\b", r"no mx", r"mx.{0,20}not found",
@@ -94,7 +95,9 @@ TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
     ("syntaxerror", _rx(r"syntax error", r"command unrecognized", r"bad sequence of commands")),
     ("expired", _rx(r"timed? ?out", r"expired", r"retry (?:time|timeout)", r"could not be delivered (?:for|within)",
                     r"has not been (?:able to be )?delivered", r"delivery (?:time )?(?:was )?delayed", r"still trying",
-                    r"too long in (?:the )?queue", r"gave up", r"given up on")),
+                    r"too long in (?:the )?queue", r"in the queue too long", r"gave up", r"given up on",
+                    r"failed \d+ attempts", r"has been delayed", r"will be retried", r"all hosts have been failing",
+                    r"host not reachable")),
     ("networkerror", _rx(r"too many hops", r"protocol error", r"mail loop", r"loop(?:s)? back", r"lost connection", r"connection (?:refused|reset|lost)",
                          r"name service error", r"network (?:error|unreachable)", r"no route to host", r"dns (?:error|failure)")),
     ("systemfull", _rx(r"system (?:is )?full", r"insufficient system storage")),
@@ -135,7 +138,8 @@ _MAILBOX = re.compile(r"[^\s<>()\[\]\"',;:]+@[^\s<>()\[\]\"',;:]+")
 
 
 def reason_from_text(text: str) -> str | None:
-    text = _MAILBOX.sub("mailbox", text)  # an address's own words ("filtered@…") say nothing
+    text = " ".join(_MAILBOX.sub("mailbox", text).split())  # an address's own words ("filtered@…") say nothing;
+    # and a reply wrapped over lines reads as one
     for reason, pattern in TEXT_RULES:
         if pattern.search(text):
             return reason
