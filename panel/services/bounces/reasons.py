@@ -35,6 +35,8 @@ def _rx(*alternatives: str) -> re.Pattern[str]:
 TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
     ("authfailure", _rx(r"\bdmarc\b", r"\bspf\b.{0,40}\bfail", r"\bdkim\b.{0,40}\bfail", r"unauthenticated email",
                         r"5\.7\.2[3-7]\b")),
+    # Google Groups, in any language: the group may not exist, or may not take posts from you.
+    ("rejected", _rx(r"groups\.google\.com/support")),
     ("requireptr", _rx(r"reverse dns", r"\bptr\b", r"\brdns\b", r"reverse (?:lookup|hostname|dns)",
                        r"without a valid sender domain", r"cannot find your hostname", r"no reverse")),
     ("securityerror", _rx(r"unauthenticated senders? not allowed", r"authentication required",
