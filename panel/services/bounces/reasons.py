@@ -67,6 +67,9 @@ TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
                     r"user (?:account )?(?:is )?(?:suspended|disabled|inactive)", r"not active", r"deactivated")),
     ("hasmoved", _rx(r"no longer (?:on server|with|valid at|available)", r"has moved", r"not our customer",
                      r"user has moved", r"address (?:has )?changed")),
+    # About our sender address, not the recipient's: before the rules for unknown hosts and users.
+    ("rejected", _rx(r"domain of sender address", r"sender address rejected", r"sender verify failed",
+                     r"purported responsible address")),
     ("networkerror", _rx(r"not found,? try again", r"temporary failure in name resolution")),  # DNS TRY_AGAIN
     ("hostunknown", _rx(r"host (?:or domain name )?not found", r"host unknown", r"unknown host", r"domain (?:name )?not found",
                         r"invalid domain", r"no such domain", r"domain (?:does not|doesn't) exist(?! .{0,20}sender)",
