@@ -75,6 +75,11 @@ class LocalStack:
     def instance_path(self) -> Path:
         return (self.settings.instance_path or self.root / "panel").resolve()
 
+    @property
+    def database_url(self) -> str:
+        """The panel's SQLAlchemy URL: settings.database_url, or the panel's default SQLite file."""
+        return self.settings.database_url or f"sqlite:///{self.instance_path / 'mailfleet.db'}"
+
     def panel_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(

@@ -2,8 +2,9 @@
 # Installs the Debian packages Mailfleet runs and tests with, only those missing.
 set -euo pipefail
 # chromium: the browser tests drive Debian's build (Playwright's own download cannot work offline).
+# postgresql: the tests run the panel on PostgreSQL too, a throw-away server started from its programs (devserver/postgres.py).
 # debootstrap … iproute2: test hosts (devserver/testhost.py), Debian trees booted with systemd-nspawn.
-packages=(exim4-daemon-light swaks python3-venv sqlite3 openssl chromium
+packages=(exim4-daemon-light swaks python3-venv sqlite3 postgresql openssl chromium
   debootstrap systemd-container tinyproxy openssh-client sshpass iproute2)
 missing=()
 for p in "${packages[@]}"; do

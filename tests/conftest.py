@@ -1,10 +1,13 @@
-"""Shared fixtures: the mail capture and real Exim instances delivering to it.
+"""Shared fixtures: the mail capture and real Exim instances delivering to it; the panel's
+database on each backend (SQLite, and PostgreSQL on a server of the session's own).
 
 Every process a fixture starts is stopped at teardown, whether the test passed or not.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import shlex
 import shutil
 import tempfile
@@ -13,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from devserver.exim import BASE_PYTHON, REPO_ROOT, Exim, EximError, EximSettings, default_bounce_pipe_command, exim_user_can
 from devserver.mail_capture import CaptureServer
 from devserver.ports import free_port
+from devserver.postgres import PostgresServer, server_binaries
 
 DEFAULT_SOURCE_IPS = [("127.0.0.2", "ip2.worker.test"), ("127.0.0.3", "ip3.worker.test")]
 BOUNCE_DOMAIN = "bounces.test"
@@ -192,3 +197,68 @@ def exim_factory(
 def exim(exim_factory: EximFactory) -> Exim:
     """An Exim with source IPs 127.0.0.2 (HELO ip2.worker.test) and 127.0.0.3 (ip3.worker.test)."""
     return exim_factory()
+
+
+# -- the panel's database: every test that uses it runs once on each backend -----------------
+DB_BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server on 127.0.0.1 for the whole session, from Debian's `postgresql` package."""
+    if server_binaries() is None:
+        reason = "PostgreSQL's server programs are missing: apt-get install postgresql (make test does)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)  # CI runs `make test`, which installs them: their absence is a failure
+        pytest.skip(reason)
+    with PostgresServer() as server:
+        yield server
+
+
+class Databases:
+    """Databases of one backend for the tests: `new()` makes one (empty, or a copy of a template
+    database given by its URL) and returns its SQLAlchemy URL; `drop(url)` removes it."""
+
+    def __init__(self, backend: str, server: PostgresServer | None = None) -> None:
+        self.backend = backend
+        self.server = server
+        self._numbers = itertools.count(1)
+        self._copies: dict[str, str] = {}  # PostgreSQL: template URL -> its working copy's URL
+
+    def new(self, sqlite_path: Path, template: str | None = None) -> str:
+        """SQLite: the file at `sqlite_path`; PostgreSQL: a database of its own on the server."""
+        if self.server is None:
+            if template is not None:
+                shutil.copyfile(make_url(template).database, sqlite_path)
+            return f"sqlite:///{sqlite_path}"
+        if template is None:
+            return self.server.create_database(f"t_{next(self._numbers)}")
+        copy = self._copies.get(template)
+        if copy is None:
+            copy = self._copies[template] = self.server.create_database(f"t_{next(self._numbers)}", make_url(template).database)
+        else:
+            self.server.empty_tables(make_url(copy).database)
+        return copy
+
+    def drop(self, url: str) -> None:
+        if self.server is not None and url not in self._copies.values():
+            self.server.drop_database(make_url(url).database)
+
+
+@pytest.fixture(scope="session", params=DB_BACKENDS)
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """The panel's database backend; a test that uses it runs as `[sqlite]` and as `[postgresql]`."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def databases(db_backend: str, request: pytest.FixtureRequest) -> Databases:
+    return Databases(db_backend, request.getfixturevalue("postgres") if db_backend == "postgresql" else None)
+
+
+@pytest.fixture
+def empty_database_url(databases: Databases, tmp_path: Path) -> Iterator[str]:
+    """A database with no tables at all, removed after the test."""
+    url = databases.new(tmp_path / "empty.db")
+    yield url
+    databases.drop(url)

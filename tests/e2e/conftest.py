@@ -1,16 +1,21 @@
-"""The whole system started once per module (real processes), and helpers to drive it."""
+"""The whole system started once per module and database backend (real processes: SQLite in
+the panel's instance folder, or a database of its own on the session's PostgreSQL server), and
+helpers to drive it."""
 
 from __future__ import annotations
 
-import sqlite3
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import requests
+from sqlalchemy import Engine, create_engine
 
 from devserver.stack import LocalStack, StackSettings
+from tests.conftest import Databases
 
 
 class Api:
@@ -30,12 +35,27 @@ class Api:
         return self._check(self.session.post(self.base + path, json=body, timeout=60))
 
 
+@contextlib.contextmanager
+def panel_database(databases: Databases) -> Iterator[str | None]:
+    """The DATABASE_URL for a whole system: on PostgreSQL an empty database of its own (the system
+    migrates it, as `make run` does), dropped afterwards; on SQLite None: the panel's default file."""
+    if databases.server is None:
+        yield None
+        return
+    url = databases.new(Path("unused.db"))
+    try:
+        yield url
+    finally:
+        databases.drop(url)
+
+
 @pytest.fixture(scope="module")
-def stack(exim_tmp_base):
+def stack(exim_tmp_base: Path, databases: Databases) -> Iterator[LocalStack]:
     root = Path(tempfile.mkdtemp(dir=exim_tmp_base, prefix="stack-"))
     root.chmod(0o755)  # Exim's processes run as Debian-exim and must reach its run directory
-    with LocalStack(StackSettings(root=root)) as running:
-        yield running
+    with panel_database(databases) as database_url:
+        with LocalStack(StackSettings(root=root, database_url=database_url)) as running:
+            yield running
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +63,31 @@ def api(stack) -> Api:
     return Api(stack.panel_url, stack.api_token)
 
 
+@pytest.fixture(scope="module")
+def panel_engine(stack: LocalStack) -> Iterator[Engine]:
+    """The panel's database as the stack's processes see it (SQLite opened read-only)."""
+    url = stack.database_url
+    if url.startswith("sqlite:///"):
+        engine = create_engine(f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true",
+                               connect_args={"timeout": 30})
+    else:
+        engine = create_engine(url)
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture
-def panel_db(stack) -> Callable[[str, tuple], dict]:
-    """Query the panel's SQLite DB read-only; returns {first column: second column}."""
-    def query(sql: str, params: tuple) -> dict:
-        connection = sqlite3.connect(f"file:{stack.instance_path / 'mailfleet.db'}?mode=ro", uri=True, timeout=30)
-        try:
-            return dict(connection.execute(sql, params).fetchall())
-        finally:
-            connection.close()
+def panel_rows(panel_engine: Engine) -> Callable[[str, tuple], list[tuple]]:
+    """Query the panel's database with `?` placeholders; returns the rows as tuples."""
+    def query(sql: str, params: tuple) -> list[tuple]:
+        if panel_engine.dialect.paramstyle != "qmark":
+            sql = sql.replace("?", "%s")
+        with panel_engine.connect() as connection:
+            return [tuple(row) for row in connection.exec_driver_sql(sql, params)]
     return query
+
+
+@pytest.fixture
+def panel_db(panel_rows: Callable[[str, tuple], list[tuple]]) -> Callable[[str, tuple], dict]:
+    """Query the panel's database; returns {first column: second column}."""
+    return lambda sql, params: dict(panel_rows(sql, params))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -18,6 +19,8 @@ import requests
 from devserver.ports import free_port
 from devserver.stack import REPO
 from tests.helpers import wait_for
+
+from .conftest import panel_database
 
 LINES = ("Panel:", "Login:", "API token:", "Captured mail:")
 
@@ -53,10 +56,20 @@ def instance(exim_tmp_base) -> Path:
     return path
 
 
-def test_run_local_prints_the_four_lines_serves_and_stops_on_ctrl_c(instance: Path) -> None:
+@pytest.fixture
+def database_url(databases) -> Iterator[str | None]:
+    """What `make run` is given as DATABASE_URL: nothing (SQLite under instance/) or PostgreSQL."""
+    with panel_database(databases) as url:
+        yield url
+
+
+def test_run_local_prints_the_four_lines_serves_and_stops_on_ctrl_c(instance: Path, database_url: str | None) -> None:
     env = dict(os.environ, MAILFLEET_INSTANCE_PATH=str(instance), PYTHONUNBUFFERED="1",
                MAILFLEET_PANEL_PORT=str(free_port()), MAILFLEET_AGENT_PORT=str(free_port()),
                MAILFLEET_EXIM_PORT=str(free_port()), MAILFLEET_CAPTURE_PORT=str(free_port()))
+    env.pop("DATABASE_URL", None)
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
     process = subprocess.Popen([sys.executable, "-m", "devserver.run_local"], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
     try:

@@ -5,7 +5,7 @@ recipients' server (the capture). No Ansible, no restart of anything."""
 from __future__ import annotations
 
 import re
-import sqlite3
+from typing import Callable
 
 import pytest
 import requests
@@ -44,13 +44,9 @@ def post_form(stack, web: requests.Session, path: str, data: dict) -> requests.R
     return answer
 
 
-def server_row(stack) -> tuple[int, int]:
-    conn = sqlite3.connect(f"file:{stack.instance_path / 'mailfleet.db'}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute("SELECT config_version, config_applied FROM servers WHERE id = ?",
-                            (stack.server_id,)).fetchone()
-    finally:
-        conn.close()
+def server_row(stack, panel_rows: Callable[[str, tuple], list[tuple]]) -> tuple[int, int]:
+    (row,) = panel_rows("SELECT config_version, config_applied FROM servers WHERE id = ?", (stack.server_id,))
+    return row
 
 
 def send(api: Api, name: str, emails: list[str]) -> int:
@@ -62,7 +58,8 @@ def send(api: Api, name: str, emails: list[str]) -> int:
     return campaign["id"]
 
 
-def test_helo_and_rate_limit_changed_on_the_page_reach_the_next_letters(stack, api: Api, web: requests.Session):
+def test_helo_and_rate_limit_changed_on_the_page_reach_the_next_letters(stack, api: Api, web: requests.Session,
+                                                                       panel_rows):
     page = web.get(f"{stack.panel_url}/servers/{stack.server_id}", timeout=30).text
     ip_ids = dict((ip, int(i)) for i, ip in re.findall(
         r'/ips/(\d+)/helo"[^>]*>\s*<input[^>]*>\s*<input[^>]*aria-label="HELO name of ([0-9.]+)"', page))
@@ -77,8 +74,8 @@ def test_helo_and_rate_limit_changed_on_the_page_reach_the_next_letters(stack, a
     post_form(stack, web, f"/servers/{stack.server_id}/ips/{ip_ids['127.0.0.2']}/helo", {"helo": "changed.worker.test"})
     post_form(stack, web, f"/servers/{stack.server_id}/rate-limits",
               {"source_ip": "*", "domain": "paced.example", "per_minute": "60"})  # one a second per source IP
-    assert server_row(stack)[0] == 2
-    wait_for(lambda: server_row(stack) == (2, 2), "the daemon to apply version 2 on the agent", timeout=30)
+    assert server_row(stack, panel_rows)[0] == 2
+    wait_for(lambda: server_row(stack, panel_rows) == (2, 2), "the daemon to apply version 2 on the agent", timeout=30)
     page = web.get(f"{stack.panel_url}/servers/{stack.server_id}", timeout=30).text
     assert "configuration version 2 applied: 1 rate limits, 2 HELO names" in page
     assert "applied on the agent" in page

@@ -1,13 +1,16 @@
-"""Fixtures for the panel's tests: an app on a real SQLite file built by the Alembic
-migrations (run once per session, then copied per test), a test client that logs in and
-sends CSRF tokens like a browser, a CLI runner, and small helpers to seed data."""
+"""Fixtures for the panel's tests: an app on a real database built by the Alembic migrations
+(run once per session and backend, then copied per test: an SQLite file, or a PostgreSQL
+database made from the migrated one as its template), a test client that logs in and sends
+CSRF tokens like a browser, a CLI runner, and small helpers to seed data.
+
+Every test that uses the app runs twice, as `[sqlite]` and as `[postgresql]` (see
+`db_backend` in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,6 +26,7 @@ from panel.services.campaigns import CampaignInput, save_campaign
 from panel.services.csv_import import import_records
 from panel.services.lists import create_list
 from panel.services.servers import SourceIP, register_server
+from tests.conftest import Databases
 
 SECRET = "test-secret-key"
 PASSWORD = "correct horse battery"
@@ -58,11 +62,11 @@ def preserved_logging() -> Iterator[None]:
                 logger.disabled = False
 
 
-def make_app(db_path: Path, **overrides: Any) -> Flask:
+def make_app(database_url: str, **overrides: Any) -> Flask:
     config = {
         "TESTING": True,
         "SECRET_KEY": SECRET,
-        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}",
+        "SQLALCHEMY_DATABASE_URI": database_url,
         "PUBLIC_URL": "http://panel.example.com",
         "BOUNCE_DOMAIN": "bounces.example.com",
         "WTF_CSRF_ENABLED": True,  # as in production: every form post needs its token
@@ -82,22 +86,31 @@ def fast_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty database made by `flask db upgrade` (the real migrations), once per session."""
+def migrated_db(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The URL of an empty database made by `flask db upgrade` (the real migrations), once per
+    session and backend; tests get copies of it (`database_url`)."""
     from flask_migrate import upgrade
 
-    path = tmp_path_factory.mktemp("schema") / "migrated.db"
-    app = make_app(path)
+    url = databases.new(tmp_path_factory.mktemp("schema") / "migrated.db")
+    app = make_app(url)
     with app.app_context(), preserved_logging():
         upgrade()
-        db.engine.dispose()
-    return path
+        db.engine.dispose()  # PostgreSQL copies a template only while nobody is connected to it
+    return url
 
 
 @pytest.fixture
-def empty_app(tmp_path: Path) -> Iterator[Flask]:
-    """An app on a database file with no tables at all (for `init-db`)."""
-    app = make_app(tmp_path / "empty.db")
+def database_url(databases: Databases, migrated_db: str, tmp_path: Path) -> Iterator[str]:
+    """A migrated database of the test's own, removed afterwards."""
+    url = databases.new(tmp_path / "panel.db", template=migrated_db)
+    yield url
+    databases.drop(url)
+
+
+@pytest.fixture
+def empty_app(empty_database_url: str) -> Iterator[Flask]:
+    """An app on a database with no tables at all (for `init-db`)."""
+    app = make_app(empty_database_url)
     yield app
     with app.app_context():
         db.engine.dispose()
@@ -122,10 +135,8 @@ def app_config() -> dict[str, Any]:
 
 
 @pytest.fixture
-def app(migrated_db: Path, tmp_path: Path, app_config: dict[str, Any]) -> Iterator[Flask]:
-    path = tmp_path / "panel.db"
-    shutil.copyfile(migrated_db, path)
-    app = make_app(path, **app_config)
+def app(database_url: str, app_config: dict[str, Any]) -> Iterator[Flask]:
+    app = make_app(database_url, **app_config)
     yield app
     with app.app_context():
         db.session.remove()

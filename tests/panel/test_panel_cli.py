@@ -177,8 +177,11 @@ def test_a_user_made_on_the_cli_can_log_in(runner, browser):
     assert browser.get("/lists/").status_code == 200
 
 
-def test_a_database_without_tables_gives_a_plain_error(empty_app):
+MISSING_TABLE = {"sqlite": "no such table: users", "postgresql": 'relation "users" does not exist'}
+
+
+def test_a_database_without_tables_gives_a_plain_error(empty_app, db_backend):
     result = empty_app.test_cli_runner().invoke(args=["users", "create", "a@example.com", "--password", "long enough"])
     assert result.exit_code == 1
-    assert "the database refused: no such table: users" in result.stderr
+    assert f"the database refused: {MISSING_TABLE[db_backend]}" in result.stderr
     assert "init-db" in result.stderr and "Traceback" not in result.output

@@ -3,7 +3,6 @@ instance folder of the test's own, and a Provisioner whose password channel list
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from tests.panel.conftest import (  # noqa: F401  (fixtures shared with the pane
     migrated_db,
     preserved_logging,
 )
+from tests.conftest import Databases
 
 
 @pytest.fixture
@@ -32,12 +32,18 @@ def instance(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def app(migrated_db: Path, tmp_path: Path, instance: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:  # noqa: F811
-    path = instance / "mailfleet.db"
-    shutil.copyfile(migrated_db, path)
+def database_url(databases: Databases, migrated_db: str, instance: Path) -> Iterator[str]:  # noqa: F811
+    """A migrated database of the test's own (an SQLite one in the instance folder), removed afterwards."""
+    url = databases.new(instance / "mailfleet.db", template=migrated_db)
+    yield url
+    databases.drop(url)
+
+
+@pytest.fixture
+def app(database_url: str, instance: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
     monkeypatch.setenv("MAILFLEET_INSTANCE_PATH", str(instance))
     app = create_app({
-        "TESTING": True, "SECRET_KEY": SECRET, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{path}",
+        "TESTING": True, "SECRET_KEY": SECRET, "SQLALCHEMY_DATABASE_URI": database_url,
         "PUBLIC_URL": "http://panel.example.com", "BOUNCE_DOMAIN": "bounces.example.com",
         "WTF_CSRF_ENABLED": True,
     })
