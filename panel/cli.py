@@ -6,19 +6,25 @@ errors on stderr as one plain sentence, with exit status 1; never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
 from .extensions import db
 from .models import User
-from .services.csv_import import ImportFailed, import_csv
+from .services.csv_import import ImportFailed, ImportOptions, import_file
+from .services.imports.mx import MxChecker
+from .services.imports.report import csv_rows
+from .services.imports.sources import ImportLimits
 from .services.lists import ListError, create_list, find_list
 from .services.servers import ServerError, parse_source_ip, register_server
 from .services.users import UserError, create_api_token, create_user, find_user, generate_password
@@ -38,6 +44,7 @@ class PanelGroup(AppGroup):
 
 users_cli = PanelGroup("users", help="Create users and API tokens.")
 lists_cli = PanelGroup("lists", help="Import recipients into lists.")
+CLI_REJECTED_SHOWN = 1000  # rejected rows printed in the JSON report; --report gets them all
 servers_cli = PanelGroup("servers", help="Register sending servers.")
 
 
@@ -92,10 +99,18 @@ def users_create_token(email: str, name: str) -> None:
 @click.argument("list_id_or_name")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=str))
 @click.option("--user", "email", required=True, help="The e-mail of the user who owns the list.")
-def lists_import(list_id_or_name: str, file: str, email: str) -> None:
-    """Import a CSV FILE (`-` for stdin) into a list, by id or name (a new name creates the list).
+@click.option("--check-mx", is_flag=True, help="Reject addresses whose domain has no MX (or A) record; one lookup a domain.")
+@click.option("--all-or-nothing", is_flag=True, help="Import nothing if any row is rejected.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Write every rejected row to this CSV file (file, line, email, reason).")
+def lists_import(list_id_or_name: str, file: str, email: str, check_mx: bool, all_or_nothing: bool,
+                 report_path: Path | None) -> None:
+    """Import FILE (`-` for stdin) into a list, by id or name (a new name creates the list).
 
-    Prints the report as JSON: {"added", "duplicates", "rejected": [{"row", "email", "reason"}]}.
+    FILE is a CSV file with a header row, a text file with one address a line, or a ZIP or
+    RAR archive of such files; the encoding and delimiter are found out. Prints the report as
+    JSON: {"added", "duplicates", "rejected": [{"row", "email", "reason", "file"?}] (the first
+    1,000), "rejected_count"}. Nothing is imported when the file as a whole is unusable.
     """
     user = _user(email)
     mailing_list = find_list(user, list_id_or_name)
@@ -107,20 +122,39 @@ def lists_import(list_id_or_name: str, file: str, email: str) -> None:
         except ListError as exc:
             fail(str(exc))
         click.echo(f"Created list {mailing_list.name!r} (id {mailing_list.id}).", err=True)
-    try:
-        if file == "-":
-            report = import_csv(mailing_list, sys.stdin.buffer)
-        else:
-            with open(file, "rb") as stream:
-                report = import_csv(mailing_list, stream)
-    except OSError as exc:
-        fail(f"cannot read {file}: {exc.strerror}")
-    except ImportFailed as exc:
-        fail(f"nothing was imported: {exc}")
+    config = current_app.config
+    options = ImportOptions(check_mx=MxChecker.from_config(config) if check_mx else None,
+                            all_or_nothing=all_or_nothing, limits=ImportLimits.from_config(config),
+                            keep_rejected=CLI_REJECTED_SHOWN)
+    with contextlib.ExitStack() as stack:
+        if report_path is not None:
+            try:
+                report_file = stack.enter_context(open(report_path, "w", encoding="utf-8", newline=""))
+            except OSError as exc:
+                fail(f"cannot write the report {report_path}: {exc.strerror}")
+            spool = stack.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8"))
+            options.on_reject = lambda item: spool.write(json.dumps(item, ensure_ascii=False) + "\n")
+        try:
+            path = Path(file)
+            if file == "-":
+                path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "stdin"
+                with open(path, "wb") as copy:
+                    shutil.copyfileobj(sys.stdin.buffer, copy)
+            report = import_file(mailing_list, path, "stdin" if file == "-" else path.name, options)
+            failure = None
+        except OSError as exc:
+            fail(f"cannot read {file}: {exc.strerror}")
+        except ImportFailed as exc:
+            failure = str(exc)
+        if report_path is not None:
+            spool.seek(0)
+            report_file.writelines(csv_rows((json.loads(line) for line in spool), path.name))
+        if failure is not None:
+            fail(f"nothing was imported: {failure}")
     db.session.commit()
-    click.echo(json.dumps(report.as_dict(), ensure_ascii=False))
+    click.echo(json.dumps({**report.as_dict(), "rejected_count": report.rejected_count}, ensure_ascii=False))
     click.echo(
-        f"{report.added} added, {report.duplicates} already on the list, {len(report.rejected)} rejected; "
+        f"{report.added} added, {report.duplicates} already on the list, {report.rejected_count} rejected; "
         f"the list {mailing_list.name!r} now has {mailing_list.recipient_count}.",
         err=True,
     )

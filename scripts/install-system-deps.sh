@@ -3,8 +3,9 @@
 set -euo pipefail
 # chromium: the browser tests drive Debian's build (Playwright's own download cannot work offline).
 # postgresql: the tests run the panel on PostgreSQL too, a throw-away server started from its programs (devserver/postgres.py).
+# unar: rarfile reads RAR archives (list imports) through it.
 # debootstrap … iproute2: test hosts (devserver/testhost.py), Debian trees booted with systemd-nspawn.
-packages=(exim4-daemon-light swaks python3-venv sqlite3 postgresql openssl chromium
+packages=(exim4-daemon-light swaks python3-venv sqlite3 postgresql openssl chromium unar
   debootstrap systemd-container tinyproxy openssh-client sshpass iproute2)
 missing=()
 for p in "${packages[@]}"; do

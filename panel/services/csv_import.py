@@ -1,36 +1,51 @@
-"""Adding recipients to a list from a CSV file or from JSON records, in chunks.
+"""Adding recipients to a list from a file (CSV, plain text, ZIP or RAR of them) or from JSON
+records, in chunks.
 
-The file is streamed (decoded a line at a time, the csv module reading those lines), so
-a file of millions of rows never sits in memory. Every row is checked and normalised; good
-rows are inserted in chunks with one executemany each, after one query per chunk for the
-addresses the list already holds. Bad rows are reported with their line number and why.
-A problem with the file as a whole (no email column, not UTF-8, …) raises ImportFailed and
-the caller rolls back: nothing is imported.
+The file is streamed (services/imports: the archive's members one after the other, each
+decoded a line at a time in its detected encoding, the csv module reading those lines), so
+a file of millions of rows never sits in memory. Every row is checked and normalised (and,
+when asked, its domain's MX looked up once per domain); good rows are inserted in chunks
+with one executemany each, after one query per chunk for the addresses the list already
+holds. Bad rows are reported with their line number and why. A problem with the file as a
+whole (no email column, a NUL byte, a damaged archive, …) raises ImportFailed and the
+caller rolls back: nothing is imported.
 """
 
 from __future__ import annotations
 
-import codecs
+import contextlib
 import csv
 import itertools
 import re
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from ..extensions import db
 from ..models import MailingList, Recipient
 from .addresses import InvalidAddress, normalise_address
+from .imports.errors import ImportFailed
+from .imports.mx import MxChecker
+from .imports.sources import ImportLimits, archive_kind, open_members
+from .imports.text import SAMPLE_SIZE, Lines, describe_binary, detect_encoding, looks_like_address_line, sniff_delimiter
+
+__all__ = ["ImportFailed", "ImportOptions", "ImportReport", "import_csv", "import_file", "import_records"]
 
 EMAIL_COLUMNS = ("email", "e-mail", "mail")
 RESERVED_FIELDS = frozenset({"email", "unsubscribe_url"})
 CHUNK_SIZE = 1000
-DELIMITERS = (",", ";", "\t")
 
 
-class ImportFailed(Exception):
-    """The file or request as a whole cannot be imported; nothing was."""
+@dataclass
+class ImportOptions:
+    check_mx: MxChecker | None = None  # look up each domain's MX (once per domain)
+    all_or_nothing: bool = False  # a single rejected row imports nothing
+    limits: ImportLimits = field(default_factory=ImportLimits)
+    keep_rejected: int | None = None  # rejected rows kept in the report's list (None: all)
+    on_reject: Callable[[dict[str, Any]], None] | None = None  # hears every rejected row
+    on_progress: Callable[[int, int], None] | None = None  # (bytes read, bytes expected)
 
 
 @dataclass
@@ -38,6 +53,7 @@ class ImportReport:
     added: int = 0
     duplicates: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    rejected_count: int = 0  # all rejected rows, also those past keep_rejected
 
     def as_dict(self) -> dict[str, Any]:
         return {"added": self.added, "duplicates": self.duplicates, "rejected": self.rejected}
@@ -56,9 +72,11 @@ def is_email_column(header: str) -> bool:
 class _Importer:
     """Collects checked rows and writes them a chunk at a time."""
 
-    def __init__(self, mailing_list: MailingList) -> None:
+    def __init__(self, mailing_list: MailingList, options: ImportOptions | None = None) -> None:
         self.mailing_list = mailing_list
+        self.options = options or ImportOptions()
         self.report = ImportReport()
+        self.file: str | None = None  # the archive member being read, named in rejected rows
         self.pending: dict[str, dict[str, Any]] = {}
         self.new_fields: list[str] = []
         self.known_fields = set(mailing_list.fields)
@@ -70,7 +88,15 @@ class _Importer:
                 self.new_fields.append(name)
 
     def reject(self, row: int, email: Any, reason: str) -> None:
-        self.report.rejected.append({"row": row, "email": email if isinstance(email, str) else None, "reason": reason})
+        item = {"row": row, "email": email if isinstance(email, str) else None, "reason": reason}
+        if self.file is not None:
+            item["file"] = self.file
+        self.report.rejected_count += 1
+        keep = self.options.keep_rejected
+        if keep is None or len(self.report.rejected) < keep:
+            self.report.rejected.append(item)
+        if self.options.on_reject is not None:
+            self.options.on_reject(item)
 
     def add(self, row: int, raw_email: Any, fields: dict[str, Any]) -> None:
         if not isinstance(raw_email, str) or not raw_email.strip():
@@ -81,6 +107,11 @@ class _Importer:
         except InvalidAddress as exc:
             self.reject(row, raw_email, str(exc))
             return
+        if self.options.check_mx is not None:
+            reason = self.options.check_mx.reason(email.rpartition("@")[2])
+            if reason:
+                self.reject(row, raw_email, reason)
+                return
         if email in self.pending:
             self.report.duplicates += 1
             return
@@ -104,13 +135,19 @@ class _Importer:
             if email not in existing
         ]
         if rows:
-            db.session.execute(insert(Recipient), rows)
+            db.session.connection().execute(Recipient.__table__.insert(), rows)  # Core: no per-row ORM work
         self.report.added += len(rows)
         self.report.duplicates += len(existing)
         self.pending.clear()
 
     def finish(self) -> ImportReport:
         self.flush()
+        count = self.report.rejected_count
+        if count and self.options.all_or_nothing:
+            raise ImportFailed(
+                f"{count:,} row{'s were' if count != 1 else ' was'} rejected and you chose to import nothing "
+                "in that case: correct the rows the report lists and import the file again"
+            )
         if self.report.added:
             if self.new_fields:
                 self.mailing_list.fields = [*self.mailing_list.fields, *self.new_fields]
@@ -149,50 +186,87 @@ def _header(cells: list[str]) -> tuple[int, list[tuple[int, str]]]:
     return email_columns[0], columns
 
 
-def _text_lines(stream: IO[bytes], chunk_size: int = 1 << 16) -> Iterator[str]:
-    """The stream's lines as text, decoded one line at a time (UTF-8, a leading BOM dropped),
-    so a decoding error names its line. Line ends are kept, as the csv module wants them."""
-    number = 0
-    pending = b""
-    while True:
-        chunk = stream.read(chunk_size)
+class _Prepended:
+    """A binary stream with bytes already read from it put back in front."""
+
+    def __init__(self, head: bytes, stream: IO[bytes]) -> None:
+        self.head = head
+        self.stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        if self.head:
+            data, self.head = self.head, b""
+            return data
+        return self.stream.read(size)
+
+
+def _read_sample(stream: IO[bytes]) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while size < SAMPLE_SIZE:
+        chunk = stream.read(SAMPLE_SIZE - size)
         if not chunk:
             break
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            number += 1
-            yield _decode(line + b"\n", number)
-    if pending:
-        yield _decode(pending, number + 1)
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
 
 
-def _decode(line: bytes, number: int) -> str:
-    if number == 1 and line.startswith(codecs.BOM_UTF8):
-        line = line[len(codecs.BOM_UTF8):]
-    try:
-        return line.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ImportFailed(f"line {number} is not valid UTF-8: save the file as CSV UTF-8 and upload it again") from None
+def _import_text(importer: _Importer, stream: IO[bytes], what: str, where: str = "") -> None:
+    """Import one text file: CSV with a header row, or one address a line.
+    `what` names it in messages ("the file", "people.csv in list.zip"); `where` is put after line numbers."""
+    sample = _read_sample(stream)
+    if not sample.strip():
+        raise ImportFailed(f"{what} is empty: the first line must name the columns (one of them email), "
+                           "or the file must hold one address a line")
+    kind = archive_kind(sample)
+    if kind:
+        raise ImportFailed(f"{what} is a {kind} archive inside an archive: archives inside archives are not "
+                           "unpacked; unpack it and upload its files")
+    binary = describe_binary(sample)
+    if binary:
+        raise ImportFailed(f"{what} is not a text file (it looks like {binary}): "
+                           "export the list as CSV (UTF-8) or as plain text with one address a line and upload that")
+    encoding = detect_encoding(sample)
+    lines = Lines(_Prepended(sample, stream), encoding, max_bytes=importer.options.limits.max_line, where=where)
+    sample_text = sample.decode("utf-8" if encoding == "utf-8-sig" else encoding, errors="replace").lstrip("\ufeff")
+    first = sample_text.splitlines()[0] if sample_text.splitlines() else ""
+    if looks_like_address_line(first):
+        _import_plain(importer, lines)
+    else:
+        _import_table(importer, lines, sniff_delimiter(sample_text))
 
 
-def import_csv(mailing_list: MailingList, stream: IO[bytes]) -> ImportReport:
-    """Import a CSV file (UTF-8, with or without BOM; comma, semicolon or tab separated)."""
-    lines = _text_lines(stream)
-    importer = _Importer(mailing_list)
-    first = next(lines, "")
+def _import_plain(importer: _Importer, lines: Lines) -> None:
+    """One address a line; blank lines are skipped."""
+    for line in lines:
+        lines.mark()
+        raw_email = line.strip()
+        if raw_email:
+            importer.add(lines.number, raw_email, {})
+
+
+def _import_table(importer: _Importer, lines: Lines, delimiter: str) -> None:
+    iterator = iter(lines)
+    first = next(iterator, "")
     if not first.strip():
-        raise ImportFailed("the file is empty or its first line is blank: the first line must name the columns")
-    delimiter = max(DELIMITERS, key=first.count)
-    reader = csv.reader(itertools.chain([first], lines), delimiter=delimiter)
+        raise ImportFailed(f"the first line{lines.where_suffix} is blank: the first line must name the columns")
+    reader = csv.reader(itertools.chain([first], iterator), delimiter=delimiter)
     line = 0
     try:
         header = next(reader)
-        email_index, columns = _header(header)
+        try:
+            email_index, columns = _header(header)
+        except ImportFailed as exc:
+            if lines.where:
+                raise ImportFailed(f"in {lines.where}, {exc}") from None
+            raise
         width = len(header)
         line = reader.line_num
+        lines.mark()
         for cells in reader:
             row, line = line + 1, reader.line_num
+            lines.mark()
             if not any(cell.strip() for cell in cells):
                 continue  # blank lines
             raw_email = cells[email_index].strip() if email_index < len(cells) else ""
@@ -202,7 +276,33 @@ def import_csv(mailing_list: MailingList, stream: IO[bytes]) -> ImportReport:
             cells += [""] * (width - len(cells))
             importer.add(row, raw_email, {name: cells[index].strip() for index, name in columns})
     except csv.Error as exc:
-        raise ImportFailed(f"line {line + 1} cannot be read as CSV: {exc}") from None
+        if "field larger than field limit" in str(exc):
+            raise ImportFailed(
+                f"the row starting on line {line + 1}{lines.where_suffix} has a value longer than "
+                f"{csv.field_size_limit():,} characters: a quote mark there probably has no partner; fix the quotes"
+            ) from None
+        raise ImportFailed(f"line {line + 1}{lines.where_suffix} cannot be read as CSV: {exc}") from None
+
+
+def import_csv(mailing_list: MailingList, stream: IO[bytes], options: ImportOptions | None = None) -> ImportReport:
+    """Import one CSV or plain-text stream (the API's body; the encoding and delimiter are detected)."""
+    importer = _Importer(mailing_list, options)
+    _import_text(importer, stream, "the file")
+    return importer.finish()
+
+
+def import_file(mailing_list: MailingList, path: Path, name: str, options: ImportOptions | None = None) -> ImportReport:
+    """Import an uploaded file: CSV, plain text, or a ZIP or RAR archive of such files (each
+    with its own header). `name` is the file's name as the user knows it, for messages."""
+    importer = _Importer(mailing_list, options)
+    limits = importer.options.limits
+    with open_members(path, name, limits, importer.options.on_progress) as (kind, members):
+        for member in members:
+            importer.file = member.name if kind else None
+            what = f"{member.name!r} in {name}" if kind else "the file"
+            with contextlib.closing(member.open()) as stream:  # type: ignore[type-var]
+                _import_text(importer, stream, what, f"{member.name!r}" if kind else "")
+    importer.file = None
     return importer.finish()
 
 

@@ -12,6 +12,11 @@ from panel.services import csv_import
 from panel.services.csv_import import ImportFailed, import_csv
 
 
+@pytest.fixture
+def app_config(tmp_path):
+    return {"IMPORTS_DIR": str(tmp_path / "imports")}
+
+
 def recipients(seed, list_id):
     return seed.query(lambda s: [
         (r.email, r.fields) for r in s.scalars(select(Recipient).where(Recipient.list_id == list_id).order_by(Recipient.id))
@@ -98,7 +103,10 @@ def test_reimport_skips_existing_and_adds_new_fields(as_alice, seed, alice):
     (b"Email,name,Name\nann@example.org,Ann,Ann\n", "both name the field"),
     (b"email,unsubscribe_url\nann@example.org,x\n", "reserved"),
     (b"", "empty"),
-    (b"email,name\nann@example.org,Ann\nbob@example.org,B\xf6b\n", "line 3 is not valid UTF-8"),
+    # UTF-8 for the first 64 KB (so detected as such), then a latin-1 byte on line 3002.
+    (b"email,name\n" + "".join(f"user{i}@example.org,User {i}\n" for i in range(3000)).encode()
+     + b"bob@example.org,B\xf6b\n", "line 3002 is not valid UTF-8"),
+    (b"email,name\nann@example.org,Ann\nbob@exa\x00mple.org,Bob\n", "line 3 holds a NUL byte"),
 ])
 def test_bad_files_import_nothing(as_alice, seed, alice, content, message):
     list_id = seed.list(alice, "Customers")
@@ -184,7 +192,7 @@ def test_import_failed_leaves_the_session_to_roll_back(app, seed, alice):
         from panel.extensions import db
 
         with pytest.raises(ImportFailed):
-            import_csv(db.session.get(MailingList, list_id), io.BytesIO(b"email\na@example.org\n\xff\n"))
+            import_csv(db.session.get(MailingList, list_id), io.BytesIO(b"email\na@example.org\nb@\x00\n"))
         db.session.rollback()
     assert recipients(seed, list_id) == []
 
