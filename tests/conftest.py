@@ -6,6 +6,7 @@ Every process a fixture starts is stopped at teardown, whether the test passed o
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shlex
@@ -22,6 +23,7 @@ from devserver.exim import BASE_PYTHON, REPO_ROOT, Exim, EximError, EximSettings
 from devserver.mail_capture import CaptureServer
 from devserver.ports import free_port
 from devserver.postgres import PostgresServer, server_binaries
+from devserver.stack import LocalStack, StackSettings
 
 DEFAULT_SOURCE_IPS = [("127.0.0.2", "ip2.worker.test"), ("127.0.0.3", "ip3.worker.test")]
 BOUNCE_DOMAIN = "bounces.test"
@@ -244,6 +246,20 @@ class Databases:
         if self.server is not None and url not in self._copies.values():
             self.server.drop_database(make_url(url).database)
 
+    @contextlib.contextmanager
+    def for_system(self) -> Iterator[str | None]:
+        """The DATABASE_URL for a whole system (LocalStack, `make run`): on PostgreSQL an empty
+        database of its own (the system migrates it), dropped afterwards; on SQLite None, the
+        panel's default file in its instance folder."""
+        if self.server is None:
+            yield None
+            return
+        url = self.new(Path("unused.db"))
+        try:
+            yield url
+        finally:
+            self.drop(url)
+
 
 @pytest.fixture(scope="session", params=DB_BACKENDS)
 def db_backend(request: pytest.FixtureRequest) -> str:
@@ -262,3 +278,13 @@ def empty_database_url(databases: Databases, tmp_path: Path) -> Iterator[str]:
     url = databases.new(tmp_path / "empty.db")
     yield url
     databases.drop(url)
+
+
+@pytest.fixture(scope="module")
+def stack(exim_tmp_base: Path, databases: Databases) -> Iterator[LocalStack]:
+    """The whole system (devserver/stack.py: real processes) once per module and database backend."""
+    root = Path(tempfile.mkdtemp(dir=exim_tmp_base, prefix="stack-"))
+    root.chmod(0o755)  # Exim's processes run as Debian-exim and must reach its run directory
+    with databases.for_system() as database_url:
+        with LocalStack(StackSettings(root=root, database_url=database_url)) as running:
+            yield running

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
 from ..extensions import db
 from ..models import Campaign, Delivery, Suppression
-from ..models.base import utcnow
+from ..models.base import insert_unless_present, utcnow
 from .tokens import delivery_id_from_token
 
 
@@ -24,10 +22,12 @@ def unsubscribe(delivery: Delivery) -> bool:
     campaign = db.session.get(Campaign, delivery.campaign_id)
     if delivery.unsubscribed_at is None:
         delivery.unsubscribed_at = utcnow()
-    known = db.session.scalar(
-        select(Suppression).where(Suppression.user_id == campaign.user_id, Suppression.email == delivery.email)
+    # One statement, not a look and then an insert: a second click handled by another worker (or
+    # a bounce the daemon applies) at the same moment waits for the first and adds nothing.
+    added = db.session.execute(
+        insert_unless_present(db.session, Suppression).values(
+            user_id=campaign.user_id, email=delivery.email, reason="unsubscribe"
+        )
     )
-    if known is None:
-        db.session.add(Suppression(user_id=campaign.user_id, email=delivery.email, reason="unsubscribe"))
     db.session.flush()
-    return known is None
+    return added.rowcount == 1

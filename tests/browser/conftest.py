@@ -7,14 +7,13 @@ Every process is stopped at teardown: the stack by LocalStack's context manager,
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
-from devserver.stack import LocalStack, StackSettings
+from devserver.stack import LocalStack
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -23,14 +22,6 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 TIMEOUT_MS = 20_000  # any single click, fill or expectation
-
-
-@pytest.fixture(scope="module")
-def stack(exim_tmp_base: Path) -> Iterator[LocalStack]:
-    root = Path(tempfile.mkdtemp(dir=exim_tmp_base, prefix="stack-"))
-    root.chmod(0o755)  # Exim's processes run as Debian-exim and must reach its run directory
-    with LocalStack(StackSettings(root=root)) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,16 @@
-"""The whole system started once per module and database backend (real processes: SQLite in
-the panel's instance folder, or a database of its own on the session's PostgreSQL server), and
-helpers to drive it."""
+"""Helpers to drive the whole system (`stack`, in tests/conftest.py: started once per module and
+database backend) and to read the panel's database as its processes see it."""
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import requests
 from sqlalchemy import Engine, create_engine
 
-from devserver.stack import LocalStack, StackSettings
-from tests.conftest import Databases
+from devserver.stack import LocalStack
 
 
 class Api:
@@ -33,29 +28,6 @@ class Api:
 
     def post(self, path: str, body: Any) -> Any:
         return self._check(self.session.post(self.base + path, json=body, timeout=60))
-
-
-@contextlib.contextmanager
-def panel_database(databases: Databases) -> Iterator[str | None]:
-    """The DATABASE_URL for a whole system: on PostgreSQL an empty database of its own (the system
-    migrates it, as `make run` does), dropped afterwards; on SQLite None: the panel's default file."""
-    if databases.server is None:
-        yield None
-        return
-    url = databases.new(Path("unused.db"))
-    try:
-        yield url
-    finally:
-        databases.drop(url)
-
-
-@pytest.fixture(scope="module")
-def stack(exim_tmp_base: Path, databases: Databases) -> Iterator[LocalStack]:
-    root = Path(tempfile.mkdtemp(dir=exim_tmp_base, prefix="stack-"))
-    root.chmod(0o755)  # Exim's processes run as Debian-exim and must reach its run directory
-    with panel_database(databases) as database_url:
-        with LocalStack(StackSettings(root=root, database_url=database_url)) as running:
-            yield running
 
 
 @pytest.fixture(scope="module")

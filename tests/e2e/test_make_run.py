@@ -20,8 +20,6 @@ from devserver.ports import free_port
 from devserver.stack import REPO
 from tests.helpers import wait_for
 
-from .conftest import panel_database
-
 LINES = ("Panel:", "Login:", "API token:", "Captured mail:")
 
 
@@ -59,7 +57,7 @@ def instance(exim_tmp_base) -> Path:
 @pytest.fixture
 def database_url(databases) -> Iterator[str | None]:
     """What `make run` is given as DATABASE_URL: nothing (SQLite under instance/) or PostgreSQL."""
-    with panel_database(databases) as url:
+    with databases.for_system() as url:
         yield url
 
 

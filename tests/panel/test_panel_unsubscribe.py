@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from datetime import datetime
+
 import pytest
-from sqlalchemy import select
+from sqlalchemy import create_engine, insert, select
 
 from panel.extensions import db
 from panel.models import Campaign, Delivery, Suppression, User
@@ -94,3 +98,24 @@ def test_a_token_for_a_deleted_delivery_is_404(client, app, seed, delivery):
         db.session.delete(db.session.get(Delivery, delivery["id"]))
         db.session.commit()
     assert client.get(f"/u/{delivery['token']}").status_code == 404
+
+
+def test_an_unsubscribe_racing_another_suppression_of_the_address_adds_it_once(app, client, seed, delivery):
+    """Another writer suppresses the address at the same moment (a second click in another worker,
+    a bounce in the daemon): the click waits for it, adds nothing and answers as usual."""
+    engine = create_engine(app.config["SQLALCHEMY_DATABASE_URI"])
+    answers = []
+    try:
+        with engine.connect() as other:
+            other.execute(insert(Suppression).values(user_id=delivery["user"], email="ann@example.org",
+                                                     reason="hard_bounce", created_at=datetime.now()))
+            click = threading.Thread(target=lambda: answers.append(client.post(f"/u/{delivery['token']}")))
+            click.start()
+            time.sleep(1)  # the click now waits for the other writer's transaction
+            other.commit()
+            click.join(60)
+    finally:
+        engine.dispose()
+    assert [answer.status_code for answer in answers] == [200]
+    assert suppressed(seed) == [(delivery["user"], "ann@example.org", "hard_bounce")]
+    assert seed.get(Delivery, delivery["id"]).unsubscribed_at is not None
