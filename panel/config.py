@@ -17,6 +17,7 @@ class Config:
     PUBLIC_URL = "http://127.0.0.1:5000"
     # Domain of VERP return paths and unsubscribe mailto: addresses; MX points at the workers.
     BOUNCE_DOMAIN = "bounces.mailfleet.test"
+    BOUNCE_SOFT_LIMIT = 3  # soft bounces in a row (across a user's campaigns) that suppress an address
     DAEMON_INTERVAL = 1.0  # seconds between daemon rounds when idle
     DISPATCH_BATCH_SIZE = 1000  # recipients per push to an agent
     DISPATCH_WINDOW = 10000  # letters pushed to one server and not yet handed to its Exim

@@ -17,6 +17,7 @@ from sqlalchemy import bindparam, insert, select, update
 from ..extensions import db
 from ..models import BounceMessage, Campaign, Delivery, DeliveryEvent, Server
 from ..models.base import utcnow
+from ..services.bounces.apply import process_bounce, process_pending_bounces, process_refusal
 from ..services.tokens import delivery_id_from_token
 from .agent_client import AgentClient
 
@@ -54,13 +55,15 @@ def apply_events(server: Server, events: list[dict]) -> int:
     """Store events and move deliveries forward; returns how many deliveries changed."""
     states = _current_states(server, [e["id"] for e in events if isinstance(e.get("id"), int)])
     now = utcnow()
-    history, changes = [], {}
+    history, changes, refusals = [], {}, []
     for event in events:
         delivery_id, status = event.get("id"), event.get("status")
         if delivery_id not in states or status not in _REPLACES:
             continue  # not this server's letter, or a status this panel does not know: ignore
         code, text = event.get("code"), event.get("text")
         history.append({"delivery_id": delivery_id, "status": status, "code": code, "text": text, "created_at": now})
+        if status == "failed" and (code or text):
+            refusals.append((delivery_id, code, text))
         if states[delivery_id] in _REPLACES[status]:
             states[delivery_id] = status
             changes[delivery_id] = {"b_id": delivery_id, "b_status": status, "b_code": code, "b_reply": text}
@@ -74,27 +77,30 @@ def apply_events(server: Server, events: list[dict]) -> int:
             .values(status=bindparam("b_status"), code=bindparam("b_code"), reply=bindparam("b_reply"), updated_at=now),
             list(changes.values()),
         )
+    for delivery_id, code, text in refusals:  # what the refusing server said, judged like a bounce
+        process_refusal(db.session.get(Delivery, delivery_id), code, text)
     return len(changes)
 
 
 def store_bounces(server: Server, bounces: list[dict]) -> None:
+    """Keep each returned message and, for bounces, classify and apply it in the same transaction."""
     secret = current_app.config["SECRET_KEY"]
-    rows = []
     for bounce in bounces:
         token = bounce.get("token") or None
         delivery_id = delivery_id_from_token(secret, token) if token else None
-        rows.append(
-            {
-                "server_id": server.id,
-                "delivery_id": delivery_id,
-                "kind": bounce.get("kind") or "bounce",
-                "token": token[:100] if token else None,
-                "raw": str(bounce.get("raw", "")),
-                "received_at": utcnow(),
-            }
+        if delivery_id is not None and db.session.get(Delivery, delivery_id) is None:
+            delivery_id = None  # a genuine token of a letter deleted since
+        message = BounceMessage(
+            server_id=server.id,
+            delivery_id=delivery_id,
+            kind=bounce.get("kind") or "bounce",
+            token=token[:100] if token else None,
+            raw=str(bounce.get("raw", "")),
+            received_at=utcnow(),
         )
-    if rows:
-        db.session.execute(insert(BounceMessage), rows)
+        db.session.add(message)
+        db.session.flush()
+        process_bounce(message)
 
 
 def collect_outcomes(client: AgentClient, server: Server) -> bool:
@@ -116,7 +122,12 @@ def collect_outcomes(client: AgentClient, server: Server) -> bool:
 
 
 def finish_campaigns() -> None:
-    """A running campaign whose every letter has left the pipeline is finished."""
+    """A running campaign whose every letter has left the pipeline is finished.
+
+    (First, bounce messages stored but not yet classified — kept before an upgrade — are.)
+    """
+    if process_pending_bounces():
+        db.session.commit()
     waiting = ("pending", "queued", "sent")
     for campaign in db.session.scalars(select(Campaign).where(Campaign.status == "running")).all():
         busy = db.session.scalar(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import Column, ForeignKey, Index, Integer, String, Table, Text
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..extensions import db
@@ -75,6 +76,7 @@ class Delivery(db.Model):
     __table_args__ = (
         Index("ix_deliveries_campaign_status", "campaign_id", "status"),
         Index("ix_deliveries_dispatch", "campaign_id", "server_id", "status", "id"),
+        Index("ix_deliveries_email", "email"),  # a recipient's history across campaigns (soft bounces)
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -88,6 +90,9 @@ class Delivery(db.Model):
     code: Mapped[int | None]  # last SMTP reply code from the recipient's server
     reply: Mapped[str | None] = mapped_column(Text)  # and its text
     unsubscribed_at: Mapped[datetime | None]
+    # What a bounce or a refusal said about this letter (services/bounces): hard | soft, and why.
+    bounce: Mapped[str | None] = mapped_column(String(10))
+    bounce_reason: Mapped[str | None] = mapped_column(String(30))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -127,7 +132,8 @@ class DispatchBatch(db.Model):
 
 
 class BounceMessage(db.Model):
-    """A raw message that came back to a VERP or unsubscribe address; classified later."""
+    """A raw message that came back to a VERP or unsubscribe address, and (for bounces) what
+    the classifier read in it; `classified_at` is set once it has been applied."""
 
     __tablename__ = "bounce_messages"
 
@@ -138,3 +144,12 @@ class BounceMessage(db.Model):
     token: Mapped[str | None] = mapped_column(String(100))
     raw: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    recipient: Mapped[str | None] = mapped_column(String(320))  # the failed address the message names
+    reason: Mapped[str | None] = mapped_column(String(30))  # userunknown, mailboxfull, feedback, …
+    bounce_kind: Mapped[str | None] = mapped_column(String(10))  # hard | soft | none
+    dsn: Mapped[str | None] = mapped_column(String(20))
+    code: Mapped[int | None]
+    # The message names another address than the letter's (forwarding, or a stray report):
+    # whatever it says is applied to the letter's own address, never to the one named.
+    mismatch: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
+    classified_at: Mapped[datetime | None] = mapped_column(index=True)

@@ -51,5 +51,5 @@ class Suppression(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     email: Mapped[str] = mapped_column(String(320))
-    reason: Mapped[str] = mapped_column(String(30))  # unsubscribe | hard_bounce | complaint | manual
+    reason: Mapped[str] = mapped_column(String(30))  # unsubscribe | hard_bounce | soft_bounce | complaint | manual
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

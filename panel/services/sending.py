@@ -126,6 +126,13 @@ def campaign_stats(campaign: Campaign) -> dict[str, int | str]:
     unsubscribed = db.session.scalar(
         select(func.count()).where(Delivery.campaign_id == campaign.id, Delivery.unsubscribed_at.is_not(None))
     )
+    bounced = dict(
+        db.session.execute(
+            select(Delivery.bounce, func.count())
+            .where(Delivery.campaign_id == campaign.id, Delivery.bounce.is_not(None))
+            .group_by(Delivery.bounce)
+        ).all()
+    )
     delivered, deferred, failed = counts.get("delivered", 0), counts.get("deferred", 0), counts.get("failed", 0)
     return {
         "status": campaign.status,
@@ -134,8 +141,9 @@ def campaign_stats(campaign: Campaign) -> dict[str, int | str]:
         "sent": counts.get("sent", 0) + delivered + deferred + failed,
         "delivered": delivered,
         "deferred": deferred,
-        "bounced_hard": 0,  # bounce classification comes with the deliverability work
-        "bounced_soft": 0,
+        # Letters a bounce or a refusal classified (services/bounces): a refused letter also counts as failed.
+        "bounced_hard": bounced.get("hard", 0),
+        "bounced_soft": bounced.get("soft", 0),
         "failed": failed,
         "cancelled": counts.get("cancelled", 0),
         "unsubscribed": unsubscribed or 0,
