@@ -38,6 +38,27 @@ UP_TIMEOUT = 900.0  # the first use of a release debootstraps it (a few minutes)
 DOWN_TIMEOUT = 60.0
 
 
+def ansible_env(venv_bin: Path, **extra: str) -> dict[str, str]:
+    """Environment for ansible-playbook / molecule run from the repository root against test hosts."""
+    repo = Path(__file__).resolve().parents[1]
+    return {
+        **os.environ,
+        # molecule runs ansible-config, ansible-playbook… by name.
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        "ANSIBLE_COLLECTIONS_PATH": str(repo / "ansible" / ".collections"),
+        "ANSIBLE_HOME": str(repo / "ansible" / ".ansible"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "NO_COLOR": "1",
+        "PY_COLORS": "0",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        # A reused connection would hide a refused login.
+        "ANSIBLE_SSH_ARGS": "-o ControlMaster=no -o ControlPath=none",
+        "ANSIBLE_PIPELINING": "1",
+        **extra,
+    }
+
+
 def host_variables(host: dict[str, Any], state_dir: Path) -> dict[str, Any]:
     """Connection and role variables for one test host (`host`: the JSON `testhost` prints).
 

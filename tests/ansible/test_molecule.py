@@ -11,7 +11,6 @@ Skipped with the reason when test hosts cannot run here or molecule is not insta
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -45,17 +44,7 @@ def env() -> dict[str, str]:
         _tool(name)
     if not (COLLECTIONS_PATH / "ansible_collections" / "mailfleet" / "fleet").exists():
         pytest.skip("the collections are not unpacked: run scripts/ansible-collections.sh")
-    return {
-        **os.environ,
-        # molecule runs ansible-config, ansible-playbook… by name.
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS_PATH),
-        "ANSIBLE_HOME": str(REPO_ROOT / "ansible" / ".ansible"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-        "NO_COLOR": "1",
-        "PY_COLORS": "0",
-    }
+    return molecule_host.ansible_env(VENV_BIN)
 
 
 def _output(result: subprocess.CompletedProcess[str]) -> str:
