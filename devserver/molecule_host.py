@@ -160,6 +160,11 @@ def up(state_dir: Path, name: str, *, release: str = "bookworm", proxy: bool = T
     """Start the background process keeping a test host up; return the host's JSON once it is up."""
     state_dir.mkdir(parents=True, exist_ok=True)
     down(state_dir)  # a host left over from an interrupted run of this scenario
+    for other in _serving_dirs(name):
+        if other != state_dir.resolve():
+            raise testhost.TestHostBusy(
+                f"a test host named {name} is already up for {other}: if no run uses it any more, "
+                f"stop it with `python -m devserver.molecule_host down {other}`")
     for stale in (STATE_FILE, INVENTORY_FILE):
         with contextlib.suppress(FileNotFoundError):
             (state_dir / stale).unlink()
@@ -193,6 +198,18 @@ def _serving_pid(state_dir: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if b"devserver.molecule_host" in cmdline and b"serve" in cmdline else None
+
+
+def _serving_dirs(name: str) -> list[Path]:
+    """State directories of the `serve` processes keeping a host called `name` up."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = proc.read_bytes().decode(errors="replace").split("\0")
+            if "devserver.molecule_host" in argv and "serve" in argv and "--name" in argv \
+                    and argv[argv.index("--name") + 1:argv.index("--name") + 2] == [name]:
+                found.append(Path(argv[argv.index("serve") + 1]).resolve())
+    return found
 
 
 def down(state_dir: Path) -> bool:
