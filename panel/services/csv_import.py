@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from ..extensions import db
 from ..models import MailingList, Recipient
+from ..models.base import utcnow
 from .addresses import InvalidAddress, normalise_address
 from .imports.errors import ImportFailed
 from .imports.mx import MxChecker
@@ -129,13 +130,15 @@ class _Importer:
                 select(Recipient.email).where(Recipient.list_id == list_id, Recipient.email.in_(list(self.pending)))
             )
         )
+        connection = db.session.connection()
+        insert_sql, as_json, created_at = _recipient_insert(connection.dialect)
         rows = [
-            {"list_id": list_id, "email": email, "fields": fields}
+            (list_id, email, as_json(fields), created_at)
             for email, fields in self.pending.items()
             if email not in existing
         ]
         if rows:
-            db.session.connection().execute(Recipient.__table__.insert(), rows)  # Core: no per-row ORM work
+            connection.exec_driver_sql(insert_sql, rows)
         self.report.added += len(rows)
         self.report.duplicates += len(existing)
         self.pending.clear()
@@ -156,6 +159,21 @@ class _Importer:
         if self.report.added:
             db.session.refresh(self.mailing_list, ["recipient_count"])
         return self.report
+
+
+def _recipient_insert(dialect: Any) -> tuple[str, Callable[[Any], Any], Any]:
+    """The driver's INSERT for recipients, how a fields dict becomes its column value, and this
+    chunk's created_at, converted as SQLAlchemy would: one executemany with no per-row work
+    in SQLAlchemy (what it does per row costs more than the database's own insert)."""
+    table = Recipient.__table__
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    sql = f"INSERT INTO {table.name} (list_id, email, fields, created_at) VALUES ({mark}, {mark}, {mark}, {mark})"
+
+    def processor(column: str) -> Callable[[Any], Any]:
+        type_ = table.c[column].type.dialect_impl(dialect)
+        return type_.bind_processor(dialect) or (lambda value: value)
+
+    return sql, processor("fields"), processor("created_at")(utcnow())
 
 
 def _header(cells: list[str]) -> tuple[int, list[tuple[int, str]]]:
@@ -267,7 +285,7 @@ def _import_table(importer: _Importer, lines: Lines, delimiter: str) -> None:
         for cells in reader:
             row, line = line + 1, reader.line_num
             lines.mark()
-            if not any(cell.strip() for cell in cells):
+            if not "".join(cells).strip():
                 continue  # blank lines
             raw_email = cells[email_index].strip() if email_index < len(cells) else ""
             if len(cells) > width and any(cell.strip() for cell in cells[width:]):

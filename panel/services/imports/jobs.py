@@ -65,7 +65,8 @@ def job_file(directory: Path, job_id: int, kind: str) -> Path:
 def create_job(user: User, mailing_list: MailingList, filename: str, source: IO[bytes], directory: Path,
                limits: ImportLimits, *, check_mx: bool = False, all_or_nothing: bool = False) -> ImportJob:
     """Record a job and save its upload, streamed to disk with the size limit enforced; flushes."""
-    job = ImportJob(user_id=user.id, list_id=mailing_list.id, filename=(filename or "upload")[:255],
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1] or "upload"  # some browsers send a path
+    job = ImportJob(user_id=user.id, list_id=mailing_list.id, filename=name[:255],
                     state="queued", check_mx=check_mx, all_or_nothing=all_or_nothing)
     db.session.add(job)
     db.session.flush()
