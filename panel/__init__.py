@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 
 from flask import Flask
+from werkzeug.routing import IntegerConverter
 
 from .config import load_config
 from .extensions import csrf, db, login_manager, migrate
+from .models.base import MAX_ROW_ID
 
 MIGRATIONS_DIR = os.path.join(os.path.dirname(__file__), "migrations")
 
@@ -16,9 +18,19 @@ def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__, instance_path=os.environ.get("MAILFLEET_INSTANCE_PATH") or None)
     load_config(app, config)
     register_extensions(app)
+    app.url_map.converters["int"] = RowIdConverter
     register_blueprints(app)
     register_cli(app)
     return app
+
+
+class RowIdConverter(IntegerConverter):
+    """`<int:…>` in the panel's URLs names rows: a number past the ids' range matches no route, a
+    404 like any id that names no row (instead of a database error on PostgreSQL)."""
+
+    def __init__(self, url_map, fixed_digits: int = 0, min: int | None = None,  # noqa: A002 (werkzeug's names)
+                 max: int | None = MAX_ROW_ID, signed: bool = False) -> None:  # noqa: A002
+        super().__init__(url_map, fixed_digits, min, max, signed)
 
 
 def register_extensions(app: Flask) -> None:

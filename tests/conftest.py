@@ -228,7 +228,10 @@ class Databases:
         self._copies: dict[str, str] = {}  # PostgreSQL: template URL -> its working copy's URL
 
     def new(self, sqlite_path: Path, template: str | None = None) -> str:
-        """SQLite: the file at `sqlite_path`; PostgreSQL: a database of its own on the server."""
+        """SQLite: the file at `sqlite_path` (a copy of the template's file). PostgreSQL: an empty
+        database of its own; or, given a template, one working copy of it made once (CREATE
+        DATABASE … TEMPLATE) and emptied again for each later test, which takes ~1 ms where a
+        fresh copy and its DROP take ~25 ms (several times that on a busy machine)."""
         if self.server is None:
             if template is not None:
                 shutil.copyfile(make_url(template).database, sqlite_path)
@@ -237,12 +240,14 @@ class Databases:
             return self.server.create_database(f"t_{next(self._numbers)}")
         copy = self._copies.get(template)
         if copy is None:
-            copy = self._copies[template] = self.server.create_database(f"t_{next(self._numbers)}", make_url(template).database)
+            copy = self._copies[template] = self.server.create_database(f"t_{next(self._numbers)}",
+                                                                        make_url(template).database)
         else:
             self.server.empty_tables(make_url(copy).database)
         return copy
 
     def drop(self, url: str) -> None:
+        """Remove a database `new()` made (a working copy of a template stays for the next test)."""
         if self.server is not None and url not in self._copies.values():
             self.server.drop_database(make_url(url).database)
 

@@ -1,4 +1,5 @@
-"""Shared helpers of the models: column defaults, and an INSERT that skips duplicates on either backend."""
+"""Shared helpers of the models: column defaults, the range of ids, and an INSERT that skips
+duplicates on either backend."""
 
 from datetime import datetime, timezone
 from typing import Any
@@ -7,8 +8,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 
+# Ids are INTEGER columns. PostgreSQL refuses to compare one with a larger number ("integer out of
+# range") where SQLite finds no row: an id given from outside (a URL, a request) is checked first.
+MAX_ROW_ID = 2**31 - 1
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def is_row_id(value: object) -> bool:
+    """Whether `value` could be the id of a row (a whole number from 1 to MAX_ROW_ID)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ROW_ID
 
 
 def insert_unless_present(session: Session, model: Any) -> Any:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from ..extensions import db
 from ..models import ENCODINGS, Campaign, Delivery, MailingList, Server, User
+from ..models.base import is_row_id
 from .addresses import InvalidAddress, normalise_address
 from .templates import allowed_variables, check_templates
 
@@ -77,10 +78,11 @@ def _owned(user: User, model: type, ids: list[int], what: str, errors: dict[str,
         errors.setdefault(key, []).append(f"give {what} ids as whole numbers")
         return []
     wanted = list(dict.fromkeys(ids))
+    possible = [item for item in wanted if is_row_id(item)]
     found = {
         row.id: row
-        for row in db.session.scalars(select(model).where(model.id.in_(wanted), model.user_id == user.id))
-    } if wanted else {}
+        for row in db.session.scalars(select(model).where(model.id.in_(possible), model.user_id == user.id))
+    } if possible else {}
     missing = [str(item) for item in wanted if item not in found]
     if missing:
         errors.setdefault(key, []).append(f"no {what} with id {', '.join(missing)} among yours")

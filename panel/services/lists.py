@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 
 from ..extensions import db
 from ..models import MailingList, Recipient, User
+from ..models.base import is_row_id
 
 
 class ListError(Exception):
@@ -28,7 +29,7 @@ def get_list(user: User, list_id: int) -> MailingList | None:
 
 def find_list(user: User, id_or_name: str) -> MailingList | None:
     """A list by id (all digits) or else by name."""
-    if id_or_name.isdigit():
+    if id_or_name.isdigit() and is_row_id(int(id_or_name)):
         found = get_list(user, int(id_or_name))
         if found is not None:
             return found

@@ -1,7 +1,8 @@
 """Fixtures for the panel's tests: an app on a real database built by the Alembic migrations
-(run once per session and backend, then copied per test: an SQLite file, or a PostgreSQL
-database made from the migrated one as its template), a test client that logs in and sends
-CSRF tokens like a browser, a CLI runner, and small helpers to seed data.
+(run once per session and backend; each test then gets a copy of the SQLite file, or on
+PostgreSQL a copy made once from the migrated database as its template and emptied before each
+test), a test client that logs in and sends CSRF tokens like a browser, a CLI runner, and small
+helpers to seed data.
 
 Every test that uses the app runs twice, as `[sqlite]` and as `[postgresql]` (see
 `db_backend` in tests/conftest.py)."""

@@ -1,0 +1,33 @@
+"""What differs between SQLite and PostgreSQL and must not show: each test runs on both."""
+
+from __future__ import annotations
+
+import pytest
+
+HUGE = 99_999_999_999  # past the INTEGER range of the ids, which PostgreSQL refuses to compare with
+
+
+@pytest.mark.parametrize("url", [f"/api/v1/lists/{HUGE}", f"/api/v1/campaigns/{HUGE}/stats",
+                                 f"/api/v1/servers/{HUGE}/config", f"/campaigns/{HUGE}", f"/lists/{HUGE}",
+                                 f"/servers/{HUGE}"])
+def test_an_id_past_the_range_in_a_url_is_a_404(as_alice, seed, alice, url):
+    headers = {"Authorization": f"Bearer {seed.token(alice)}"} if url.startswith("/api/") else {}
+    assert as_alice.get(url, headers=headers).status_code == 404
+
+
+@pytest.mark.parametrize("field", ["lists", "exclude_lists", "servers"])
+def test_an_id_past_the_range_in_a_request_is_named_as_missing(client, seed, alice, field):
+    list_id = seed.list(alice, "People", [{"email": "ann@example.org"}])
+    body = {"name": "n", "subject": "s", "from_email": "news@example.com", "text": "t", "lists": [list_id]}
+    body[field] = body.get(field, []) + [HUGE] if field == "lists" else [HUGE]
+    response = client.post("/api/v1/campaigns", json=body, headers={"Authorization": f"Bearer {seed.token(alice)}"})
+    assert response.status_code == 400
+    assert f"id {HUGE} among yours" in response.get_json()["error"]
+
+
+def test_a_number_past_the_range_on_the_command_line_is_no_list_of_the_user(runner, seed, alice, tmp_path):
+    data = tmp_path / "people.csv"
+    data.write_text("email\nann@example.org\n")
+    result = runner.invoke(args=["lists", "import", str(HUGE), str(data), "--user", "alice@example.com"])
+    assert result.exit_code == 1
+    assert f"alice@example.com has no list {HUGE}" in result.stderr
