@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, insert, select, update
 
 from ..extensions import db
 from ..models import BounceMessage, Campaign, Delivery, DeliveryEvent, Server
-from ..models.base import utcnow
+from ..models.base import is_row_id, utcnow
 from ..services.bounces.apply import process_bounce, process_pending_bounces, process_refusal
 from ..services.tokens import delivery_id_from_token
 from .agent_client import AgentClient
@@ -53,7 +53,7 @@ def _current_states(server: Server, ids: list[int]) -> dict[int, str]:
 
 def apply_events(server: Server, events: list[dict]) -> int:
     """Store events and move deliveries forward; returns how many deliveries changed."""
-    states = _current_states(server, [e["id"] for e in events if isinstance(e.get("id"), int)])
+    states = _current_states(server, [e["id"] for e in events if is_row_id(e.get("id"))])
     now = utcnow()
     history, changes, refusals = [], {}, []
     for event in events:

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
+
+from panel.daemon.outcomes import apply_events
+from panel.extensions import db
+from panel.models import Campaign, Delivery, Server, User
+from panel.services.sending import start_campaign
 
 HUGE = 99_999_999_999  # past the INTEGER range of the ids, which PostgreSQL refuses to compare with
 
@@ -31,3 +37,18 @@ def test_a_number_past_the_range_on_the_command_line_is_no_list_of_the_user(runn
     result = runner.invoke(args=["lists", "import", str(HUGE), str(data), "--user", "alice@example.com"])
     assert result.exit_code == 1
     assert f"alice@example.com has no list {HUGE}" in result.stderr
+
+
+def test_an_agent_event_for_an_id_past_the_range_is_ignored_like_any_unknown_letter(app, seed, alice):
+    list_id = seed.list(alice, "People", [{"email": "ann@example.org", "name": "Ann"}])
+    server_id = seed.server(alice)
+    campaign_id = seed.campaign(alice, [list_id])
+    with app.app_context():
+        start_campaign(db.session.get(User, alice), db.session.get(Campaign, campaign_id))
+        db.session.commit()
+        letter = db.session.scalar(select(Delivery.id))
+        changed = apply_events(db.session.get(Server, server_id), [{"id": HUGE, "status": "sent"},
+                                                                   {"id": letter, "status": "sent"}])
+        db.session.commit()
+    assert changed == 1
+    assert seed.get(Delivery, letter).status == "sent"
