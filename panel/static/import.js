@@ -1,17 +1,40 @@
-// List import: upload with a progress bar, then follow the import job until it ends.
-// Values are set as text, never as HTML.
+// List import: the upload goes up with a progress bar, then the same bar follows the import
+// job until it ends, and the job's report replaces the page's content (the address stays the
+// import page's). A job page opened directly follows its job and reloads when it ends.
+// Values are set as text; other pages' HTML comes in through DOMParser, never innerHTML.
 (function () {
   "use strict";
+
+  function showPage(html) {
+    var doc = new DOMParser().parseFromString(html, "text/html");
+    var main = doc.querySelector("main");
+    if (!main) { document.open(); document.write(html); document.close(); return; }
+    document.querySelector("main").replaceWith(document.importNode(main, true));
+    document.title = doc.title;
+  }
+
+  function follow(url, onProgress, onEnd) {
+    fetch(url, {headers: {"Accept": "application/json"}, credentials: "same-origin"})
+      .then(function (r) { return r.json(); })
+      .then(function (data) {
+        if (data.state === "done" || data.state === "failed") { onEnd(data); return; }
+        onProgress(data);
+        window.setTimeout(function () { follow(url, onProgress, onEnd); }, 500);
+      })
+      .catch(function () { window.setTimeout(function () { follow(url, onProgress, onEnd); }, 2000); });
+  }
+
   var form = document.getElementById("import-form");
-  if (form && window.XMLHttpRequest && window.FormData) {
+  if (form && window.XMLHttpRequest && window.FormData && window.DOMParser) {
     form.addEventListener("submit", function (event) {
-      var box = document.getElementById("upload-progress");
-      if (!form.querySelector('input[type="file"]').files.length) return;  // let the server say what is missing
+      if (!form.querySelector('input[type="file"]').files.length) return;  // the server says what is missing
       event.preventDefault();
+      var box = document.getElementById("upload-progress");
       var bar = box.querySelector("progress");
       var label = box.querySelector('[data-field="label"]');
+      var button = form.querySelector('button[type="submit"]');
       box.hidden = false;
-      form.querySelector('button[type="submit"]').disabled = true;
+      button.disabled = true;
       var xhr = new XMLHttpRequest();
       xhr.open("POST", form.action || window.location.href);
       xhr.setRequestHeader("Accept", "application/json");
@@ -22,35 +45,35 @@
       });
       xhr.addEventListener("load", function () {
         var type = xhr.getResponseHeader("Content-Type") || "";
-        if (xhr.status === 202 && type.indexOf("application/json") === 0) {
-          window.location.assign(JSON.parse(xhr.responseText).url);
+        if (xhr.status !== 202 || type.indexOf("application/json") !== 0) {
+          showPage(xhr.responseText);  // a form error or a file over the limit, as the server wrote it
           return;
         }
-        // An error page (a form error, a file over the limit): show it as the browser would.
-        document.open(); document.write(xhr.responseText); document.close();
+        var job = JSON.parse(xhr.responseText);
+        bar.value = 0;
+        label.textContent = "Importing… 0%";
+        follow(job.progress, function (data) {
+          bar.max = data.bytes_total || 1; bar.value = data.bytes_done;
+          label.textContent = "Importing… " + Math.round(100 * data.bytes_done / (data.bytes_total || 1)) + "% read, " +
+            data.rejected + " rows rejected so far";
+        }, function () {
+          fetch(job.url, {credentials: "same-origin"}).then(function (r) { return r.text(); }).then(showPage);
+        });
       });
       xhr.addEventListener("error", function () {
         label.textContent = "The upload failed (the connection broke). Try again.";
-        form.querySelector('button[type="submit"]').disabled = false;
+        button.disabled = false;
       });
       xhr.send(new FormData(form));
     });
   }
 
-  var job = document.getElementById("import-job");
-  if (!job) return;
-  var bar = document.getElementById("import-bar");
-  function poll() {
-    fetch(job.dataset.url, {headers: {"Accept": "application/json"}, credentials: "same-origin"})
-      .then(function (r) { return r.json(); })
-      .then(function (data) {
-        if (data.state === "done" || data.state === "failed") { window.location.reload(); return; }
-        bar.max = data.bytes_total || 1; bar.value = data.bytes_done;
-        job.querySelector('[data-field="percent"]').textContent = Math.round(100 * data.bytes_done / (data.bytes_total || 1));
-        job.querySelector('[data-field="rejected"]').textContent = data.rejected;
-        window.setTimeout(poll, 500);
-      })
-      .catch(function () { window.setTimeout(poll, 2000); });
-  }
-  window.setTimeout(poll, 500);
+  var section = document.getElementById("import-job");
+  if (!section) return;
+  var jobBar = document.getElementById("import-bar");
+  follow(section.dataset.url, function (data) {
+    jobBar.max = data.bytes_total || 1; jobBar.value = data.bytes_done;
+    section.querySelector('[data-field="percent"]').textContent = Math.round(100 * data.bytes_done / (data.bytes_total || 1));
+    section.querySelector('[data-field="rejected"]').textContent = data.rejected;
+  }, function () { window.location.reload(); });
 })();
