@@ -17,10 +17,10 @@ from .campaign import (
 from .import_job import IMPORT_STATES, ImportJob
 from .mailing_list import MailingList, Recipient, Suppression
 from .server import JOB_KINDS, JOB_STATES, READY_STATES, ProvisionJob, Server, ServerEvent, ServerIP, ServerRateLimit
-from .user import ApiToken, User
+from .user import ApiRateBucket, ApiToken, User
 
 __all__ = [
-    "ApiToken", "BounceMessage", "CAMPAIGN_STATES", "Campaign", "DELIVERY_STATES", "Delivery",
+    "ApiRateBucket", "ApiToken", "BounceMessage", "CAMPAIGN_STATES", "Campaign", "DELIVERY_STATES", "Delivery",
     "DeliveryEvent", "DispatchBatch", "ENCODINGS", "FINAL_STATES", "IMPORT_STATES", "ImportJob", "JOB_KINDS", "JOB_STATES", "MailingList",
     "ProvisionJob", "READY_STATES", "Recipient",
     "Server", "ServerEvent", "ServerIP", "ServerRateLimit", "Suppression", "User", "campaign_exclude_lists",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, String, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..extensions import db
@@ -38,18 +38,33 @@ class Recipient(db.Model):
     email: Mapped[str] = mapped_column(String(320), index=True)  # normalised: domain lower-cased
     fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when the recipient was unsubscribed through the API (the address is suppressed too).
+    unsubscribed_at: Mapped[datetime | None]
 
     mailing_list: Mapped[MailingList] = relationship(back_populates="recipients")
+
+
+def _domain_of_email(context: Any) -> str:
+    return str(context.get_current_parameters().get("email") or "").rpartition("@")[2]
 
 
 class Suppression(db.Model):
     """Addresses no campaign of this user may mail again: unsubscribes, hard bounces, complaints, manual."""
 
     __tablename__ = "suppressions"
-    __table_args__ = (UniqueConstraint("user_id", "email"),)
+    __table_args__ = (
+        UniqueConstraint("user_id", "email"),
+        # Searching a user's list by domain, in address order (keyset pages).
+        Index("ix_suppressions_user_domain", "user_id", "domain", "email"),
+        # Address prefixes (LIKE 'ab%') on PostgreSQL whatever the database's collation; SQLite
+        # searches the unique (user_id, email) index by range instead.
+        Index("ix_suppressions_user_email_pattern", "user_id", "email", postgresql_ops={"email": "text_pattern_ops"}),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     email: Mapped[str] = mapped_column(String(320))
+    # The address's domain, filled in from `email` by every INSERT (ORM or Core) through this model.
+    domain: Mapped[str] = mapped_column(String(255), default=_domain_of_email)
     reason: Mapped[str] = mapped_column(String(30))  # unsubscribe | hard_bounce | soft_bounce | complaint | manual
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
