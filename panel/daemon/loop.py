@@ -17,7 +17,7 @@ from sqlalchemy import select
 from ..extensions import db
 from ..models import Campaign, Server, ServerEvent
 from ..models.base import utcnow
-from ..services import server_config
+from ..services import domains, server_config
 from .agent_client import AgentClient, AgentError, AgentUnreachable
 from .dispatch import dispatch_server
 from .outcomes import collect_outcomes, finish_campaigns
@@ -27,6 +27,7 @@ log = logging.getLogger("panel.daemon")
 HEARTBEAT_INTERVAL = 5.0  # seconds between pings of a server that is otherwise idle
 PING_TIMEOUT = 5.0  # an unreachable server must not hold up the others for long
 CONFIG_RETRY = 60.0  # seconds before a configuration the agent refused is pushed again
+DNS_INTERVAL = 5.0  # seconds between looks at whether a domain's DNS records need publishing again
 AGENT_STATES = {"running": "running", "paused": "paused", "cancelled": "cancelled"}
 
 
@@ -41,6 +42,7 @@ class DaemonState:
     told: dict[tuple[int, int], str] = field(default_factory=dict)
     # server id -> (config version the agent refused, when): not pushed again at once
     config_failed: dict[int, tuple[int, float]] = field(default_factory=dict)
+    dns_looked: float = float("-inf")
 
     def client(self, server: Server) -> AgentClient:
         identity = (server.api_url, server.agent_key, server.cert_fingerprint)
@@ -156,12 +158,22 @@ def serve_server(state: DaemonState, server: Server) -> bool:
     return pushed
 
 
+def _publish_domains(state: DaemonState) -> None:
+    """Domains whose records changed (a new domain, an IP added or removed) are published again."""
+    if time.monotonic() - state.dns_looked < DNS_INTERVAL:
+        return
+    state.dns_looked = time.monotonic()
+    domains.publish_stale(current_app.config["PUBLIC_URL"])
+    db.session.commit()
+
+
 def run_round(state: DaemonState) -> bool:
     busy = False
     # Servers being set up, taken down or whose setup failed have no agent to talk to.
     for server in db.session.scalars(select(Server).where(Server.ready).order_by(Server.id)).all():
         busy = serve_server(state, server) or busy
     finish_campaigns()
+    _publish_domains(state)
     db.session.remove()
     return busy
 
