@@ -43,9 +43,10 @@ class PanelGroup(AppGroup):
 
 
 users_cli = PanelGroup("users", help="Create users and API tokens.")
-lists_cli = PanelGroup("lists", help="Import recipients into lists.")
+lists_cli = PanelGroup("lists", help="Import recipients into lists and export lists.")
 CLI_REJECTED_SHOWN = 1000  # rejected rows printed in the JSON report; --report gets them all
 servers_cli = PanelGroup("servers", help="Register sending servers.")
+suppressions_cli = PanelGroup("suppressions", help="Export a user's suppression list.")
 
 
 def fail(message: str) -> NoReturn:
@@ -160,6 +161,42 @@ def lists_import(list_id_or_name: str, file: str, email: str, check_mx: bool, al
     )
 
 
+def _write_csv(file: str, chunks) -> None:
+    """Stream CSV text to FILE (`-` for stdout) a piece at a time."""
+    try:
+        with contextlib.ExitStack() as stack:
+            out = sys.stdout if file == "-" else stack.enter_context(open(file, "w", encoding="utf-8", newline=""))
+            for chunk in chunks:
+                out.write(chunk)
+    except OSError as exc:
+        fail(f"cannot write {file}: {exc.strerror}")
+
+
+@lists_cli.command("export")
+@click.argument("list_id_or_name")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=str))
+@click.option("--user", "email", required=True, help="The e-mail of the user who owns the list.")
+def lists_export(list_id_or_name: str, file: str, email: str) -> None:
+    """Write the list as CSV (email, then its fields; safe to open in a spreadsheet) to FILE (`-`: stdout)."""
+    from .services.recipients import export_list
+
+    mailing_list = find_list(_user(email), list_id_or_name)
+    if mailing_list is None:
+        fail(f"{email} has no list {list_id_or_name!r}")
+    _write_csv(file, export_list(mailing_list))
+    click.echo(f"Exported {mailing_list.recipient_count} recipients of {mailing_list.name!r}.", err=True)
+
+
+@suppressions_cli.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=str))
+@click.option("--user", "email", required=True, help="The e-mail of the user whose list it is.")
+def suppressions_export(file: str, email: str) -> None:
+    """Write the user's suppression list as CSV (email, reason, created_at) to FILE (`-`: stdout)."""
+    from .services.suppressions import export_suppressions
+
+    _write_csv(file, export_suppressions(_user(email)))
+
+
 @servers_cli.command("add")
 @click.option("--user", "email", required=True, help="The e-mail of the user who owns the server.")
 @click.option("--name", required=True, help="A name to show in the panel.")
@@ -229,5 +266,6 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(users_cli)
     app.cli.add_command(lists_cli)
     app.cli.add_command(servers_cli)
+    app.cli.add_command(suppressions_cli)
     app.cli.add_command(bounces_cli)
     app.cli.add_command(init_db)

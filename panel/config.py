@@ -22,6 +22,9 @@ class Config:
     DISPATCH_BATCH_SIZE = 1000  # recipients per push to an agent
     DISPATCH_WINDOW = 10000  # letters pushed to one server and not yet handed to its Exim
     AGENT_TIMEOUT = 30.0  # seconds for one agent request
+    API_RATE = 20.0  # API requests a second each token may make on average (a token bucket in the DB)
+    API_BURST = 100  # requests a token may make at once before API_RATE applies
+    API_MAX_ROWS = 100_000  # recipients one bulk add may carry; more is a 413
 
 
 ENV_PREFIX = "MAILFLEET_"

@@ -23,13 +23,14 @@ API_PREFIX = "/api/"
 
 
 def register_all(app: Flask) -> None:
-    from . import api, auth, campaigns, domains, lists, servers, unsubscribe
+    from . import api, auth, campaigns, domains, lists, servers, suppressions, unsubscribe
 
     auth.init_login()
     app.register_blueprint(auth.bp)
     app.register_blueprint(lists.bp)
     app.register_blueprint(campaigns.bp)
     app.register_blueprint(servers.bp)
+    app.register_blueprint(suppressions.bp)
     app.register_blueprint(domains.bp)
     app.register_blueprint(unsubscribe.bp)
     app.register_blueprint(api.bp)

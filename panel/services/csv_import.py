@@ -24,15 +24,15 @@ from typing import IO, Any, Callable, Iterable
 from sqlalchemy import select
 
 from ..extensions import db
-from ..models import MailingList, Recipient
-from ..models.base import utcnow
+from ..models import MailingList, Recipient, Suppression
+from ..models.base import insert_unless_present, utcnow
 from .addresses import InvalidAddress, normalise_address
 from .imports.errors import ImportFailed
 from .imports.mx import MxChecker
 from .imports.sources import ImportLimits, archive_kind, open_members
 from .imports.text import SAMPLE_SIZE, Lines, describe_binary, detect_encoding, looks_like_address_line, sniff_delimiter
 
-__all__ = ["ImportFailed", "ImportOptions", "ImportReport", "import_csv", "import_file", "import_records"]
+__all__ = ["ImportFailed", "ImportOptions", "ImportReport", "TooManyRows", "import_csv", "import_file", "import_records"]
 
 EMAIL_COLUMNS = ("email", "e-mail", "mail")
 RESERVED_FIELDS = frozenset({"email", "unsubscribe_url"})
@@ -47,6 +47,11 @@ class ImportOptions:
     keep_rejected: int | None = None  # rejected rows kept in the report's list (None: all)
     on_reject: Callable[[dict[str, Any]], None] | None = None  # hears every rejected row
     on_progress: Callable[[int, int], None] | None = None  # (bytes read, bytes expected)
+    max_rows: int | None = None  # rows (good, duplicate or rejected) one import may hold; more raise TooManyRows
+
+
+class TooManyRows(ImportFailed):
+    """More rows than ImportOptions.max_rows: nothing is imported (the API answers 413)."""
 
 
 @dataclass
@@ -73,14 +78,22 @@ def is_email_column(header: str) -> bool:
 class _Importer:
     """Collects checked rows and writes them a chunk at a time."""
 
-    def __init__(self, mailing_list: MailingList, options: ImportOptions | None = None) -> None:
+    def __init__(self, mailing_list: MailingList | None, options: ImportOptions | None = None) -> None:
         self.mailing_list = mailing_list
         self.options = options or ImportOptions()
         self.report = ImportReport()
         self.file: str | None = None  # the archive member being read, named in rejected rows
         self.pending: dict[str, dict[str, Any]] = {}
         self.new_fields: list[str] = []
-        self.known_fields = set(mailing_list.fields)
+        self.known_fields = set(mailing_list.fields) if mailing_list is not None else set()
+        self.rows = 0
+
+    def count_row(self) -> None:
+        self.rows += 1
+        limit = self.options.max_rows
+        if limit is not None and self.rows > limit:
+            raise TooManyRows(f"more than {limit:,} rows in one request: nothing was added; "
+                              f"send at most {limit:,} rows a request")
 
     def note_fields(self, names: Iterable[str]) -> None:
         for name in names:
@@ -89,6 +102,7 @@ class _Importer:
                 self.new_fields.append(name)
 
     def reject(self, row: int, email: Any, reason: str) -> None:
+        self.count_row()
         item = {"row": row, "email": email if isinstance(email, str) else None, "reason": reason}
         if self.file is not None:
             item["file"] = self.file
@@ -103,6 +117,7 @@ class _Importer:
         if not isinstance(raw_email, str) or not raw_email.strip():
             self.reject(row, raw_email, "no e-mail address")
             return
+        self.count_row()
         try:
             email = normalise_address(raw_email)
         except InvalidAddress as exc:
@@ -151,12 +166,12 @@ class _Importer:
                 f"{count:,} row{'s were' if count != 1 else ' was'} rejected and you chose to import nothing "
                 "in that case: correct the rows the report lists and import the file again"
             )
-        if self.report.added:
+        if self.report.added and self.mailing_list is not None:
             if self.new_fields:
                 self.mailing_list.fields = [*self.mailing_list.fields, *self.new_fields]
             self.mailing_list.recipient_count = MailingList.recipient_count + self.report.added
         db.session.flush()
-        if self.report.added:
+        if self.report.added and self.mailing_list is not None:
             db.session.refresh(self.mailing_list, ["recipient_count"])
         return self.report
 
@@ -309,10 +324,23 @@ def import_csv(mailing_list: MailingList, stream: IO[bytes], options: ImportOpti
     return importer.finish()
 
 
+def records_too_many(records: Any, options: ImportOptions | None) -> None:
+    if options is not None and options.max_rows is not None and isinstance(records, list) \
+            and len(records) > options.max_rows:
+        raise TooManyRows(f"{len(records):,} rows in one request: nothing was added; "
+                          f"send at most {options.max_rows:,} rows a request")
+
+
 def import_file(mailing_list: MailingList, path: Path, name: str, options: ImportOptions | None = None) -> ImportReport:
     """Import an uploaded file: CSV, plain text, or a ZIP or RAR archive of such files (each
     with its own header). `name` is the file's name as the user knows it, for messages."""
     importer = _Importer(mailing_list, options)
+    _read_file(importer, path, name)
+    return importer.finish()
+
+
+def _read_file(importer: _Importer, path: Path, name: str) -> None:
+    """Feed every row of a CSV, text, ZIP or RAR file to the importer."""
     limits = importer.options.limits
     with open_members(path, name, limits, importer.options.on_progress) as (kind, members):
         for member in members:
@@ -321,14 +349,48 @@ def import_file(mailing_list: MailingList, path: Path, name: str, options: Impor
             with contextlib.closing(member.open()) as stream:  # type: ignore[type-var]
                 _import_text(importer, stream, what, f"{member.name!r}" if kind else "")
     importer.file = None
+
+
+class _SuppressionImporter(_Importer):
+    """The same readers and checks, writing the user's suppression list (reason "manual") instead
+    of a list: addresses already suppressed count as duplicates and keep their reason."""
+
+    def __init__(self, user_id: int, options: ImportOptions | None = None) -> None:
+        super().__init__(None, options)
+        self.user_id = user_id
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        existing = set(
+            db.session.scalars(
+                select(Suppression.email).where(Suppression.user_id == self.user_id,
+                                                Suppression.email.in_(list(self.pending)))
+            )
+        )
+        created_at = utcnow()
+        rows = [{"user_id": self.user_id, "email": email, "domain": email.rpartition("@")[2], "reason": "manual",
+                 "created_at": created_at} for email in self.pending if email not in existing]
+        if rows:  # ON CONFLICT DO NOTHING: a bounce suppressing one of them meanwhile is no error
+            db.session.execute(insert_unless_present(db.session, Suppression), rows)
+        self.report.added += len(rows)
+        self.report.duplicates += len(existing)
+        self.pending.clear()
+
+
+def import_suppressions(user_id: int, path: Path, name: str, options: ImportOptions | None = None) -> ImportReport:
+    """Add every address of a CSV, text, ZIP or RAR file to the user's suppression list as "manual"."""
+    importer = _SuppressionImporter(user_id, options)
+    _read_file(importer, path, name)
     return importer.finish()
 
 
-def import_records(mailing_list: MailingList, records: Any) -> ImportReport:
+def import_records(mailing_list: MailingList, records: Any, options: ImportOptions | None = None) -> ImportReport:
     """Import a JSON array of objects with an "email" key; other keys become fields. row = 1-based index."""
     if not isinstance(records, list):
         raise ImportFailed('send a JSON array of objects like [{"email": "ann@example.org", "name": "Ann"}]')
-    importer = _Importer(mailing_list)
+    records_too_many(records, options)
+    importer = _Importer(mailing_list, options)
     for row, record in enumerate(records, start=1):
         if not isinstance(record, dict):
             importer.reject(row, None, 'each item must be an object like {"email": "ann@example.org"}')

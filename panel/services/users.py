@@ -83,6 +83,12 @@ def create_api_token(user: User, name: str = "api") -> str:
 
 def user_for_token(token: str) -> User | None:
     """The owner of an API token, or None; notes when the token was last used."""
+    api_token = api_token_for(token)
+    return api_token.user if api_token is not None else None
+
+
+def api_token_for(token: str) -> ApiToken | None:
+    """The API token (its owner is `.user`), or None; notes when the token was last used."""
     if not token:
         return None
     api_token = db.session.scalar(select(ApiToken).where(ApiToken.token_hash == _token_hash(token)))
@@ -92,4 +98,4 @@ def user_for_token(token: str) -> User | None:
     if api_token.last_used_at is None or now - api_token.last_used_at > LAST_USED_RESOLUTION:
         api_token.last_used_at = now
         db.session.flush()
-    return api_token.user
+    return api_token

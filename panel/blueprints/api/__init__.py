@@ -6,19 +6,26 @@ user's object is a 404, exactly like one that does not exist.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from flask import Blueprint, g, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context, url_for
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ...extensions import db
-from ...models import Campaign, MailingList, Server
+from ...models import Campaign, MailingList, Recipient, Server, Suppression
 from ...services.campaigns import CampaignInput, CampaignInvalid, get_campaign, save_campaign, user_campaigns
-from ...services.csv_import import ImportFailed, import_csv, import_records
+from ...services.csv_import import ImportFailed, ImportOptions, TooManyRows, import_csv, import_records
 from ...services.lists import ListError, ListNameTaken, create_list, get_list, user_lists
+from ...services.rate_limit import take_token
+from ...services.recipients import (RecipientError, RecipientTaken, delete_recipient, export_list, find_in_list,
+                                    unsubscribe_recipient, update_recipient)
+from ...services.suppressions import (MAX_PAGE_SIZE, PAGE_SIZE, SuppressionError, add_suppression,
+                                      export_suppressions, find_suppression, remove_suppression, search_suppressions)
 from ...services.sending import SendingError, campaign_stats, set_campaign_state, start_campaign
 from ...services.server_config import RateLimitInput, replace_settings, settings_json
 from ...services.servers import ServerError, get_server, user_servers
-from ...services.users import user_for_token
+from ...services.users import api_token_for
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -49,12 +56,37 @@ def _authenticate() -> None:
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "send your API token as Authorization: Bearer <token> "
                             "(make one with: flask --app panel users create-token EMAIL)")
-    user = user_for_token(token.strip())
-    if user is None:
+    api_token = api_token_for(token.strip())
+    if api_token is None:
         raise ApiError(401, "this API token is not valid: check it, or make a new one with "
                             "flask --app panel users create-token EMAIL")
-    db.session.commit()  # its last-used time
-    g.api_user = user
+    config = current_app.config
+    wait = take_token(api_token.id, float(config["API_RATE"]), float(config["API_BURST"]))
+    db.session.commit()  # its last-used time and its bucket, before the request's own work
+    if wait:
+        raise RateLimited(wait, config["API_RATE"], config["API_BURST"])
+    g.api_user = api_token.user
+
+
+class RateLimited(ApiError):
+    def __init__(self, wait: float, rate: float, burst: int) -> None:
+        super().__init__(429, f"too many requests with this token: at most {burst} at once and {rate:g} a second "
+                              f"on average; wait {wait:.1f} s (Retry-After) and send it again")
+        self.retry_after = max(1, math.ceil(wait))
+
+
+@bp.errorhandler(RateLimited)
+def _rate_limited(error: RateLimited):
+    response = _api_error(error)
+    response.headers["Retry-After"] = str(error.retry_after)
+    return response
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def _too_large(_error):
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    return _api_error(ApiError(413, f"the request body is too large (over {limit:,} bytes): nothing was added; "
+                                    "send fewer rows a request"))
 
 
 def _json_body() -> Any:
@@ -169,22 +201,142 @@ def lists_view(list_id: int):
 def lists_add_recipients(list_id: int):
     item = _own_list(list_id)
     mimetype = request.mimetype
+    options = ImportOptions(max_rows=current_app.config["API_MAX_ROWS"], keep_rejected=None)
     try:
         if mimetype == "text/csv":
             charset = request.mimetype_params.get("charset", "utf-8").lower()
             if charset not in ("utf-8", "utf8"):
                 raise ApiError(415, "send the CSV as UTF-8 (Content-Type: text/csv; charset=utf-8)")
-            report = import_csv(item, request.stream)
+            report = import_csv(item, request.stream, options)
         elif request.is_json:
-            report = import_records(item, _json_body())
+            report = import_records(item, _json_body(), options)
         else:
             raise ApiError(415, "send a JSON array of objects (Content-Type: application/json) "
                                 "or a CSV file (Content-Type: text/csv)")
+    except TooManyRows as exc:
+        db.session.rollback()
+        raise ApiError(413, str(exc)) from None
     except ImportFailed as exc:
         db.session.rollback()
         raise ApiError(400, f"nothing was imported: {exc}") from None
     db.session.commit()
     return jsonify(report.as_dict())
+
+
+def _recipient_json(item: Recipient) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "list_id": item.list_id,
+        "email": item.email,
+        "fields": item.fields or {},
+        "created_at": item.created_at.isoformat() + "Z",
+        "unsubscribed_at": item.unsubscribed_at.isoformat() + "Z" if item.unsubscribed_at else None,
+    }
+
+
+def _own_recipient(mailing_list: MailingList, key: str) -> Recipient:
+    item = find_in_list(mailing_list, key)
+    if item is None:
+        raise ApiError(404, f"list {mailing_list.id} has no recipient {key!r} (give an address or a recipient id)")
+    return item
+
+
+@bp.get("/lists/<int:list_id>/recipients/<key>")
+def recipient_view(list_id: int, key: str):
+    return jsonify(_recipient_json(_own_recipient(_own_list(list_id), key)))
+
+
+@bp.patch("/lists/<int:list_id>/recipients/<key>")
+def recipient_update(list_id: int, key: str):
+    """{"email"?, field: value or null (removes it), …}: the fields given change, the others stay."""
+    mailing_list = _own_list(list_id)
+    item = _own_recipient(mailing_list, key)
+    try:
+        update_recipient(mailing_list, item, _json_object())
+    except RecipientTaken as exc:
+        db.session.rollback()
+        raise ApiError(409, str(exc)) from None
+    except RecipientError as exc:
+        db.session.rollback()
+        raise ApiError(400, str(exc)) from None
+    db.session.commit()
+    return jsonify(_recipient_json(item))
+
+
+@bp.delete("/lists/<int:list_id>/recipients/<key>")
+def recipient_delete(list_id: int, key: str):
+    mailing_list = _own_list(list_id)
+    delete_recipient(mailing_list, _own_recipient(mailing_list, key))
+    db.session.commit()
+    return "", 204
+
+
+@bp.post("/lists/<int:list_id>/recipients/<key>/unsubscribe")
+def recipient_unsubscribe(list_id: int, key: str):
+    mailing_list = _own_list(list_id)
+    item = _own_recipient(mailing_list, key)
+    unsubscribe_recipient(mailing_list, item)
+    db.session.commit()
+    return jsonify(_recipient_json(item))
+
+
+def _csv_download(chunks, filename: str) -> Response:
+    return Response(stream_with_context(chunks), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@bp.get("/lists/<int:list_id>/export.csv")
+def lists_export(list_id: int):
+    item = _own_list(list_id)
+    return _csv_download(export_list(item), f"list-{item.id}.csv")
+
+
+# -- suppressions ------------------------------------------------------------------------
+
+def _suppression_json(item: Suppression) -> dict[str, Any]:
+    return {"id": item.id, "email": item.email, "reason": item.reason, "created_at": item.created_at.isoformat() + "Z"}
+
+
+@bp.get("/suppressions")
+def suppressions_index():
+    """?q= an address prefix or a domain (@example.org), ?after= the last address of the previous
+    page, ?limit= (default 50, at most 1000) → {"items": […], "next_after": address or null}."""
+    limit = request.args.get("limit", str(PAGE_SIZE))
+    if not limit.isdigit() or not 1 <= int(limit) <= MAX_PAGE_SIZE:
+        raise ApiError(400, f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
+    page = search_suppressions(g.api_user, request.args.get("q"), request.args.get("after"), int(limit))
+    return jsonify({"items": [_suppression_json(x) for x in page.items], "next_after": page.next_after})
+
+
+@bp.post("/suppressions")
+def suppressions_add():
+    """{"email", "reason"?: "manual"} → 201 (new) or 200 (already suppressed, its reason kept)."""
+    data = _json_object()
+    email, reason = data.get("email"), data.get("reason", "manual")
+    if not isinstance(email, str) or not isinstance(reason, str):
+        raise ApiError(400, 'send {"email": "ann@example.org"} (and optionally "reason")')
+    try:
+        item, added = add_suppression(g.api_user, email, reason)
+    except SuppressionError as exc:
+        db.session.rollback()
+        raise ApiError(400, str(exc)) from None
+    db.session.commit()
+    return jsonify(_suppression_json(item)), 201 if added else 200
+
+
+@bp.delete("/suppressions/<key>")
+def suppressions_delete(key: str):
+    item = find_suppression(g.api_user, key)
+    if item is None:
+        raise ApiError(404, f"{key!r} is not on your suppression list")
+    remove_suppression(g.api_user, item)
+    db.session.commit()
+    return "", 204
+
+
+@bp.get("/suppressions/export.csv")
+def suppressions_export():
+    return _csv_download(export_suppressions(g.api_user), "suppressions.csv")
 
 
 # -- campaigns ---------------------------------------------------------------------------

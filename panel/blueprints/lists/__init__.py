@@ -14,6 +14,7 @@ from ...services.imports.jobs import (UploadTooLarge, create_job, imports_dir, j
 from ...services.imports.report import csv_rows, read_spool, spool_items
 from ...services.imports.sources import ImportLimits
 from ...services.lists import ListError, create_list, get_list, recipients_page, user_lists
+from ...services.recipients import export_list
 from .forms import ImportForm, NewListForm
 
 bp = Blueprint("lists", __name__, url_prefix="/lists", template_folder="templates")
@@ -145,3 +146,10 @@ def import_job_rejected(list_id: int, job_id: int):
     filename = f"rejected-rows-import-{job.id}.csv"
     return Response(stream_with_context(csv_rows(items, job.filename)), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@bp.get("/<int:list_id>/export.csv")
+def export(list_id: int):
+    mailing_list = _own_list(list_id)
+    return Response(stream_with_context(export_list(mailing_list)), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="list-{mailing_list.id}.csv"'})
