@@ -9,10 +9,13 @@ unsigned updates and those signed with another key are refused. Ready in about 0
 that started it die first.
 
     python -m devserver.bind example.test [more zones…]   # keep one up until Ctrl-C
+    python -m devserver.bind up DIR example.test          # in the background (molecule): DIR/bind.json,
+    python -m devserver.bind down DIR                     #   DIR/inventory.yml; stopped by `down`
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -234,8 +237,75 @@ class BindServer:
             return ""
 
 
-def main() -> None:
-    zones = sys.argv[1:] or ["mailfleet.test"]
+def _serve(state_dir: Path, zones: list[str]) -> None:
+    """Run named until SIGTERM, describing it in STATE_DIR/bind.json and an inventory for Ansible."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with BindServer(zones) as server:
+        info = {"host": server.host, "port": server.port, "key_name": server.key_name,
+                "key_algorithm": server.algorithm, "key_secret": server.secret, "zones": server.zones,
+                "pid": os.getpid()}
+        inventory = {"all": {"hosts": {"localhost": {
+            "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+            "dns_server": server.host, "dns_port": server.port, "dns_key_name": server.key_name,
+            "dns_key_algorithm": server.algorithm, "dns_key_secret": server.secret}}}}
+        for name, data in (("inventory.yml", inventory), ("bind.json", info)):  # bind.json last: it says "ready"
+            path = state_dir / name
+            fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)  # JSON is YAML too
+            os.replace(path.with_suffix(".tmp"), path)
+        try:
+            signal.pause()
+        finally:
+            (state_dir / "bind.json").unlink(missing_ok=True)
+
+
+def up(state_dir: Path, zones: list[str], timeout: float = 30) -> dict:
+    """Start a named in the background (for molecule's create step); its description."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "bind.json").unlink(missing_ok=True)
+    with open(state_dir / "bind.log", "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "devserver.bind", "serve", str(state_dir), *zones],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                   cwd=Path(__file__).resolve().parent.parent)
+    deadline = time.monotonic() + timeout
+    while not (state_dir / "bind.json").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise BindError(f"named did not come up: see {state_dir / 'bind.log'}")
+        time.sleep(0.05)
+    return json.loads((state_dir / "bind.json").read_text())
+
+
+def down(state_dir: Path, timeout: float = 20) -> bool:
+    """Stop the named `up` started there, if any; True if one was running."""
+    try:
+        pid = json.loads((state_dir / "bind.json").read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while (state_dir / "bind.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["serve"]:
+        _serve(Path(args[1]), args[2:])
+        return
+    if args[:1] == ["up"]:
+        info = up(Path(args[1]), args[2:] or ["mailfleet.test"])
+        print(json.dumps({k: v for k, v in info.items() if k != "key_secret"}))
+        return
+    if args[:1] == ["down"]:
+        print("stopped" if down(Path(args[1])) else "none running")
+        return
+    zones = args or ["mailfleet.test"]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with BindServer(zones) as server:
         print(f"DNS server: {server.host} port {server.port}", flush=True)

@@ -129,6 +129,12 @@ def template_vars(settings: EximSettings) -> dict[str, Any]:
         "exim_relay_from_hosts": ["127.0.0.1", "::1"],
         "exim_source_ips": [{"ip": ip, "helo": helo} for ip, helo in settings.source_ips],
         "exim_helo_map": str(settings.helo_map_path),
+        # where the agent, told the HELO map's path, writes these by default
+        "exim_dkim_directory": str(settings.helo_map_path.parent / "dkim"),
+        "exim_dkim_sign_headers": ["From", "To", "Cc", "Reply-To", "Subject", "Date", "Message-ID", "MIME-Version",
+                                   "Content-Type", "Content-Transfer-Encoding", "List-Unsubscribe",
+                                   "List-Unsubscribe-Post", "List-Id"],
+        "exim_bounce_domains_file": str(settings.helo_map_path.parent / "bounce-domains"),
         "exim_smarthost": smarthost,
         "exim_bounce_domains": list(settings.bounce_domains),
         "exim_bounce_local_part_prefixes": ["bounce+", "unsubscribe+"],

@@ -129,6 +129,6 @@ def _campaign_state(queue: QueueDB, data: Any) -> dict[str, Any]:
 def _config(queue: QueueDB, config: AgentConfig, data: Any) -> dict[str, Any]:
     remote = remote_config.parse(data, config.source_ips)
     remote_config.apply(queue, config, remote)
-    log.info("config version %d applied: %d rate limits, %d HELO names",
-             remote.version, len(remote.rate_limits), len(remote.helo))
+    log.info("config version %d applied: %d rate limits, %d HELO names, %d DKIM keys, %d bounce domains",
+             remote.version, len(remote.rate_limits), len(remote.helo), len(remote.dkim), len(remote.bounce_domains))
     return {"config_version": remote.version, "rate_limits": len(remote.rate_limits), "helo": len(remote.helo)}

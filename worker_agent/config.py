@@ -35,6 +35,8 @@ class AgentConfig:
     bounce_spool: Path
     exim_mainlog: Path
     helo_map: Path  # HELO name per source IP, written from the panel's pushes, read by Exim
+    dkim_dir: Path  # DKIM private keys and the domain -> selector map, from the panel's pushes
+    bounce_domains_file: Path  # the bounce domains Exim accepts besides its configured ones
     listen: str = "127.0.0.1:8443"
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
@@ -101,7 +103,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> AgentConfig:
 
 
 _KNOWN = {
-    "data_dir", "key_file", "cert_file", "cert_key_file", "bounce_spool", "exim_mainlog", "helo_map", "listen",
+    "data_dir", "key_file", "cert_file", "cert_key_file", "bounce_spool", "exim_mainlog", "helo_map", "dkim_dir",
+    "bounce_domains_file", "listen",
     "smtp_host", "smtp_port", "smtp_connections", "source_ips", "rate_limits", "hostname", "max_attempts",
 }
 
@@ -145,6 +148,7 @@ def parse_config(raw: dict[str, Any], *, base: Path, path: Path | None = None) -
     smtp_host = raw.get("smtp_host", "127.0.0.1")
     if not isinstance(smtp_host, str) or not smtp_host:
         raise ConfigError("config \"smtp_host\" must be a host name or address")
+    helo_map = a_path("helo_map", data_dir / "helo-map")
     return AgentConfig(
         data_dir=data_dir,
         key_file=a_path("key_file", data_dir / "agent.key"),
@@ -152,7 +156,10 @@ def parse_config(raw: dict[str, Any], *, base: Path, path: Path | None = None) -
         cert_key_file=a_path("cert_key_file", data_dir / "agent-cert-key.pem"),
         bounce_spool=a_path("bounce_spool", data_dir / "bounces"),
         exim_mainlog=a_path("exim_mainlog", Path("/var/log/exim4/mainlog")),
-        helo_map=a_path("helo_map", data_dir / "helo-map"),
+        helo_map=helo_map,
+        # Next to the HELO map by default, where the Exim role's defaults look for them too.
+        dkim_dir=a_path("dkim_dir", helo_map.parent / "dkim"),
+        bounce_domains_file=a_path("bounce_domains_file", helo_map.parent / "bounce-domains"),
         listen=listen,
         smtp_host=smtp_host,
         smtp_port=an_int("smtp_port", 25, 1, 65535),

@@ -1,4 +1,5 @@
-"""Settings the panel pushes at run time (POST /v1/config): rate limits and HELO names.
+"""Settings the panel pushes at run time (POST /v1/config): rate limits, HELO names, the DKIM keys
+of the user's sending domains and their bounce domains.
 
 The panel sends its whole view each time, tagged with a version; the agent checks all of it
 (nothing is applied when one item is wrong), writes the HELO map Exim reads, then stores the
@@ -7,16 +8,21 @@ config in the queue DB, where the sender process looks for a new version every s
 Precedence: once a config has been pushed, its ``rate_limits`` replace the config file's list
 entirely (an empty list means no limits); the file's list applies only to an agent that never
 got one. HELO names: the map holds the panel's names; an IP missing from it greets with the name
-the Exim configuration was rendered with (Ansible's ``exim_source_ips``).
+the Exim configuration was rendered with (Ansible's ``exim_source_ips``). DKIM: one private key
+file per domain in ``dkim_dir`` (0640, group Debian-exim: Exim's delivery processes read them) and
+the map Exim looks a letter's From domain up in; the private keys are never stored in the queue
+DB nor echoed back. Bounce domains: a file of names Exim accepts bounce+/unsubscribe+ mail for,
+besides those of its configuration.
 """
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,10 @@ MAX_PER_MINUTE = 1_000_000
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 DOMAIN_RE = HOSTNAME_RE
+SELECTOR_RE = re.compile(_LABEL)
+MAX_DOMAINS = 1000
+MAX_KEY_SIZE = 16384
+KEY_GROUP = "Debian-exim"  # Exim's delivery processes read the DKIM keys
 
 
 class RemoteConfigError(Exception):
@@ -43,13 +53,18 @@ class RemoteConfig:
     version: int
     rate_limits: tuple[RateLimit, ...]
     helo: dict[str, str]
+    dkim: dict[str, tuple[str, str]] = field(default_factory=dict)  # domain -> (selector, private key PEM)
+    bounce_domains: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
+        """What is stored in the queue DB: the private keys are not (they live in their files only)."""
         return {
             "version": self.version,
             "rate_limits": [{"source_ip": r.source_ip, "domain": r.domain, "per_minute": r.per_minute}
                             for r in self.rate_limits],
             "helo": dict(self.helo),
+            "dkim": {domain: selector for domain, (selector, _) in self.dkim.items()},
+            "bounce_domains": list(self.bounce_domains),
         }
 
 
@@ -57,14 +72,51 @@ def parse(data: Any, source_ips: tuple[str, ...]) -> RemoteConfig:
     """Check a pushed config against this node's source IPs; raise RemoteConfigError naming the item."""
     if not isinstance(data, dict):
         raise RemoteConfigError("the config must be a JSON object {\"version\", \"rate_limits\", \"helo\"}")
-    unknown = sorted(set(data) - {"version", "rate_limits", "helo"})
+    unknown = sorted(set(data) - {"version", "rate_limits", "helo", "dkim", "bounce_domains"})
     if unknown:
-        raise RemoteConfigError(f"unknown key(s): {', '.join(unknown)} (known: helo, rate_limits, version)")
+        raise RemoteConfigError(f"unknown key(s): {', '.join(unknown)} "
+                                "(known: bounce_domains, dkim, helo, rate_limits, version)")
     version = data.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**63:
         raise RemoteConfigError(f"version must be a whole number of 1 or more, not {version!r}")
     own = {_ip(ip): ip for ip in source_ips}
-    return RemoteConfig(version, _parse_rules(data.get("rate_limits", []), own), _parse_helo(data.get("helo", {}), own))
+    return RemoteConfig(version, _parse_rules(data.get("rate_limits", []), own), _parse_helo(data.get("helo", {}), own),
+                        _parse_dkim(data.get("dkim", {})), _parse_bounce_domains(data.get("bounce_domains", [])))
+
+
+def _domain(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not DOMAIN_RE.fullmatch(value):
+        raise RemoteConfigError(f"{where}: {value!r} is not a domain name")
+    return value.lower()
+
+
+def _parse_dkim(value: Any) -> dict[str, tuple[str, str]]:
+    if not isinstance(value, dict) or len(value) > MAX_DOMAINS:
+        raise RemoteConfigError(f"dkim must be an object of at most {MAX_DOMAINS} "
+                                "{\"<domain>\": {\"selector\", \"private_key\"}}")
+    keys: dict[str, tuple[str, str]] = {}
+    for name, item in value.items():
+        where = f"dkim[{name!r}]"
+        domain = _domain(name, where)
+        if not isinstance(item, dict) or set(item) != {"selector", "private_key"}:
+            raise RemoteConfigError(f"{where} must be an object with exactly selector and private_key")
+        selector = item["selector"]
+        if not isinstance(selector, str) or not SELECTOR_RE.fullmatch(selector):
+            raise RemoteConfigError(f"{where}.selector: {selector!r} is not a DNS label")
+        pem = item["private_key"]
+        if (not isinstance(pem, str) or len(pem) > MAX_KEY_SIZE or not pem.startswith("-----BEGIN ")
+                or "PRIVATE KEY-----" not in pem):
+            raise RemoteConfigError(f"{where}.private_key is not a PEM private key")  # never echo a key
+        if domain in keys:
+            raise RemoteConfigError(f"{where}: {domain} is given twice")
+        keys[domain] = (selector.lower(), pem if pem.endswith("\n") else pem + "\n")
+    return keys
+
+
+def _parse_bounce_domains(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_DOMAINS:
+        raise RemoteConfigError(f"bounce_domains must be a list of at most {MAX_DOMAINS} domain names")
+    return tuple(sorted({_domain(name, f"bounce_domains[{i}]") for i, name in enumerate(value)}))
 
 
 def _ip(text: str) -> str:
@@ -132,7 +184,8 @@ def _parse_helo(value: Any, own: dict[str, str]) -> dict[str, str]:
 def from_json(data: dict[str, Any]) -> RemoteConfig:
     """A config as stored by ``apply`` (already checked)."""
     rules = tuple(RateLimit(r["source_ip"], r["domain"], float(r["per_minute"])) for r in data["rate_limits"])
-    return RemoteConfig(int(data["version"]), rules, dict(data["helo"]))
+    dkim = {domain: (selector, "") for domain, selector in data.get("dkim", {}).items()}
+    return RemoteConfig(int(data["version"]), rules, dict(data["helo"]), dkim, tuple(data.get("bounce_domains", ())))
 
 
 def stored(queue: QueueDB) -> RemoteConfig | None:
@@ -151,37 +204,77 @@ def rate_limits(config: AgentConfig, remote: RemoteConfig | None) -> tuple[RateL
 
 
 def apply(queue: QueueDB, config: AgentConfig, remote: RemoteConfig) -> None:
-    """Write the HELO map, then record the config, in one queue transaction: if the map cannot be
-    written nothing is recorded (and the old map stays, as the rename never happened)."""
+    """Write the HELO map, the DKIM keys and map and the bounce domains, then record the config,
+    in one queue transaction: if a file cannot be written nothing is recorded (each file is
+    replaced by a rename, so Exim sees the old one or the new one)."""
     with queue.write(durable=True) as conn:
         write_helo_map(config.helo_map, remote.helo)
+        write_dkim(config.dkim_dir, remote.dkim)
+        write_file(config.bounce_domains_file, _HEADER + "".join(f"{d}\n" for d in remote.bounce_domains),
+                   "bounce domains")
         QueueDB.set_state(conn, STATE_KEY, remote.to_json())
         QueueDB.set_state(conn, VERSION_KEY, remote.version)
 
 
+_HEADER = "# Written by the Mailfleet agent from the panel's settings; edits are overwritten.\n"
+
+
 def helo_map_text(helo: dict[str, str]) -> str:
     """Exim lsearch lines ``"<ip>": <name>``; the key is quoted because IPv6 addresses hold colons."""
-    header = "# Written by the Mailfleet agent from the panel's settings; edits are overwritten.\n"
-    return header + "".join(f'"{ip}": {name}\n' for ip, name in sorted(helo.items()))
+    return _HEADER + "".join(f'"{ip}": {name}\n' for ip, name in sorted(helo.items()))
 
 
 def write_helo_map(path: Path, helo: dict[str, str]) -> None:
-    """Replace the map atomically (temporary file, fsync, rename): Exim never reads half of it.
-    Readable by everyone: Exim's delivery processes run as its own user."""
+    write_file(path, helo_map_text(helo), "HELO map")
+
+
+def write_dkim(directory: Path, keys: dict[str, tuple[str, str]]) -> None:
+    """One ``<domain>.key`` per domain (0640, group Debian-exim when it exists) and ``domains``, the
+    map Exim reads (``"<domain>": <domain> <selector>``); keys of domains no longer listed go."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o750)
+        group = _key_group()
+        if group is not None:
+            os.chown(directory, -1, group)
+    except OSError as exc:
+        raise RemoteConfigError(f"cannot prepare the DKIM key directory {directory}: {exc.strerror}") from None
+    for domain, (_, pem) in sorted(keys.items()):
+        write_file(directory / f"{domain}.key", pem, "DKIM key", mode=0o640, group=_key_group())
+    write_file(directory / "domains", _HEADER + "".join(
+        f'"{domain}": {domain} {selector}\n' for domain, (selector, _) in sorted(keys.items())), "DKIM map")
+    for old in directory.glob("*.key"):
+        if old.name[:-4] not in keys:
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+
+def _key_group() -> int | None:
+    try:
+        return grp.getgrnam(KEY_GROUP).gr_gid
+    except KeyError:
+        return None
+
+
+def write_file(path: Path, text: str, what: str, mode: int = 0o644, group: int | None = None) -> None:
+    """Replace `path` atomically (temporary file, fsync, rename): Exim never reads half of it.
+    Readable by everyone by default: Exim's delivery processes run as its own user."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(helo_map_text(helo))
+            if group is not None:
+                os.fchown(f.fileno(), -1, group)
+            os.fchmod(f.fileno(), mode)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise RemoteConfigError(f"cannot write the HELO map {path}: {exc.strerror}") from None
+        raise RemoteConfigError(f"cannot write the {what} {path}: {exc.strerror}") from None
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -44,7 +44,7 @@ from sqlalchemy import select
 from ..extensions import db
 from ..models import DMARC_POLICIES, DOMAIN_KINDS, TSIG_ALGORITHMS, Domain, Server, ServerIP, User
 from ..models.base import utcnow
-from . import secret_box
+from . import secret_box, server_config
 from .servers import HOSTNAME_RE
 
 TTL = 300
@@ -189,6 +189,8 @@ def add_domain(user: User, data: DomainInput) -> Domain:
     else:
         domain.dkim_selector = None
     db.session.add(domain)
+    if domain.kind == "sending":
+        server_config.bump_user_servers(user.id)  # the workers get its DKIM key and bounce domain
     db.session.flush()
     return domain
 
@@ -374,6 +376,8 @@ def delete_domain(user: User, domain: Domain, public_url: str = "", *, keep_reco
         raise DomainError("there is no such domain")
     if not keep_records:
         unpublish(domain, public_url)
+    if domain.kind == "sending":
+        server_config.bump_user_servers(user.id)
     db.session.delete(domain)
     db.session.flush()
 

@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy import select
 
 from ..extensions import db
-from ..models import Server, ServerEvent, ServerIP, ServerRateLimit
+from ..models import Domain, Server, ServerEvent, ServerIP, ServerRateLimit
+from . import secret_box
 from .servers import ServerError, HOSTNAME_RE, check_helo
 
 MAX_PER_MINUTE = 1_000_000
@@ -163,7 +164,29 @@ def agent_config(server: Server) -> dict[str, Any]:
         "version": server.config_version,
         "rate_limits": [{"source_ip": r.source_ip, "domain": r.domain, "per_minute": r.per_minute} for r in rules],
         "helo": {ip.ip: ip.helo for ip in server.ips},
+        **sending_domains(server.user_id),
     }
+
+
+def sending_domains(user_id: int) -> dict[str, Any]:
+    """The DKIM keys (private: for the agent only, sealed in transit) and the bounce domains of
+    the user's sending domains; nothing when there are none (the agent then holds no keys and
+    only the bounce domains of its Exim configuration, as when the keys are absent)."""
+    domains = db.session.scalars(select(Domain).where(Domain.user_id == user_id, Domain.kind == "sending")
+                                 .order_by(Domain.name)).all()
+    if not domains:
+        return {}
+    return {
+        "dkim": {d.name: {"selector": d.dkim_selector, "private_key": secret_box.unseal(d.dkim_private_key)}
+                 for d in domains if d.dkim_selector and d.dkim_private_key},
+        "bounce_domains": [d.bounce_domain for d in domains],
+    }
+
+
+def bump_user_servers(user_id: int) -> None:
+    """The user's sending domains changed: every server of theirs gets the new keys and bounce domains."""
+    for server in db.session.scalars(select(Server).where(Server.user_id == user_id)):
+        bump(server)
 
 
 def record_applied(server: Server, version: int, reply: Any) -> None:

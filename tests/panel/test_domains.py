@@ -246,3 +246,23 @@ def test_daemon_publishes_a_new_domain_and_a_failed_one_later(app, alice, seed, 
         assert domain_service.publish_stale(app.config["PUBLIC_URL"], retry_after=0) == 1
         assert domain.dns_state == "published" and domain.dns_error is None
     assert bind.query(f"ip-192-0-2-10.{ZONE}", "A") == ["192.0.2.10"]
+
+
+def test_the_workers_get_the_keys_and_bounce_domains_of_sending_domains(as_alice, alice, seed, bind, app) -> None:
+    from panel.services import server_config
+
+    server_id = seed.server(alice)
+    before = seed.get(Server, server_id).config_version
+    domain_id = add(as_alice, bind)
+    add(as_alice, bind, name=f"t.{ZONE}", zone=ZONE, kind="tracking")
+    assert seed.get(Server, server_id).config_version == before + 1  # the sending domain only
+    with app.app_context():
+        pushed = server_config.agent_config(db.session.get(Server, server_id))
+        domain = db.session.get(Domain, domain_id)
+        assert pushed["dkim"] == {ZONE: {"selector": "mf1", "private_key": domain_service.dkim_private_key(domain)}}
+        assert pushed["bounce_domains"] == [f"bounces.{ZONE}"]
+    assert as_alice.post(f"/domains/{domain_id}/delete", {}).status_code == 302
+    assert seed.get(Server, server_id).config_version == before + 2
+    with app.app_context():
+        pushed = server_config.agent_config(db.session.get(Server, server_id))
+        assert pushed.get("dkim", {}) == {} and pushed.get("bounce_domains", []) == []  # absent: none
