@@ -113,7 +113,7 @@ def test_yamllint_passes(ansible_env: dict[str, str]) -> None:
 
 
 def test_the_playbooks_are_the_four_the_readme_documents() -> None:
-    assert [p.name for p in PLAYBOOKS] == ["bootstrap.yml", "decommission.yml", "reconfigure.yml", "worker.yml"]
+    assert [p.name for p in PLAYBOOKS] == ["bootstrap.yml", "decommission.yml", "dns.yml", "reconfigure.yml", "worker.yml"]
 
 
 @pytest.mark.parametrize("playbook", PLAYBOOKS, ids=lambda p: p.name)
@@ -294,7 +294,7 @@ ROLES = sorted(p.name for p in (COLLECTION_DIR / "roles").iterdir() if p.is_dir(
 
 
 def test_the_roles_are_the_four_the_issue_names() -> None:
-    assert ROLES == ["exim", "preflight", "ssh_access", "worker_agent"]
+    assert ROLES == ["dns", "exim", "preflight", "ssh_access", "worker_agent"]
 
 
 @pytest.mark.parametrize("role", ROLES)
