@@ -14,6 +14,7 @@ from .campaign import (
     campaign_lists,
     campaign_servers,
 )
+from .campaign_count import CampaignCount
 from .domain import DMARC_POLICIES, DOMAIN_KINDS, TSIG_ALGORITHMS, Domain
 from .import_job import IMPORT_STATES, ImportJob
 from .mailing_list import MailingList, Recipient, Suppression
@@ -21,7 +22,7 @@ from .server import JOB_KINDS, JOB_STATES, READY_STATES, ProvisionJob, Server, S
 from .user import ApiRateBucket, ApiToken, User
 
 __all__ = [
-    "ApiRateBucket", "ApiToken", "BounceMessage", "CAMPAIGN_STATES", "Campaign", "DELIVERY_STATES", "Delivery",
+    "ApiRateBucket", "ApiToken", "BounceMessage", "CAMPAIGN_STATES", "Campaign", "CampaignCount", "DELIVERY_STATES", "Delivery",
     "DeliveryEvent", "DispatchBatch", "DMARC_POLICIES", "DOMAIN_KINDS", "Domain", "TSIG_ALGORITHMS", "ENCODINGS", "FINAL_STATES", "IMPORT_STATES", "ImportJob", "JOB_KINDS", "JOB_STATES", "MailingList",
     "ProvisionJob", "READY_STATES", "Recipient",
     "Server", "ServerEvent", "ServerIP", "ServerRateLimit", "Suppression", "User", "campaign_exclude_lists",

@@ -74,7 +74,8 @@ class Delivery(db.Model):
 
     __tablename__ = "deliveries"
     __table_args__ = (
-        Index("ix_deliveries_campaign_status", "campaign_id", "status"),
+        # A campaign's letters in one state, newest change first (the page's latest failures).
+        Index("ix_deliveries_campaign_status_updated", "campaign_id", "status", "updated_at", "id"),
         Index("ix_deliveries_dispatch", "campaign_id", "server_id", "status", "id"),
         Index("ix_deliveries_email", "email"),  # a recipient's history across campaigns (soft bounces)
     )

@@ -62,15 +62,19 @@ def campaign_variables(campaign: Campaign) -> list[str]:
 
 
 def latest_failures(campaign: Campaign, limit: int = 20) -> list[Delivery]:
-    """The most recent letters the recipients' servers refused or put off, with their reply."""
-    return list(
-        db.session.scalars(
+    """The most recent letters the recipients' servers refused or put off, with their reply.
+    (One query per state, each read in order from the (campaign, status, updated_at, id) index,
+    so a campaign of a million letters costs what a small one does.)"""
+    rows: list[Delivery] = []
+    for status in ("failed", "deferred"):
+        rows += db.session.scalars(
             select(Delivery)
-            .where(Delivery.campaign_id == campaign.id, Delivery.status.in_(("failed", "deferred")))
+            .where(Delivery.campaign_id == campaign.id, Delivery.status == status)
             .order_by(Delivery.updated_at.desc(), Delivery.id.desc())
             .limit(limit)
         )
-    )
+    rows.sort(key=lambda item: (item.updated_at, item.id), reverse=True)
+    return rows[:limit]
 
 
 def _owned(user: User, model: type, ids: list[int], what: str, errors: dict[str, list[str]], key: str) -> list:

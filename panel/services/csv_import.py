@@ -140,12 +140,15 @@ class _Importer:
         if not self.pending:
             return
         list_id = self.mailing_list.id
+        connection = db.session.connection()
+        if connection.dialect.name == "postgresql":
+            self._flush_postgresql(connection, list_id)
+            return
         existing = set(
             db.session.scalars(
                 select(Recipient.email).where(Recipient.list_id == list_id, Recipient.email.in_(list(self.pending)))
             )
         )
-        connection = db.session.connection()
         insert_sql, as_json, created_at = _recipient_insert(connection.dialect)
         rows = [
             (list_id, email, as_json(fields), created_at)
@@ -156,6 +159,23 @@ class _Importer:
             connection.exec_driver_sql(insert_sql, rows)
         self.report.added += len(rows)
         self.report.duplicates += len(existing)
+        self.pending.clear()
+
+    def _flush_postgresql(self, connection: Any, list_id: int) -> None:
+        """The chunk as two arrays in one INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING: one
+        round trip and no look-up first (several times faster than the look-up and an executemany),
+        and an address another import adds meanwhile is a duplicate, not an error."""
+        _, as_json, created_at = _recipient_insert(connection.dialect)
+        emails = list(self.pending)
+        fields = [as_json(self.pending[email]) for email in emails]
+        added = connection.exec_driver_sql(
+            "INSERT INTO recipients (list_id, email, fields, created_at) "
+            "SELECT %s, e, f::json, %s FROM unnest(%s::text[], %s::text[]) AS t(e, f) "
+            "ON CONFLICT (list_id, email) DO NOTHING",
+            (list_id, created_at, emails, fields),
+        ).rowcount
+        self.report.added += added
+        self.report.duplicates += len(emails) - added
         self.pending.clear()
 
     def finish(self) -> ImportReport:
