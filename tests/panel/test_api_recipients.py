@@ -183,3 +183,34 @@ class TestRateLimit:
         assert api.get("/lists").status_code == 429
         time.sleep(0.7)
         assert [api.get("/lists").status_code for _ in range(3)] == [200, 200, 200]
+
+
+def _hammer(database_url: str, token: str, count: int, results) -> None:
+    """In a process of its own, like a gunicorn worker: its own app, engine and connections."""
+    from tests.panel.conftest import make_app
+
+    app = make_app(database_url, API_RATE=0.001, API_BURST=30)
+    client = app.test_client()
+    codes = [client.get("/api/v1/lists", headers={"Authorization": f"Bearer {token}"}).status_code
+             for _ in range(count)]
+    results.put(codes)
+
+
+class TestRateLimitAcrossProcesses:
+    @pytest.fixture
+    def app_config(self):
+        return {"API_RATE": 0.001, "API_BURST": 30}
+
+    def test_four_workers_share_one_bucket(self, database_url, token):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        results = context.Queue()
+        workers = [context.Process(target=_hammer, args=(database_url, token, 15, results)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        codes = [code for _ in workers for code in results.get(timeout=120)]
+        for worker in workers:
+            worker.join(30)
+        assert sorted(set(codes)) == [200, 429]
+        assert codes.count(200) == 30 and codes.count(429) == 30  # no token spent twice, none lost
