@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from panel.daemon.outcomes import apply_events
 from panel.extensions import db
@@ -52,3 +52,18 @@ def test_an_agent_event_for_an_id_past_the_range_is_ignored_like_any_unknown_let
         db.session.commit()
     assert changed == 1
     assert seed.get(Delivery, letter).status == "sent"
+
+
+def test_postgresql_plans_each_statement_for_its_values(app, db_backend):
+    """A generic plan kept from when a table was small would scan millions of rows per statement."""
+    if db_backend != "postgresql":
+        pytest.skip("SQLite plans every statement anew")
+    with app.app_context():
+        assert db.session.scalar(text("SHOW plan_cache_mode")) == "force_custom_plan"
+        db.session.rollback()
+        assert db.session.scalar(text("SHOW plan_cache_mode")) == "force_custom_plan"
+        # What a statement that wants generic plans does after them (start_campaign): the session's
+        # own setting comes back, as it is given when connecting.
+        db.session.execute(text("SET LOCAL plan_cache_mode = auto"))
+        db.session.execute(text("RESET plan_cache_mode"))
+        assert db.session.scalar(text("SHOW plan_cache_mode")) == "force_custom_plan"
