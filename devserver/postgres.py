@@ -191,14 +191,12 @@ class PostgresServer:
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    for signum in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored (`… &`)
+        signal.signal(signum, lambda *_: sys.exit(0))
     with PostgresServer() as server:
         server.create_database("mailfleet")
         print(f"DATABASE_URL={server.url('mailfleet')}", flush=True)
-        try:
-            signal.pause()
-        except KeyboardInterrupt:
-            pass
+        signal.pause()
 
 
 if __name__ == "__main__":
