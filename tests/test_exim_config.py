@@ -143,8 +143,11 @@ def test_rendered_config_starts_with_the_managed_banner(tmp_path: Path) -> None:
 
 def test_one_smtp_transport_per_source_ip(tmp_path: Path) -> None:
     text = render_config(_settings(tmp_path, source_ips=[("127.0.0.2", "a.test"), ("2001:db8::25", "b.test")]))
-    # HELO: the agent's map when it names the IP, else the configured name (also while the map is missing)
-    helo = r"\$\{{if exists\{{MAILFLEET_HELO_MAP\}}\{{\$\{{lookup\{{{ip}\}}lsearch\{{MAILFLEET_HELO_MAP\}}\{{\$value\}}\{{{name}\}}\}}\}}\{{{name}\}}\}}"
+    # HELO: the agent's map when it names the IP with the letter's sending domain ("<ip>/<domain>"),
+    # else the IP alone, else the configured name (also while the map is missing)
+    helo = (r"\$\{{if exists\{{MAILFLEET_HELO_MAP\}}\{{\$\{{lookup\{{{ip}/MAILFLEET_LETTER_DOMAIN\}}"
+            r"lsearch\{{MAILFLEET_HELO_MAP\}}\{{\$value\}}\{{"
+            r"\$\{{lookup\{{{ip}\}}lsearch\{{MAILFLEET_HELO_MAP\}}\{{\$value\}}\{{{name}\}}\}}\}}\}}\}}\{{{name}\}}\}}")
     assert re.search(r"^smtp_127_0_0_2:\n  driver = smtp\n  interface = <; 127\.0\.0\.2\n  helo_data = "
                      + helo.format(ip=r"127\.0\.0\.2", name=r"a\.test") + "$", text, re.M)
     assert re.search(r"^smtp_2001_db8__25:\n  driver = smtp\n  interface = <; 2001:db8::25\n  helo_data = "

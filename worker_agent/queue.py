@@ -104,8 +104,23 @@ class Claimed:
 
     def recipient(self) -> dict[str, Any]:
         """The recipient object as the panel pushed it (what the renderer takes)."""
-        return {"id": self.id, "email": self.email, "fields": self.fields,
-                "source_ip": self.source_ip, "token": self.token}
+        fields = dict(self.fields)
+        sending = fields.pop(SENDING_KEY, None) or {}
+        return {"id": self.id, "email": self.email, "fields": fields,
+                "source_ip": self.source_ip, "token": self.token, **sending}
+
+
+# The letter's sending domain and bounce domain (optional recipient keys) ride in the fields
+# JSON under a key no template variable can have.
+SENDING_KEY = "@sending"
+
+
+def _fields_json(recipient: dict[str, Any]) -> str:
+    fields = dict(recipient.get("fields") or {})
+    sending = {key: recipient[key] for key in ("domain", "bounce_domain") if recipient.get(key)}
+    if sending:
+        fields[SENDING_KEY] = sending
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +246,8 @@ class QueueDB:
                     # ON CONFLICT, not OR IGNORE: only a known id is skipped, a broken row still fails
                     "INSERT INTO letters (id, campaign_id, email, fields, source_ip, token) "
                     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                    [(r["id"], campaign["id"], r["email"],
-                      json.dumps(r.get("fields") or {}, separators=(",", ":"), ensure_ascii=False),
-                      r["source_ip"], r["token"]) for r in recipients],
+                    [(r["id"], campaign["id"], r["email"], _fields_json(r), r["source_ip"], r["token"])
+                     for r in recipients],
                 )
                 queued = conn.total_changes - before
                 duplicates = len(recipients) - queued

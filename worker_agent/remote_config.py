@@ -55,6 +55,7 @@ class RemoteConfig:
     helo: dict[str, str]
     dkim: dict[str, tuple[str, str]] = field(default_factory=dict)  # domain -> (selector, private key PEM)
     bounce_domains: tuple[str, ...] = ()
+    helo_by_domain: dict[str, dict[str, str]] = field(default_factory=dict)  # ip -> sending domain -> name
 
     def to_json(self) -> dict[str, Any]:
         """What is stored in the queue DB: the private keys are not (they live in their files only)."""
@@ -64,6 +65,7 @@ class RemoteConfig:
                             for r in self.rate_limits],
             "helo": dict(self.helo),
             "dkim": {domain: selector for domain, (selector, _) in self.dkim.items()},
+            "helo_by_domain": {ip: dict(names) for ip, names in self.helo_by_domain.items()},
             "bounce_domains": list(self.bounce_domains),
         }
 
@@ -72,16 +74,32 @@ def parse(data: Any, source_ips: tuple[str, ...]) -> RemoteConfig:
     """Check a pushed config against this node's source IPs; raise RemoteConfigError naming the item."""
     if not isinstance(data, dict):
         raise RemoteConfigError("the config must be a JSON object {\"version\", \"rate_limits\", \"helo\"}")
-    unknown = sorted(set(data) - {"version", "rate_limits", "helo", "dkim", "bounce_domains"})
+    unknown = sorted(set(data) - {"version", "rate_limits", "helo", "helo_by_domain", "dkim", "bounce_domains"})
     if unknown:
         raise RemoteConfigError(f"unknown key(s): {', '.join(unknown)} "
-                                "(known: bounce_domains, dkim, helo, rate_limits, version)")
+                                "(known: bounce_domains, dkim, helo, helo_by_domain, rate_limits, version)")
     version = data.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**63:
         raise RemoteConfigError(f"version must be a whole number of 1 or more, not {version!r}")
     own = {_ip(ip): ip for ip in source_ips}
     return RemoteConfig(version, _parse_rules(data.get("rate_limits", []), own), _parse_helo(data.get("helo", {}), own),
-                        _parse_dkim(data.get("dkim", {})), _parse_bounce_domains(data.get("bounce_domains", [])))
+                        _parse_dkim(data.get("dkim", {})), _parse_bounce_domains(data.get("bounce_domains", [])),
+                        _parse_helo_by_domain(data.get("helo_by_domain", {}), own))
+
+
+def _parse_helo_by_domain(value: Any, own: dict[str, str]) -> dict[str, dict[str, str]]:
+    """``{"<source IP>": {"<sending domain>": "<host name>"}}``: the HELO of letters for that domain."""
+    if not isinstance(value, dict):
+        raise RemoteConfigError("helo_by_domain must be an object {\"<source IP>\": {\"<domain>\": \"<host name>\"}}")
+    result: dict[str, dict[str, str]] = {}
+    for ip, names in value.items():
+        where = f"helo_by_domain[{ip!r}]"
+        key = _own_ip(ip, own, where)
+        if not isinstance(names, dict) or len(names) > MAX_DOMAINS:
+            raise RemoteConfigError(f"{where} must be an object of at most {MAX_DOMAINS} {{\"<domain>\": \"<host name>\"}}")
+        result[key] = {_domain(domain, f"{where}[{domain!r}]"): _parse_helo({ip: name}, own)[key]
+                       for domain, name in names.items()}
+    return result
 
 
 def _domain(value: Any, where: str) -> str:
@@ -185,7 +203,8 @@ def from_json(data: dict[str, Any]) -> RemoteConfig:
     """A config as stored by ``apply`` (already checked)."""
     rules = tuple(RateLimit(r["source_ip"], r["domain"], float(r["per_minute"])) for r in data["rate_limits"])
     dkim = {domain: (selector, "") for domain, selector in data.get("dkim", {}).items()}
-    return RemoteConfig(int(data["version"]), rules, dict(data["helo"]), dkim, tuple(data.get("bounce_domains", ())))
+    return RemoteConfig(int(data["version"]), rules, dict(data["helo"]), dkim, tuple(data.get("bounce_domains", ())),
+                        {ip: dict(names) for ip, names in data.get("helo_by_domain", {}).items()})
 
 
 def stored(queue: QueueDB) -> RemoteConfig | None:
@@ -208,7 +227,7 @@ def apply(queue: QueueDB, config: AgentConfig, remote: RemoteConfig) -> None:
     in one queue transaction: if a file cannot be written nothing is recorded (each file is
     replaced by a rename, so Exim sees the old one or the new one)."""
     with queue.write(durable=True) as conn:
-        write_helo_map(config.helo_map, remote.helo)
+        write_helo_map(config.helo_map, remote.helo, remote.helo_by_domain)
         write_dkim(config.dkim_dir, remote.dkim)
         write_file(config.bounce_domains_file, _HEADER + "".join(f"{d}\n" for d in remote.bounce_domains),
                    "bounce domains")
@@ -219,13 +238,17 @@ def apply(queue: QueueDB, config: AgentConfig, remote: RemoteConfig) -> None:
 _HEADER = "# Written by the Mailfleet agent from the panel's settings; edits are overwritten.\n"
 
 
-def helo_map_text(helo: dict[str, str]) -> str:
-    """Exim lsearch lines ``"<ip>": <name>``; the key is quoted because IPv6 addresses hold colons."""
-    return _HEADER + "".join(f'"{ip}": {name}\n' for ip, name in sorted(helo.items()))
+def helo_map_text(helo: dict[str, str], by_domain: dict[str, dict[str, str]] | None = None) -> str:
+    """Exim lsearch lines ``"<ip>": <name>`` and ``"<ip>/<domain>": <name>``; keys are quoted
+    because IPv6 addresses hold colons."""
+    lines = [f'"{ip}": {name}\n' for ip, name in sorted(helo.items())]
+    lines += [f'"{ip}/{domain}": {name}\n' for ip, names in sorted((by_domain or {}).items())
+              for domain, name in sorted(names.items())]
+    return _HEADER + "".join(lines)
 
 
-def write_helo_map(path: Path, helo: dict[str, str]) -> None:
-    write_file(path, helo_map_text(helo), "HELO map")
+def write_helo_map(path: Path, helo: dict[str, str], by_domain: dict[str, dict[str, str]] | None = None) -> None:
+    write_file(path, helo_map_text(helo, by_domain), "HELO map")
 
 
 def write_dkim(directory: Path, keys: dict[str, tuple[str, str]]) -> None:

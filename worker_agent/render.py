@@ -126,6 +126,9 @@ def check_recipient(recipient: Any) -> None:
         raise CampaignError("recipient.source_ip must be a string")
     if not isinstance(recipient.get("fields", {}), (Mapping, type(None))):
         raise CampaignError("recipient.fields must be a JSON object")
+    for key in ("domain", "bounce_domain"):  # optional: the sending domain this letter goes out for
+        if recipient.get(key) is not None and not (isinstance(recipient[key], str) and _DOMAIN.match(recipient[key])):
+            raise CampaignError(f"recipient.{key} {recipient[key]!r} is not a domain name")
 
 
 class CompiledCampaign:
@@ -170,7 +173,12 @@ class CompiledCampaign:
         text = _run(self.text, context, "text") if self.text is not None else None
         html = _run(self.html, context, "html") if self.html is not None else None
         name = fields.get("name")
-        list_unsubscribe = f"<{unsubscribe}>, <mailto:unsubscribe+{token}@{self.bounce_domain}>"
+        # A letter sent for one of the campaign's sending domains: its Return-Path, Message-ID and
+        # DKIM signature (Exim picks the key by X-Mailfleet-Domain) and HELO follow that domain.
+        domain = recipient.get("domain")
+        bounce_domain = recipient.get("bounce_domain") or self.bounce_domain
+        msgid_suffix = f"@{domain}>{CRLF}" if domain else self.msgid_suffix
+        list_unsubscribe = f"<{unsubscribe}>, <mailto:unsubscribe+{token}@{bounce_domain}>"
         if len(list_unsubscribe) > 60:
             list_unsubscribe = list_unsubscribe.replace(", ", "," + CRLF + " ", 1)
         headers = "".join((
@@ -178,10 +186,11 @@ class CompiledCampaign:
             "To: ", mime.format_address(name if isinstance(name, str) else None, email), CRLF,
             "Subject: ", mime.header_text(mime.one_line(subject)), CRLF,
             "Date: ", _date(), CRLF,
-            "Message-ID: <", os.urandom(12).hex(), self.msgid_suffix,
+            "Message-ID: <", os.urandom(12).hex(), msgid_suffix,
             self.tail,
             "List-Unsubscribe: ", list_unsubscribe, CRLF,
             "X-Mailfleet-Source-IP: ", mime.one_line(str(recipient["source_ip"])), CRLF,
+            f"X-Mailfleet-Domain: {domain}{CRLF}" if domain else "",
         ))
         text_part = mime.encode_body(text, self.encoding) if text is not None else None
         html_part = mime.encode_body(html, self.encoding) if html is not None else None
@@ -192,7 +201,7 @@ class CompiledCampaign:
             while boundary in text_part[1] or boundary in html_part[1]:
                 boundary = "=_mf" + os.urandom(12).hex()
         message = mime.assemble(headers, text_part, html_part, boundary)
-        return Letter(f"bounce+{token}@{self.bounce_domain}", email, message.encode("ascii"))
+        return Letter(f"bounce+{token}@{bounce_domain}", email, message.encode("ascii"))
 
 
 def _compile(env: _Sandbox, source: str, part: str) -> Any:

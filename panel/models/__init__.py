@@ -10,6 +10,7 @@ from .campaign import (
     Delivery,
     DeliveryEvent,
     DispatchBatch,
+    campaign_domains,
     campaign_exclude_lists,
     campaign_lists,
     campaign_servers,
@@ -25,6 +26,6 @@ __all__ = [
     "ApiRateBucket", "ApiToken", "BounceMessage", "CAMPAIGN_STATES", "Campaign", "CampaignCount", "DELIVERY_STATES", "Delivery",
     "DeliveryEvent", "DispatchBatch", "DMARC_POLICIES", "DOMAIN_KINDS", "Domain", "TSIG_ALGORITHMS", "ENCODINGS", "FINAL_STATES", "IMPORT_STATES", "ImportJob", "JOB_KINDS", "JOB_STATES", "MailingList",
     "ProvisionJob", "READY_STATES", "Recipient",
-    "Server", "ServerEvent", "ServerIP", "ServerRateLimit", "Suppression", "User", "campaign_exclude_lists",
+    "Server", "ServerEvent", "ServerIP", "ServerRateLimit", "Suppression", "User", "campaign_domains", "campaign_exclude_lists",
     "campaign_lists", "campaign_servers",
 ]

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from ..extensions import db
 from .base import utcnow
 from .mailing_list import MailingList
+from .domain import Domain
 from .server import Server
 
 ENCODINGS = ("7bit", "quoted-printable", "base64")
@@ -39,6 +40,14 @@ campaign_servers = Table(
 )
 
 
+campaign_domains = Table(
+    "campaign_domains",
+    db.Model.metadata,
+    Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True),
+    Column("domain_id", Integer, ForeignKey("domains.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
 class Campaign(db.Model):
     __tablename__ = "campaigns"
 
@@ -61,6 +70,8 @@ class Campaign(db.Model):
     lists: Mapped[list[MailingList]] = relationship(secondary=campaign_lists)
     exclude_lists: Mapped[list[MailingList]] = relationship(secondary=campaign_exclude_lists)
     servers: Mapped[list[Server]] = relationship(secondary=campaign_servers)
+    # Sending domains the letters rotate through (Return-Path, DKIM, HELO follow); none: the panel's bounce domain.
+    domains: Mapped[list[Domain]] = relationship(secondary=campaign_domains, order_by="Domain.name")
 
     @property
     def format(self) -> str:
@@ -86,6 +97,7 @@ class Delivery(db.Model):
     email: Mapped[str] = mapped_column(String(320))
     server_id: Mapped[int | None] = mapped_column(ForeignKey("servers.id", ondelete="SET NULL"))
     source_ip: Mapped[str | None] = mapped_column(String(45))
+    sending_domain: Mapped[str | None] = mapped_column(String(253))  # the campaign domain this letter goes out for
     status: Mapped[str] = mapped_column(String(20), default="pending")
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("dispatch_batches.id", ondelete="SET NULL"), index=True)
     code: Mapped[int | None]  # last SMTP reply code from the recipient's server

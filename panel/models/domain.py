@@ -13,6 +13,12 @@ from .base import utcnow
 DOMAIN_KINDS = ("sending", "tracking")
 DMARC_POLICIES = ("none", "quarantine", "reject")
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5")
+BOUNCE_LABEL = "bounces"
+
+
+def bounce_domain_of(sending_domain: str) -> str:
+    """The Return-Path domain of letters sent for a sending domain (its MX points at the workers)."""
+    return f"{BOUNCE_LABEL}.{sending_domain}"
 
 
 class Domain(db.Model):
@@ -55,4 +61,4 @@ class Domain(db.Model):
     @property
     def bounce_domain(self) -> str:
         """The Return-Path domain of letters sent from this domain; its MX points at the workers."""
-        return f"bounces.{self.name}"
+        return bounce_domain_of(self.name)

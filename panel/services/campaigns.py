@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from ..extensions import db
-from ..models import ENCODINGS, Campaign, Delivery, MailingList, Server, User
+from ..models import ENCODINGS, Campaign, Delivery, Domain, MailingList, Server, User
 from ..models.base import is_row_id
 from .addresses import InvalidAddress, normalise_address
 from .templates import allowed_variables, check_templates
@@ -45,6 +45,7 @@ class CampaignInput:
     lists: list[int] = field(default_factory=list)
     exclude_lists: list[int] = field(default_factory=list)
     servers: list[int] = field(default_factory=list)
+    domains: list[int] = field(default_factory=list)  # sending domains the letters rotate through
 
 
 def user_campaigns(user: User) -> list[Campaign]:
@@ -150,6 +151,10 @@ def save_campaign(user: User, data: CampaignInput, campaign: Campaign | None = N
     if both:
         problem("exclude_lists", "a list cannot be both sent to and excluded")
     servers = _owned(user, Server, data.servers, "server", errors, "servers")
+    domains = _owned(user, Domain, data.domains, "domain", errors, "domains")
+    tracking = [item.name for item in domains if item.kind != "sending"]
+    if tracking:
+        problem("domains", f"{', '.join(tracking)} is a tracking domain: choose sending domains")
 
     if not errors.get("lists"):
         variables = allowed_variables(item.fields for item in lists)
@@ -172,5 +177,6 @@ def save_campaign(user: User, data: CampaignInput, campaign: Campaign | None = N
     campaign.lists = lists
     campaign.exclude_lists = exclude_lists
     campaign.servers = servers
+    campaign.domains = domains
     db.session.flush()
     return campaign

@@ -44,12 +44,12 @@ from sqlalchemy import select
 from ..extensions import db
 from ..models import DMARC_POLICIES, DOMAIN_KINDS, TSIG_ALGORITHMS, Domain, Server, ServerIP, User
 from ..models.base import utcnow
+from ..models.domain import bounce_domain_of
 from . import secret_box, server_config
 from .servers import HOSTNAME_RE
 
 TTL = 300
 DNS_TIMEOUT = 5.0
-BOUNCE_LABEL = "bounces"
 DKIM_BITS = 2048
 SELECTOR_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 EMAIL_RE = re.compile(r"[^@\s<>\"]+@[A-Za-z0-9.-]+")
@@ -251,7 +251,7 @@ def desired_records(domain: Domain, ips: list[str], public_url: str = "") -> lis
         version = ipaddress.ip_address(ip).version
         records.append(Record(host_name(name, ip), "A" if version == 4 else "AAAA", (ip,),
                               f"host name of {ip}: its HELO name when sending for {name}"))
-    bounce = f"{BOUNCE_LABEL}.{name}"
+    bounce = bounce_domain_of(name)
     if ips:
         records.append(Record(bounce, "MX", tuple(f"10 {host_name(name, ip)}." for ip in ips),
                               "bounces come back to the workers"))

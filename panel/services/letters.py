@@ -13,6 +13,7 @@ from typing import Any
 
 from ..extensions import db
 from ..models import Campaign, Delivery, Recipient, Server, User
+from ..models.domain import bounce_domain_of
 from .lists import find_recipient
 from .servers import user_servers
 from .tokens import delivery_token
@@ -63,13 +64,18 @@ def recipient_payload(
         letter_id, address = PREVIEW_DELIVERY_ID, delivery_or_recipient.email
         if fields is None:
             fields = delivery_or_recipient.fields
-    return {
+    payload = {
         "id": letter_id,
         "email": address,
         "fields": dict(fields or {}),
         "source_ip": source_ip,
         "token": token,
     }
+    sending_domain = getattr(delivery_or_recipient, "sending_domain", None)
+    if sending_domain:  # one of the campaign's sending domains: Return-Path, DKIM and HELO follow it
+        payload["domain"] = sending_domain
+        payload["bounce_domain"] = bounce_domain_of(sending_domain)
+    return payload
 
 
 @dataclass

@@ -7,7 +7,7 @@ operations, so a list of millions never passes through Python.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, case, delete, exists, func, insert, literal, select, text, update
+from sqlalchemy import String, and_, case, delete, exists, func, insert, literal, select, text, update
 
 from ..extensions import db
 from ..models import (
@@ -30,13 +30,15 @@ class SendingError(Exception):
     """A request that cannot be carried out; the message says why and what to do."""
 
 
-def _slots(servers: list[Server]) -> list[tuple[int, str]]:
-    """(server id, source IP) pairs, each repeated by its weight: recipient n takes slot n mod len."""
-    slots: list[tuple[int, str]] = []
+def _slots(servers: list[Server], domains: list[str] | None = None) -> list[tuple[int, str, str | None]]:
+    """(server id, source IP, sending domain) triples, each IP repeated by its weight and paired
+    with every sending domain in turn: recipient n takes slot n mod len."""
+    slots: list[tuple[int, str, str | None]] = []
     for server in servers:
         for ip in server.ips:
             if ip.active:
-                slots.extend([(server.id, ip.ip)] * max(ip.weight, 1))
+                for _ in range(max(ip.weight, 1)):
+                    slots.extend((server.id, ip.ip, domain) for domain in (domains or [None]))
     return slots
 
 
@@ -53,7 +55,7 @@ def start_campaign(user: User, campaign: Campaign) -> int:
         names = ", ".join(f"{server.name} ({server.status})" for server in not_ready)
         raise SendingError(f"chosen servers cannot send yet: {names}; wait until they are set up or choose others")
     servers = campaign.servers or [server for server in user_servers(user) if server.ready]
-    slots = _slots(servers)
+    slots = _slots(servers, [domain.name for domain in campaign.domains])
     if not slots:
         raise SendingError("no server with an active IP address to send from: add a server first")
 
@@ -72,8 +74,10 @@ def start_campaign(user: User, campaign: Campaign) -> int:
     # Spread by the recipient's id modulo the number of weighted slots, in the same INSERT (no
     # UPDATE of a million fresh rows afterwards): even, deterministic.
     slot = chosen.c.recipient_id % len(slots)
-    server_of = case({index: server_id for index, (server_id, _ip) in enumerate(slots)}, value=slot)
-    ip_of = case({index: ip for index, (_server_id, ip) in enumerate(slots)}, value=slot)
+    server_of = case({index: server_id for index, (server_id, _ip, _domain) in enumerate(slots)}, value=slot)
+    ip_of = case({index: ip for index, (_server_id, ip, _domain) in enumerate(slots)}, value=slot)
+    domain_of = (case({index: domain for index, (_server_id, _ip, domain) in enumerate(slots)}, value=slot)
+                 if campaign.domains else literal(None, String))
     postgresql = db.session.get_bind().dialect.name == "postgresql"
     if postgresql:
         # Each new letter's foreign keys are checked by a prepared statement; with the panel's
@@ -84,10 +88,11 @@ def start_campaign(user: User, campaign: Campaign) -> int:
         db.session.execute(text("SET LOCAL work_mem = '256MB'"))
     inserted = db.session.execute(
         insert(Delivery).from_select(
-            ["campaign_id", "recipient_id", "email", "status", "updated_at", "server_id", "source_ip"],
+            ["campaign_id", "recipient_id", "email", "status", "updated_at", "server_id", "source_ip",
+             "sending_domain"],
             select(
                 literal(campaign.id), chosen.c.recipient_id, chosen.c.email,
-                literal("pending"), literal(utcnow()), server_of, ip_of,
+                literal("pending"), literal(utcnow()), server_of, ip_of, domain_of,
             ),
         )
     )

@@ -164,15 +164,17 @@ def agent_config(server: Server) -> dict[str, Any]:
         "version": server.config_version,
         "rate_limits": [{"source_ip": r.source_ip, "domain": r.domain, "per_minute": r.per_minute} for r in rules],
         "helo": {ip.ip: ip.helo for ip in server.ips},
-        **sending_domains(server.user_id),
+        **sending_domains(server),
     }
 
 
-def sending_domains(user_id: int) -> dict[str, Any]:
-    """The DKIM keys (private: for the agent only, sealed in transit) and the bounce domains of
-    the user's sending domains; nothing when there are none (the agent then holds no keys and
-    only the bounce domains of its Exim configuration, as when the keys are absent)."""
-    domains = db.session.scalars(select(Domain).where(Domain.user_id == user_id, Domain.kind == "sending")
+def sending_domains(server: Server) -> dict[str, Any]:
+    """The DKIM keys (private: for the agent only, sealed in transit), the bounce domains of the
+    user's sending domains and each IP's HELO name in each (its host name there); nothing when
+    there are none (the agent then holds no keys and only its Exim configuration's bounce domains)."""
+    from .domains import host_name  # domains bumps the servers' settings through this module
+
+    domains = db.session.scalars(select(Domain).where(Domain.user_id == server.user_id, Domain.kind == "sending")
                                  .order_by(Domain.name)).all()
     if not domains:
         return {}
@@ -180,6 +182,7 @@ def sending_domains(user_id: int) -> dict[str, Any]:
         "dkim": {d.name: {"selector": d.dkim_selector, "private_key": secret_box.unseal(d.dkim_private_key)}
                  for d in domains if d.dkim_selector and d.dkim_private_key},
         "bounce_domains": [d.bounce_domain for d in domains],
+        "helo_by_domain": {ip.ip: {d.name: host_name(d, ip.ip) for d in domains} for ip in server.ips},
     }
 
 

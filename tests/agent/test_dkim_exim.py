@@ -32,6 +32,7 @@ from .test_sender_exim import campaign, make_agent  # noqa: F401  (make_agent is
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a real Exim and BIND need root")
 
 DOMAIN = "example.com"  # the test campaign's From domain
+SECOND = "second.example.com"  # another sending domain (relaxed DMARC alignment with the From domain)
 SELECTOR = "mf1"
 
 
@@ -39,13 +40,24 @@ class FakeDomain:
     """The fields of a panel Domain that desired_records reads."""
 
     kind = "sending"
-    name = DOMAIN
     dkim_selector = SELECTOR
     dmarc_policy = "none"
     dmarc_rua = "postmaster@example.com"
 
-    def __init__(self, public_key: str) -> None:
+    def __init__(self, public_key: str, name: str = DOMAIN) -> None:
         self.dkim_public_key = public_key
+        self.name = name
+
+
+def publish_key(bind: BindServer, name: str) -> str:
+    """A key pair for `name`: the public half published in BIND as the panel publishes it."""
+    private, public = make_dkim_key()
+    update = dns.update.UpdateMessage(DOMAIN, keyring=bind.keyring)
+    for record in desired_records(FakeDomain(public, name), ["127.0.0.2"]):  # type: ignore[arg-type]
+        if record.name.endswith("._domainkey." + name):
+            update.replace(record.name + ".", 300, record.rdtype, *record.values)
+    assert dns.query.tcp(update, bind.host, port=bind.port).rcode() == 0
+    return private
 
 
 @pytest.fixture
@@ -56,14 +68,8 @@ def bind() -> Iterator[BindServer]:
 
 @pytest.fixture
 def dkim_key(bind: BindServer) -> str:
-    """A key pair: the public half published in BIND as the panel publishes it; the private half returned."""
-    private, public = make_dkim_key()
-    update = dns.update.UpdateMessage(DOMAIN, keyring=bind.keyring)
-    for record in desired_records(FakeDomain(public), ["127.0.0.2"]):  # type: ignore[arg-type]
-        if record.name.endswith("._domainkey." + DOMAIN):
-            update.replace(record.name + ".", 300, record.rdtype, *record.values)
-    assert dns.query.tcp(update, bind.host, port=bind.port).rcode() == 0
-    return private
+    """The private half of the From domain's key pair, whose public half is published in BIND."""
+    return publish_key(bind, DOMAIN)
 
 
 @pytest.fixture
@@ -149,3 +155,34 @@ def test_pushed_bounce_domains_are_accepted_by_exim(node, exim: Exim) -> None:
     assert status == 200
     assert "router = mailfleet_bounces" in routes("bounce+1-abc@bounces.new.example")
     assert "router = mailfleet_bounces" in routes(f"bounce+1-abc@{exim.settings.bounce_domains[0]}")  # still
+
+
+def test_letters_follow_their_sending_domain_and_ip(node, capture: CaptureServer, exim: Exim, bind: BindServer,
+                                                     dkim_key: str) -> None:
+    """Return-Path, Message-ID, DKIM d= and HELO follow the (IP, domain) pair each letter was given."""
+    config, sender, db, panel = node
+    second_key = publish_key(bind, SECOND)
+    sender.start()
+    status, reply = panel.call("/v1/config", {
+        "version": 1, "rate_limits": [], "helo": {},
+        "dkim": {DOMAIN: {"selector": SELECTOR, "private_key": dkim_key},
+                 SECOND: {"selector": SELECTOR, "private_key": second_key}},
+        "bounce_domains": [f"bounces.{DOMAIN}", f"bounces.{SECOND}"],
+        "helo_by_domain": {ip: {d: f"ip-{ip.replace('.', '-')}.{d}" for d in (DOMAIN, SECOND)}
+                           for ip in ("127.0.0.2", "127.0.0.3")}})
+    assert status == 200, reply
+    pairs = [(ip, d) for ip in ("127.0.0.2", "127.0.0.3") for d in (DOMAIN, SECOND)] * 3
+    db.queue_batch("b1", campaign(), [
+        make_recipient(n, email=f"r{n}@example.org", source_ip=ip, domain=d, bounce_domain=f"bounces.{d}")
+        for n, (ip, d) in enumerate(pairs, start=1)])
+    wait_for(lambda: capture.count() == len(pairs), "every letter")
+    for n, (ip, d) in enumerate(pairs, start=1):
+        (message,) = [m for m in capture.messages() if m.rcpt_to == f"r{n}@example.org"]
+        assert (message.peer_ip, message.helo) == (ip, f"ip-{ip.replace('.', '-')}.{d}"), n
+        assert message.mail_from == f"bounce+{n}-3f2a9c1b7e@bounces.{d}"
+        headers = message.message
+        assert headers["Message-ID"].endswith(f"@{d}>")
+        assert f"mailto:unsubscribe+{n}-3f2a9c1b7e@bounces.{d}" in str(headers["List-Unsubscribe"])
+        assert headers["X-Mailfleet-Domain"] is None  # the control header does not leave the node
+        assert f"d={d};" in re.sub(r"\s+", "", str(headers["DKIM-Signature"]))
+        assert dkim.verify(message.raw.replace(b"\n", b"\r\n"), dnsfunc=dns_from(bind))

@@ -169,7 +169,8 @@ def test_exim_accepts_the_rendered_configuration(rendered: Path) -> None:
     assert "MAILFLEET_SOURCE_IPS = <; 192.0.2.10 ; 192.0.2.11\n" in text
     assert "MAILFLEET_HELO_MAP = /var/lib/mailfleet-agent/helo-map\n" in text
     assert ("smtp_192_0_2_11:\n  driver = smtp\n  interface = <; 192.0.2.11\n  helo_data = ${if exists{MAILFLEET_HELO_MAP}"
-            "{${lookup{192.0.2.11}lsearch{MAILFLEET_HELO_MAP}{$value}{mx2.example.net}}}{mx2.example.net}}\n") in text
+            "{${lookup{192.0.2.11/MAILFLEET_LETTER_DOMAIN}lsearch{MAILFLEET_HELO_MAP}{$value}"
+            "{${lookup{192.0.2.11}lsearch{MAILFLEET_HELO_MAP}{$value}{mx2.example.net}}}}}{mx2.example.net}}\n") in text
     assert "domainlist bounce_domains = <; bounces.example.com\n" in text
     assert ("command = /usr/bin/python3 /opt/mailfleet-agent/worker_agent/bounce_intake.py "
             "/var/spool/mailfleet/bounces\n") in text

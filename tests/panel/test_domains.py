@@ -266,3 +266,54 @@ def test_the_workers_get_the_keys_and_bounce_domains_of_sending_domains(as_alice
     with app.app_context():
         pushed = server_config.agent_config(db.session.get(Server, server_id))
         assert pushed.get("dkim", {}) == {} and pushed.get("bounce_domains", []) == []  # absent: none
+
+
+# -- campaigns send for their chosen domains ------------------------------------------------------
+
+def test_a_campaigns_letters_rotate_through_its_domains_and_ips(as_alice, alice, seed, bind, app) -> None:
+    from collections import Counter
+
+    from panel.models import Campaign, Delivery
+    from panel.services.letters import recipient_payload
+    from panel.services.sending import start_campaign
+
+    seed.server(alice, ips=("192.0.2.10", "192.0.2.11"))
+    first = add(as_alice, bind)
+    second = add(as_alice, bind, name="other.test")
+    list_id = seed.list(alice, "readers", [{"email": f"r{n}@example.org", "name": f"R{n}"} for n in range(40)])
+    campaign_id = seed.campaign(alice, [list_id], domains=[first, second])
+    with app.app_context():
+        campaign = db.session.get(Campaign, campaign_id)
+        assert [d.name for d in campaign.domains] == ["example.test", "other.test"]
+        assert start_campaign(db.session.get(User, alice), campaign) == 40
+        db.session.commit()
+        deliveries = db.session.scalars(db.select(Delivery).where(Delivery.campaign_id == campaign_id)).all()
+        pairs = Counter((d.source_ip, d.sending_domain) for d in deliveries)
+        assert pairs == {(ip, domain): 10 for ip in ("192.0.2.10", "192.0.2.11")
+                         for domain in ("example.test", "other.test")}
+        payload = recipient_payload(deliveries[0], "tok", deliveries[0].source_ip, {})
+        assert payload["domain"] == deliveries[0].sending_domain
+        assert payload["bounce_domain"] == f"bounces.{deliveries[0].sending_domain}"
+
+
+def test_the_api_and_the_composer_choose_sending_domains(as_alice, alice, seed, bob, bind, app, client) -> None:
+    seed.server(alice)
+    mine = add(as_alice, bind)
+    tracking = add(as_alice, bind, name="t.example.test", zone=ZONE, kind="tracking")
+    with app.app_context():
+        theirs = domain_service.add_domain(db.session.get(User, bob), domain_service.DomainInput(
+            name="other.test", dns_host=bind.host, dns_port=bind.port, tsig_name=bind.key_name,
+            tsig_secret=bind.secret)).id
+        db.session.commit()
+    list_id = seed.list(alice, "readers", [{"email": "r@example.org"}])
+    headers = {"Authorization": f"Bearer {seed.token(alice)}"}
+    body = {"name": "n", "subject": "s", "from_email": "news@example.test", "text": "t", "lists": [list_id]}
+    response = client.post("/api/v1/campaigns", json={**body, "domains": [mine]}, headers=headers)
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["domains"] == [mine]
+    for wrong, words in ((theirs, f"no domain with id {theirs} among yours"), (tracking, "is a tracking domain")):
+        response = client.post("/api/v1/campaigns", json={**body, "domains": [wrong]}, headers=headers)
+        assert response.status_code == 400 and words in response.get_json()["error"], response.get_json()
+    page = as_alice.get("/campaigns/new").get_data(as_text=True)
+    assert "example.test (bounces to bounces.example.test)" in page
+    assert "t.example.test (bounces" not in page  # tracking domains are not offered

@@ -30,7 +30,7 @@ from ...services.users import api_token_for
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 CAMPAIGN_STRINGS = ("name", "subject", "from_email", "from_name", "reply_to", "text", "html", "encoding")
-CAMPAIGN_ID_LISTS = ("lists", "exclude_lists", "servers")
+CAMPAIGN_ID_LISTS = ("lists", "exclude_lists", "servers", "domains")
 CAMPAIGN_REQUIRED = ("name", "subject", "from_email", "lists")
 
 
@@ -134,6 +134,7 @@ def _campaign_json(item: Campaign) -> dict[str, Any]:
         "lists": [x.id for x in item.lists],
         "exclude_lists": [x.id for x in item.exclude_lists],
         "servers": [x.id for x in item.servers],
+        "domains": [x.id for x in item.domains],
         "total": item.total,
         "created_at": when(item.created_at),
         "started_at": when(item.started_at),
@@ -363,6 +364,7 @@ def _campaign_input(data: dict[str, Any]) -> CampaignInput:
         from_name=data.get("from_name"), reply_to=data.get("reply_to"),
         text=data.get("text"), html=data.get("html"), encoding=data.get("encoding") or "quoted-printable",
         lists=data["lists"], exclude_lists=data.get("exclude_lists") or [], servers=data.get("servers") or [],
+        domains=data.get("domains") or [],
     )
 
 

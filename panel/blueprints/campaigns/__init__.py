@@ -20,6 +20,7 @@ from ...services.campaigns import (
 from ...services.letters import preview_letter
 from ...services.lists import user_lists
 from ...services.sending import SendingError, campaign_stats, set_campaign_state, start_campaign
+from ...services.domains import user_domains
 from ...services.servers import user_servers
 from .forms import CampaignForm, PreviewForm
 
@@ -43,7 +44,7 @@ def _own_campaign(campaign_id: int) -> Campaign:
 
 def _compose(form: CampaignForm, campaign: Campaign | None):
     lists = user_lists(current_user)
-    form.set_choices(lists, user_servers(current_user))
+    form.set_choices(lists, user_servers(current_user), user_domains(current_user))
     status = 200
     if form.validate_on_submit():
         text, html = form.bodies()
@@ -51,7 +52,7 @@ def _compose(form: CampaignForm, campaign: Campaign | None):
             name=form.name.data, subject=form.subject.data, from_email=form.from_email.data,
             from_name=form.from_name.data, reply_to=form.reply_to.data, text=text, html=html,
             encoding=form.encoding.data, lists=form.lists.data, exclude_lists=form.exclude_lists.data,
-            servers=form.servers.data,
+            servers=form.servers.data, domains=form.domains.data,
         )
         try:
             campaign = save_campaign(current_user, data, campaign)
@@ -96,6 +97,7 @@ def edit(campaign_id: int):
         form.lists.data = [item.id for item in campaign.lists]
         form.exclude_lists.data = [item.id for item in campaign.exclude_lists]
         form.servers.data = [item.id for item in campaign.servers]
+        form.domains.data = [item.id for item in campaign.domains]
     return _compose(form, campaign)
 
 

@@ -33,12 +33,15 @@ class CampaignForm(FlaskForm):
     lists = SelectMultipleField("Send to lists", coerce=int)
     exclude_lists = SelectMultipleField("Exclude lists", coerce=int)
     servers = MultiCheckboxField("Send through servers", coerce=int)
+    domains = MultiCheckboxField("Send for domains (letters rotate through them)", coerce=int)
 
-    def set_choices(self, lists, servers) -> None:
+    def set_choices(self, lists, servers, domains=()) -> None:
         list_choices = [SelectChoice(item.id, f"{item.name} ({item.recipient_count:,})") for item in lists]
         self.lists.choices = list_choices
         self.exclude_lists.choices = list_choices
         self.servers.choices = [SelectChoice(item.id, f"{item.name} ({item.host})") for item in servers]
+        self.domains.choices = [SelectChoice(item.id, f"{item.name} (bounces to {item.bounce_domain})")
+                                for item in domains if item.kind == "sending"]
 
     def validate(self, extra_validators=None) -> bool:
         ok = super().validate(extra_validators)
