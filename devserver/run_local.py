@@ -13,7 +13,12 @@ import sys
 import threading
 from pathlib import Path
 
+from .bind import BindError, BindServer
 from .stack import REPO, LocalStack, StackSettings
+
+# A local authoritative DNS for trying domains: a zone to add as a sending domain, and the
+# reverse zone of the local worker's IPs, which the domain page's PTR check asks.
+DNS_ZONES = ["mailfleet.test", "127.in-addr.arpa"]
 
 
 def main() -> int:
@@ -30,18 +35,24 @@ def main() -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    bind = BindServer(DNS_ZONES)
     stack = LocalStack(settings)
     try:
+        bind.start()
+        os.environ.setdefault("MAILFLEET_DNS_RESOLVER", f"{bind.host}:{bind.port}")  # the panel's PTR checks
         stack.start()
-    except RuntimeError as exc:
+    except (RuntimeError, BindError) as exc:
         print(f"Could not start Mailfleet: {exc}", file=sys.stderr)
+        bind.stop()
         return 1
     try:
         print(f"Panel: {stack.panel_url}")
         print(f"Login: {settings.admin_email} {stack.admin_password}")
         print(f"API token: {stack.api_token}")
         print(f"Captured mail: {stack.maildir}")
-        print(f"(logs in {stack.logs}; Ctrl-C stops everything)", flush=True)
+        print(f"(logs in {stack.logs}; Ctrl-C stops everything)")
+        print(f"(a local DNS server for Domains: {bind.host} port {bind.port}, zone {DNS_ZONES[0]}, "
+              f"TSIG key {bind.key_name} {bind.algorithm} {bind.secret})", flush=True)
         while not stop.is_set():
             for name, process in stack.processes.items():
                 if process.poll() is not None:
@@ -52,6 +63,7 @@ def main() -> int:
     finally:
         print("Stopping…", flush=True)
         stack.stop()
+        bind.stop()
     return 0
 
 
