@@ -27,6 +27,10 @@ test: system-deps venv
 bench: system-deps venv
 	$(PY) bench/render.py
 	$(PY) bench/e2e.py
+	$(PY) bench/import.py
+	$(PY) bench/api_bulk.py
+	$(PY) bench/resolve.py
+	$(PY) bench/pages.py
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache
