@@ -31,6 +31,7 @@ bench: system-deps venv
 	$(PY) bench/api_bulk.py
 	$(PY) bench/resolve.py
 	$(PY) bench/pages.py
+	$(PY) bench/suppressions.py
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache
