@@ -230,6 +230,12 @@ class BindServer:
         return sorted(rd.to_text() for rrset in reply.answer for rd in rrset
                       if rrset.rdtype == dns.rdatatype.from_text(rdtype))
 
+    def dkim_dnsfunc(self, name: bytes | str, timeout: int = 5) -> bytes:
+        """dkimpy's `dnsfunc`: the TXT record of `name` as named serves it (its strings joined)."""
+        qname = name.decode() if isinstance(name, bytes) else name
+        reply = dns.query.tcp(dns.message.make_query(qname, "TXT"), self.host, port=self.port, timeout=timeout)
+        return next((b"".join(rd.strings) for rrset in reply.answer for rd in rrset), b"")
+
     def log_text(self) -> str:
         try:
             return self.log.read_text(errors="replace")
