@@ -32,6 +32,7 @@ import dns.rdatatype
 import dns.tsigkeyring
 
 from .ports import free_port
+from .processes import end_child
 
 NAMED = "/usr/sbin/named"
 TSIG_KEYGEN = "/usr/sbin/tsig-keygen"
@@ -198,15 +199,8 @@ class BindServer:
                                           stderr=subprocess.DEVNULL, start_new_session=True, cwd="/")
 
     def _end_process(self) -> None:
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=10)
+        if self._process is not None:
+            end_child(self._process)
         self._process = None
 
     def stop(self) -> None:

@@ -32,6 +32,8 @@ from typing import Any
 import jinja2
 import psutil
 
+from .processes import end_child
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ROLE_DIR = REPO_ROOT / "ansible" / "roles" / "exim"
 TEMPLATE_NAME = "etc/exim4/exim4.conf.j2"
@@ -399,13 +401,7 @@ class Exim:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         if self._process is not None:
-            if self._process.poll() is None:
-                self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=10)
+            end_child(self._process)
             self._process = None
         # Queue runners, deliveries and pipes outlive the daemon: end them too.
         leftovers = self._processes()
