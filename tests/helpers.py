@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 from typing import Any, Callable
+
+# 355 real bounce and non-bounce messages with labels (sisimai's set-of-emails, BSD 2-Clause:
+# tests/corpus/bounces/LICENSE.set-of-emails), kept in the repository so a clean clone tests alone.
+BOUNCE_CORPUS = Path(__file__).resolve().parent / "corpus" / "bounces"
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0, interval: float = 0.1) -> Any:

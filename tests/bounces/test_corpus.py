@@ -1,4 +1,4 @@
-"""The bounce classifier against 355 real returned messages, labelled (../shared/corpus/bounces).
+"""The bounce classifier against 355 real returned messages, labelled (tests/corpus/bounces).
 
 One case per file: every labelled recipient is found (its final or original address) with
 the right kind, and no failed recipient is reported that the labels do not name. Then the
@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from panel.services.bounces import Verdict, classify, suppression_for
+from tests.helpers import BOUNCE_CORPUS
 
-REPO = Path(__file__).resolve().parents[2]
-CORPUS = Path(os.environ.get("MAILFLEET_BOUNCE_CORPUS", REPO.parent / "shared" / "corpus" / "bounces"))
+CORPUS = Path(os.environ.get("MAILFLEET_BOUNCE_CORPUS", BOUNCE_CORPUS))
 TARGET = 0.95
 
 

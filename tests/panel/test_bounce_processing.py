@@ -14,8 +14,9 @@ from panel.extensions import db
 from panel.models import BounceMessage, Campaign, Delivery, Server, Suppression, User
 from panel.services.sending import campaign_stats, start_campaign
 from panel.services.tokens import delivery_token
+from tests.helpers import BOUNCE_CORPUS
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "bounces"
+CORPUS = BOUNCE_CORPUS
 PEOPLE = ["ann@example.org", "bob@example.org", "cat@example.org", "dan@example.org"]
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import BOUNCE_CORPUS
+
 REPO = Path(__file__).resolve().parents[2]
-CORPUS = REPO.parent / "shared" / "corpus" / "bounces"
+CORPUS = BOUNCE_CORPUS
 
 
 def lines(output: str) -> list[dict]:
