@@ -4,7 +4,6 @@ suppression list and the next campaign that honours it."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
