@@ -317,3 +317,20 @@ def test_the_api_and_the_composer_choose_sending_domains(as_alice, alice, seed, 
     page = as_alice.get("/campaigns/new").get_data(as_text=True)
     assert "example.test (bounces to bounces.example.test)" in page
     assert "t.example.test (bounces" not in page  # tracking domains are not offered
+
+
+def test_the_api_lists_domains_and_their_records_without_secrets(as_alice, alice, seed, bob, bind, app, client) -> None:
+    seed.server(alice)
+    mine = add(as_alice, bind)
+    headers = {"Authorization": f"Bearer {seed.token(alice)}"}
+    listed = client.get("/api/v1/domains", headers=headers).get_json()
+    assert [(d["id"], d["name"], d["bounce_domain"], d["dns_state"]) for d in listed] == [
+        (mine, ZONE, f"bounces.{ZONE}", "published")]
+    shown = client.get(f"/api/v1/domains/{mine}", headers=headers)
+    body = shown.get_data(as_text=True)
+    assert shown.status_code == 200
+    assert {r["state"] for r in shown.get_json()["records"]} == {"ok"}
+    assert shown.get_json()["reverse_dns"][0]["state"] == "missing"
+    assert bind.secret not in body and "PRIVATE KEY" not in body
+    other = client.get(f"/api/v1/domains/{mine}", headers={"Authorization": f"Bearer {seed.token(bob)}"})
+    assert other.status_code == 404 and "GET /api/v1/domains" in other.get_json()["error"]

@@ -13,9 +13,10 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, stream_
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ...extensions import db
-from ...models import Campaign, MailingList, Recipient, Server, Suppression
+from ...models import Campaign, Domain, MailingList, Recipient, Server, Suppression
 from ...services.campaigns import CampaignInput, CampaignInvalid, get_campaign, save_campaign, user_campaigns
 from ...services.csv_import import ImportFailed, ImportOptions, TooManyRows, import_csv, import_records
+from ...services.domains import check_records, check_reverse, get_domain, user_domains
 from ...services.lists import ListError, ListNameTaken, create_list, get_list, user_lists
 from ...services.rate_limit import take_token
 from ...services.recipients import (RecipientError, RecipientTaken, delete_recipient, export_list, find_in_list,
@@ -414,6 +415,43 @@ def campaigns_control(campaign_id: int, action: str):
 
 
 # -- servers -----------------------------------------------------------------------------
+
+# -- domains (added and deleted on the panel's Domains page; the API reads them) ---------------
+
+
+def _domain_json(item: Domain) -> dict[str, Any]:
+    """A domain as the API shows it: never its TSIG secret nor its DKIM private key."""
+    return {
+        "id": item.id, "name": item.name, "kind": item.kind, "zone": item.zone,
+        "bounce_domain": item.bounce_domain if item.kind == "sending" else None,
+        "dkim_selector": item.dkim_selector, "dkim_public_key": item.dkim_public_key,
+        "dmarc_policy": item.dmarc_policy, "dmarc_rua": item.dmarc_rua,
+        "dns_server": f"{item.dns_host}:{item.dns_port}", "tsig_key_name": item.tsig_name,
+        "dns_state": item.dns_state, "dns_error": item.dns_error,
+    }
+
+
+@bp.get("/domains")
+def domains_index():
+    return jsonify([_domain_json(item) for item in user_domains(g.api_user)])
+
+
+@bp.get("/domains/<int:domain_id>")
+def domain_show(domain_id: int):
+    """The domain with each record as its DNS server answers now, and the reverse-DNS check."""
+    item = get_domain(g.api_user, domain_id)
+    if item is None:
+        raise ApiError(404, f"no domain {domain_id} (or it is not yours): GET /api/v1/domains shows yours")
+    public_url = current_app.config["PUBLIC_URL"]
+    return jsonify({
+        **_domain_json(item),
+        "records": [{"name": c.record.name, "type": c.record.rdtype, "wanted": list(c.record.values),
+                     "state": c.state, "found": list(c.found), "purpose": c.record.purpose}
+                    for c in check_records(item, public_url)],
+        "reverse_dns": [{"ip": r.ip, "host": r.host, "ptr": list(r.ptr), "state": r.state, "detail": r.detail}
+                        for r in check_reverse(item, current_app.config.get("DNS_RESOLVER", ""))],
+    })
+
 
 @bp.get("/servers")
 def servers_index():
