@@ -1,16 +1,18 @@
 """List import speed and memory: a generated CSV of N rows (default 1,000,000), the same file
 zipped and RAR'd (stored: no free tool compresses RAR), each imported into an empty list of a
-fresh SQLite database (made by the real migrations) in a child process of its own, through
-the same service the panel's import job and the CLI use.
+fresh database (made by the real migrations) in a child process of its own, through the same
+service the panel's import job and the CLI use. The database is SQLite, or with `postgresql` a
+database on a throw-away PostgreSQL server (devserver/postgres.py: its test settings, fsync off).
 
 Prints one JSON line per run, then the headline:
-{"bench": "import", "rows": N, "csv_rows_per_s": …, "zip_rows_per_s": …, "rar_rows_per_s": …,
- "peak_rss_mb": max of the three}
-Usage: .venv/bin/python bench/import.py [ROWS]
+{"bench": "import", "rows": N, "database": …, "csv_rows_per_s": …, "zip_rows_per_s": …,
+ "rar_rows_per_s": …, "peak_rss_mb": max of the three}
+Usage: .venv/bin/python bench/import.py [ROWS] [sqlite|postgresql]
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -65,8 +67,7 @@ def generate(path: Path, rows: int) -> None:
             out.write(f"user{i}@example{i % 997}.org,First{i},Last{i % 5000},City {i % 300},{('free', 'gold')[i % 2]}\n")
 
 
-def run(kind: str, path: Path, rows: int, workdir: Path) -> dict:
-    database = f"sqlite:///{workdir / f'{kind}.db'}"
+def run(kind: str, path: Path, rows: int, workdir: Path, database: str) -> dict:
     result = subprocess.run([sys.executable, "-c", CHILD, database, str(path)], cwd=ROOT, capture_output=True,
                             text=True, check=False, env={"MAILFLEET_INSTANCE_PATH": str(workdir), "PATH": "/usr/bin:/bin"})
     if result.returncode != 0:
@@ -79,9 +80,19 @@ def run(kind: str, path: Path, rows: int, workdir: Path) -> dict:
 
 
 def main() -> int:
-    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
-    with tempfile.TemporaryDirectory(prefix="mailfleet-bench-import-") as tmp:
-        workdir = Path(tmp)
+    numbers = [arg for arg in sys.argv[1:] if arg.isdigit()]
+    rows = int(numbers[0]) if numbers else 1_000_000
+    backend = "postgresql" if "postgresql" in sys.argv[1:] else "sqlite"
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mailfleet-bench-import-")))
+        if backend == "postgresql":
+            from devserver.postgres import PostgresServer
+
+            server = stack.enter_context(PostgresServer())
+            database_for = server.create_database
+        else:
+            def database_for(kind: str) -> str:
+                return f"sqlite:///{workdir / f'{kind}.db'}"
         plain = workdir / "list.csv"
         generate(plain, rows)
         zipped = workdir / "list.zip"
@@ -89,9 +100,9 @@ def main() -> int:
             archive.write(plain, "list.csv")
         packed = workdir / "list.rar"
         packed.write_bytes(rar([Member("list.csv", plain.read_bytes())]))
-        results = {kind: run(kind, path, rows, workdir) for kind, path in
+        results = {kind: run(kind, path, rows, workdir, database_for(kind)) for kind, path in
                    (("csv", plain), ("zip", zipped), ("rar", packed))}
-    headline = {"bench": "import", "rows": rows, "database": "sqlite",
+    headline = {"bench": "import", "rows": rows, "database": backend,
                 **{f"{kind}_rows_per_s": line["rows_per_s"] for kind, line in results.items()},
                 "peak_rss_mb": max(line["peak_rss_mb"] for line in results.values())}
     print(json.dumps(headline))
