@@ -15,7 +15,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select, update
 
 from ..extensions import db
-from ..models import JOB_KINDS, Delivery, ProvisionJob, Server, User
+from ..models import FINAL_STATES, JOB_KINDS, Delivery, ProvisionJob, Server, User
 from ..models.base import utcnow
 from .servers import ServerError, SourceIP, new_server, parse_source_ip
 
@@ -177,8 +177,6 @@ def job_info(job: ProvisionJob) -> dict:
     }
 
 
-UNFINISHED_DELIVERY_STATES = ("pending", "queued", "sent", "deferred")
-
 
 def delete_server(user: User, server: Server) -> int:
     """Forget a server the panel no longer uses: its row, IPs, settings, jobs and events go;
@@ -196,7 +194,7 @@ def delete_server(user: User, server: Server) -> int:
                           "or delete it once it is offline")
     lost = db.session.execute(
         update(Delivery)
-        .where(Delivery.server_id == server.id, Delivery.status.in_(UNFINISHED_DELIVERY_STATES))
+        .where(Delivery.server_id == server.id, Delivery.status.not_in(FINAL_STATES))
         .values(status="failed", code=None, reply=f"the server {server.name} was deleted before this letter's outcome was known")
     ).rowcount
     db.session.delete(server)
