@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 # 355 real bounce and non-bounce messages with labels (sisimai's set-of-emails, BSD 2-Clause:
 # tests/corpus/bounces/LICENSE.set-of-emails), kept in the repository so a clean clone tests alone.
@@ -43,12 +43,12 @@ def files_containing(needle: bytes, changed_since: float) -> list[str]:
     )
     hits = []
     for raw in found.stdout.split(b"\0"):
-        if raw and _file_holds(raw.decode(errors="surrogateescape"), needle):
+        if raw and file_holds(raw.decode(errors="surrogateescape"), needle):
             hits.append(raw.decode(errors="replace"))
     return hits
 
 
-def _file_holds(path: str, needle: bytes, chunk: int = 1 << 20) -> bool:
+def file_holds(path: str | Path, needle: bytes, chunk: int = 1 << 20) -> bool:
     try:
         with open(path, "rb") as handle:
             tail = b""
@@ -59,3 +59,15 @@ def _file_holds(path: str, needle: bytes, chunk: int = 1 << 20) -> bool:
     except OSError:  # gone already, or a socket/fifo renamed in: nothing to read
         return False
     return False
+
+
+def process_texts() -> Iterator[tuple[int, str, bytes]]:
+    """(pid, "cmdline" | "environ", its bytes) of every process that can still be read."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        for part in ("cmdline", "environ"):
+            try:
+                yield int(entry.name), part, (entry / part).read_bytes()
+            except OSError:  # gone meanwhile
+                continue

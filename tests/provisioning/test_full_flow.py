@@ -20,15 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
-
 from flask import Flask
 
 from devserver.mail_capture import CaptureServer
 from panel.daemon.password_channel import socket_path
 from panel.extensions import db
 from panel.models import ProvisionJob, Server
-from tests.helpers import files_containing, wait_for
+from tests.helpers import files_containing, process_texts, wait_for
 from tests.hosts.conftest import rootfs, test_host  # noqa: F401  (fixtures)
 
 from .conftest import add_form
@@ -161,12 +159,4 @@ def _host_diagnostics(host) -> str:
 def _processes_showing(secret: str) -> list[str]:
     """Processes whose command line or environment holds the secret (the daemon is still up)."""
     needle = secret.encode()
-    found = []
-    for proc in psutil.process_iter(["pid", "name"]):
-        for part in ("cmdline", "environ"):
-            try:
-                if needle in Path(f"/proc/{proc.pid}/{part}").read_bytes():
-                    found.append(f"{proc.info['pid']} {proc.info['name']} ({part})")
-            except OSError:
-                continue
-    return found
+    return [f"{pid} ({part})" for pid, part, data in process_texts() if needle in data]

@@ -21,6 +21,7 @@ from panel.extensions import db
 from panel.models import ProvisionJob, Server, User
 from panel.models.base import utcnow
 from panel.services.provisioning import add_server, known_hosts_path, parse_ip_lines
+from tests.helpers import file_holds, process_texts
 from tests.hosts.conftest import rootfs, test_host  # noqa: F401  (fixtures)
 
 
@@ -37,18 +38,13 @@ class ProcessWatch(threading.Thread):
         self.ansible_seen = 0
 
     def run(self) -> None:
-        me = str(os.getpid())
+        me = os.getpid()
         while not self.done.is_set():
-            for proc in glob.glob("/proc/[0-9]*"):
-                for name in ("cmdline", "environ"):
-                    try:
-                        data = Path(proc, name).read_bytes()
-                    except OSError:
-                        continue
-                    if name == "cmdline" and b"ansible-playbook" in data:
-                        self.ansible_seen += 1
-                    if self.needle in data and not proc.endswith("/" + me):
-                        self.leaks.append(f"{proc}/{name}: {data[:200]!r}")
+            for pid, name, data in process_texts():
+                if name == "cmdline" and b"ansible-playbook" in data:
+                    self.ansible_seen += 1
+                if self.needle in data and pid != me:
+                    self.leaks.append(f"/proc/{pid}/{name}: {data[:200]!r}")
             for d in list(self.dirs):
                 env = d / "env"
                 if env.is_dir():
@@ -57,15 +53,7 @@ class ProcessWatch(threading.Thread):
 
 
 def _grep(root: Path, needle: bytes) -> list[str]:
-    found = []
-    for path in root.rglob("*"):
-        if path.is_file() and not path.is_socket():
-            try:
-                if needle in path.read_bytes():
-                    found.append(str(path))
-            except OSError:
-                pass
-    return found
+    return [str(path) for path in root.rglob("*") if path.is_file() and file_holds(path, needle)]
 
 
 def _finish_bootstrap_only(self: Provisioner, job_id: int, kind: str, facts: dict) -> None:
