@@ -16,6 +16,13 @@ from devserver.stack import LocalStack
 from tests.browser.test_newcomer import create_list, log_in
 
 ROWS = 300_000
+READ_STATE = """() => {
+  const box = document.getElementById("upload-progress");
+  const shown = box && !box.hidden;
+  return {report: !!document.getElementById("report"),
+          value: shown ? box.querySelector("progress").value : null,
+          label: shown ? box.querySelector('[data-field="label"]').textContent : ""};
+}"""
 
 
 def test_progress_bar_moves_and_the_report_follows(stack: LocalStack, new_page: Callable[[], Page],
@@ -37,14 +44,15 @@ def test_progress_bar_moves_and_the_report_follows(stack: LocalStack, new_page: 
     values = set()
     report = page.locator("#report")
     deadline = time.monotonic() + 180
-    while not report.count():
+    while True:
         assert time.monotonic() < deadline, "no report within 3 minutes"
-        box = page.locator("#upload-progress")
-        if box.count() and box.is_visible():
-            value = bar.get_attribute("value")
-            label = page.locator('#upload-progress [data-field="label"]').text_content() or ""
-            if value and "Importing" in label:
-                values.add(float(value))
+        # One read of the page's state: the report replaces the box at any moment, so asking
+        # for the box's parts one by one could wait on a box that has just gone.
+        state = page.evaluate(READ_STATE)
+        if state["report"]:
+            break
+        if state["value"] is not None and "Importing" in state["label"]:
+            values.add(state["value"])
         page.wait_for_timeout(50)
     screenshot(page, "import-big-report")
     assert len([v for v in values if v > 0]) >= 2, values  # the bar moved while the rows were read
