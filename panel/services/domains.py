@@ -59,6 +59,10 @@ class DomainError(Exception):
     """A request about domains that cannot be carried out; the message says why and what to do."""
 
 
+class DomainTaken(DomainError):
+    """The user already has a domain of that name."""
+
+
 @dataclass(frozen=True)
 class DomainInput:
     name: str
@@ -179,7 +183,7 @@ def add_domain(user: User, data: DomainInput) -> Domain:
     """Check and store a domain (a sending domain gets its DKIM key pair); publish() sends its records."""
     values = _check_input(user, data)
     if db.session.scalar(select(Domain.id).where(Domain.user_id == user.id, Domain.name == values["name"])):
-        raise DomainError(f"you already have the domain {values['name']}")
+        raise DomainTaken(f"you already have the domain {values['name']}")
     values["tsig_secret"] = secret_box.seal(values["tsig_secret"])
     domain = Domain(user_id=user.id, **values)
     if domain.kind == "sending":

@@ -334,3 +334,80 @@ def test_the_api_lists_domains_and_their_records_without_secrets(as_alice, alice
     assert bind.secret not in body and "PRIVATE KEY" not in body
     other = client.get(f"/api/v1/domains/{mine}", headers={"Authorization": f"Bearer {seed.token(bob)}"})
     assert other.status_code == 404 and "GET /api/v1/domains" in other.get_json()["error"]
+
+
+def api_domain(bind: BindServer, **fields: Any) -> dict[str, Any]:
+    body = {"name": ZONE, "dns_host": bind.host, "dns_port": bind.port, "tsig_key_name": bind.key_name,
+            "tsig_algorithm": bind.algorithm, "tsig_secret": bind.secret, "dkim_selector": "mf1"}
+    body.update(fields)
+    return body
+
+
+def test_the_api_adds_publishes_and_deletes_domains(alice, seed, bob, bind, app, client) -> None:
+    seed.server(alice)
+    headers = {"Authorization": f"Bearer {seed.token(alice)}"}
+    created = client.post("/api/v1/domains", json=api_domain(bind), headers=headers)
+    assert created.status_code == 201, created.get_json()
+    shown = created.get_json()
+    assert (shown["name"], shown["kind"], shown["dns_state"], shown["bounce_domain"]) == (
+        ZONE, "sending", "published", f"bounces.{ZONE}")
+    assert created.headers["Location"].endswith(f"/api/v1/domains/{shown['id']}")
+    assert bind.secret not in created.get_data(as_text=True)
+    assert bind.query(f"ip-192-0-2-10.{ZONE}", "A") == ["192.0.2.10"]
+    assert txt(bind, f"mf1._domainkey.{ZONE}") == [f"v=DKIM1; k=rsa; p={shown['dkim_public_key']}"]
+    again = client.post("/api/v1/domains", json=api_domain(bind), headers=headers)
+    assert again.status_code == 409 and "already have the domain" in again.get_json()["error"]
+
+    tracking = client.post("/api/v1/domains", json=api_domain(bind, name=f"t.{ZONE}", zone=ZONE, kind="tracking"),
+                           headers=headers)
+    assert tracking.status_code == 201 and tracking.get_json()["bounce_domain"] is None
+
+    update = dns.update.UpdateMessage(ZONE, keyring=bind.keyring)  # a record removed by hand comes back
+    update.delete("bounces", "MX")
+    domain_service.send_update(update, bind.host, bind.port, zone=ZONE, key=bind.key_name)
+    assert bind.query(f"bounces.{ZONE}", "MX") == []
+    republished = client.post(f"/api/v1/domains/{shown['id']}/publish", headers=headers)
+    assert republished.status_code == 200 and republished.get_json()["dns_state"] == "published"
+    assert bind.query(f"bounces.{ZONE}", "MX") != []
+
+    other = {"Authorization": f"Bearer {seed.token(bob)}"}
+    assert client.delete(f"/api/v1/domains/{shown['id']}", headers=other).status_code == 404
+    assert client.post(f"/api/v1/domains/{shown['id']}/publish", headers=other).status_code == 404
+    deleted = client.delete(f"/api/v1/domains/{shown['id']}", headers=headers)
+    assert deleted.status_code == 204
+    assert seed.get(Domain, shown["id"]) is None
+    assert bind.query(f"ip-192-0-2-10.{ZONE}", "A") == []
+    assert txt(bind, f"mf1._domainkey.{ZONE}") == []
+
+
+@pytest.mark.parametrize("fields, status, error", [
+    ({"tsig_secret": None}, 400, "missing tsig_secret"),
+    ({"name": 5}, 400, "name must be text"),
+    ({"dns_port": "53"}, 400, "dns_port must be a number"),
+    ({"kind": "parked"}, 400, "kind must be one of sending, tracking"),
+    ({"tsig_secret": "not base64!"}, 400, "not a base64 secret"),
+    ({"zone": "elsewhere.test"}, 400, "the zone elsewhere.test does not hold example.test"),
+])
+def test_the_api_refuses_bad_domains_and_stores_nothing(alice, seed, bind, client, fields, status, error) -> None:
+    response = client.post("/api/v1/domains", json=api_domain(bind, **fields),
+                           headers={"Authorization": f"Bearer {seed.token(alice)}"})
+    assert response.status_code == status
+    assert error in response.get_json()["error"]
+    assert seed.query(lambda s: s.query(Domain).count()) == 0
+
+
+def test_the_api_says_when_the_dns_server_refuses(alice, seed, bind, app, client) -> None:
+    seed.server(alice)
+    headers = {"Authorization": f"Bearer {seed.token(alice)}"}
+    created = client.post("/api/v1/domains", headers=headers,
+                          json=api_domain(bind, tsig_secret="AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="))
+    assert created.status_code == 201  # kept, as on the Domains page, to be fixed and published again
+    shown = created.get_json()
+    assert shown["dns_state"] == "failed" and "BADSIG" in shown["dns_error"]
+    again = client.post(f"/api/v1/domains/{shown['id']}/publish", headers=headers)
+    assert again.status_code == 502 and "BADSIG" in again.get_json()["error"]
+    refused = client.delete(f"/api/v1/domains/{shown['id']}", headers=headers)
+    assert refused.status_code == 502 and "keep_records=true" in refused.get_json()["error"]
+    assert seed.get(Domain, shown["id"]) is not None
+    assert client.delete(f"/api/v1/domains/{shown['id']}?keep_records=true", headers=headers).status_code == 204
+    assert seed.get(Domain, shown["id"]) is None

@@ -16,7 +16,8 @@ from ...extensions import db
 from ...models import Campaign, Domain, MailingList, Recipient, Server, Suppression
 from ...services.campaigns import CampaignInput, CampaignInvalid, get_campaign, save_campaign, user_campaigns
 from ...services.csv_import import ImportFailed, ImportOptions, TooManyRows, import_csv, import_records
-from ...services.domains import check_records, check_reverse, get_domain, user_domains
+from ...services.domains import (DomainError, DomainInput, DomainTaken, add_domain, check_records, check_reverse, delete_domain,
+                                 get_domain, publish, user_domains)
 from ...services.lists import ListError, ListNameTaken, create_list, get_list, user_lists
 from ...services.rate_limit import take_token
 from ...services.recipients import (RecipientError, RecipientTaken, delete_recipient, export_list, find_in_list,
@@ -416,7 +417,11 @@ def campaigns_control(campaign_id: int, action: str):
 
 # -- servers -----------------------------------------------------------------------------
 
-# -- domains (added and deleted on the panel's Domains page; the API reads them) ---------------
+# -- domains ---------------------------------------------------------------------------------
+
+DOMAIN_STRINGS = ("name", "kind", "zone", "dns_host", "tsig_key_name", "tsig_algorithm", "tsig_secret",
+                  "dkim_selector", "dmarc_policy", "dmarc_rua")
+DOMAIN_REQUIRED = ("name", "dns_host", "tsig_key_name", "tsig_secret")
 
 
 def _domain_json(item: Domain) -> dict[str, Any]:
@@ -436,12 +441,78 @@ def domains_index():
     return jsonify([_domain_json(item) for item in user_domains(g.api_user)])
 
 
-@bp.get("/domains/<int:domain_id>")
-def domain_show(domain_id: int):
-    """The domain with each record as its DNS server answers now, and the reverse-DNS check."""
+def _domain_input(data: dict[str, Any]) -> DomainInput:
+    missing = [key for key in DOMAIN_REQUIRED if data.get(key) in (None, "")]
+    if missing:
+        raise ApiError(400, f"missing {', '.join(missing)}: a domain needs its name, its DNS server (dns_host) and "
+                            "the TSIG key that server takes updates with (tsig_key_name, tsig_secret)")
+    wrong = [key for key in DOMAIN_STRINGS if key in data and data[key] is not None and not isinstance(data[key], str)]
+    if wrong:
+        raise ApiError(400, f"{', '.join(wrong)} must be text")
+    port = data.get("dns_port", 53)
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise ApiError(400, "dns_port must be a number from 1 to 65535")
+    text_of = {key: data.get(key) or "" for key in DOMAIN_STRINGS}
+    return DomainInput(
+        name=text_of["name"], kind=text_of["kind"] or "sending", zone=text_of["zone"], dns_host=text_of["dns_host"],
+        dns_port=port, tsig_name=text_of["tsig_key_name"], tsig_algorithm=text_of["tsig_algorithm"] or "hmac-sha256",
+        tsig_secret=text_of["tsig_secret"], dkim_selector=text_of["dkim_selector"] or "mailfleet",
+        dmarc_policy=text_of["dmarc_policy"] or "none", dmarc_rua=text_of["dmarc_rua"])
+
+
+@bp.post("/domains")
+def domain_create():
+    """Add a domain and publish its records at once, as the Domains page does: a refused update
+    still adds the domain (201) with dns_state "failed" and dns_error saying why."""
+    data = _json_object()
+    try:
+        item = add_domain(g.api_user, _domain_input(data))
+    except DomainError as exc:
+        db.session.rollback()
+        raise ApiError(409 if isinstance(exc, DomainTaken) else 400, str(exc)) from None
+    publish(item, current_app.config["PUBLIC_URL"])
+    db.session.commit()
+    return jsonify(_domain_json(item)), 201, {"Location": url_for("api.domain_show", domain_id=item.id)}
+
+
+def _own_domain(domain_id: int) -> Domain:
     item = get_domain(g.api_user, domain_id)
     if item is None:
         raise ApiError(404, f"no domain {domain_id} (or it is not yours): GET /api/v1/domains shows yours")
+    return item
+
+
+@bp.post("/domains/<int:domain_id>/publish")
+def domain_publish(domain_id: int):
+    """Send the domain's records again; 200 with dns_state "published", or 502 saying what the DNS server did."""
+    item = _own_domain(domain_id)
+    published = publish(item, current_app.config["PUBLIC_URL"])
+    db.session.commit()
+    if not published:
+        raise ApiError(502, f"the DNS records were not published: {item.dns_error}")
+    return jsonify(_domain_json(item))
+
+
+@bp.delete("/domains/<int:domain_id>")
+def domain_delete(domain_id: int):
+    """Remove the records from the DNS server, then the domain; ?keep_records=true leaves the records
+    (when the server no longer takes our key)."""
+    item = _own_domain(domain_id)
+    keep = request.args.get("keep_records", "").lower() in ("1", "true", "yes")
+    try:
+        delete_domain(g.api_user, item, current_app.config["PUBLIC_URL"], keep_records=keep)
+    except DomainError as exc:
+        db.session.rollback()
+        raise ApiError(502, f"the domain was not deleted: {exc}; fix that, or send DELETE "
+                            f"/api/v1/domains/{domain_id}?keep_records=true to delete it and leave its records") from None
+    db.session.commit()
+    return "", 204
+
+
+@bp.get("/domains/<int:domain_id>")
+def domain_show(domain_id: int):
+    """The domain with each record as its DNS server answers now, and the reverse-DNS check."""
+    item = _own_domain(domain_id)
     public_url = current_app.config["PUBLIC_URL"]
     return jsonify({
         **_domain_json(item),
