@@ -3,6 +3,8 @@
 Templates run in Jinja2's sandbox (the panel's users write them), are compiled once per
 campaign and cached; the HTML part autoescapes field values, the subject and text do not.
 A template that fails for one recipient fails only that letter (``RenderError``).
+With the campaign's optional ``tracking`` object, the rendered parts' links are masked and the
+HTML gets the open pixel (``tracking.Rewriter``), the unsubscribe link left as it is.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from jinja2 import TemplateSyntaxError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
-from . import mime
+from . import mime, tracking
 from .mime import CRLF
 
 CAMPAIGN_FIELDS = ("id", "subject", "from_email", "encoding", "message_id_domain", "bounce_domain", "unsubscribe_url")
@@ -107,6 +109,29 @@ def check_campaign(campaign: Any) -> None:
             raise CampaignError(f"campaign.{key} {campaign[key]!r} is not a domain name")
     if not _URL.match(campaign["unsubscribe_url"]) or ">" in campaign["unsubscribe_url"]:
         raise CampaignError("campaign.unsubscribe_url must be a URL without spaces")
+    _check_tracking(campaign.get("tracking"))
+
+
+def _check_tracking(value: Any) -> None:
+    """The optional `tracking` object: masked links and the open pixel (docs/agent-protocol.md)."""
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise CampaignError("campaign.tracking must be a JSON object or null")
+    for key in ("clicks", "opens"):
+        if not isinstance(value.get(key, False), bool):
+            raise CampaignError(f"campaign.tracking.{key} must be true or false")
+    if not isinstance(value.get("key"), str) or len(value["key"]) < 32:
+        raise CampaignError("campaign.tracking.key must be a string of at least 32 characters")
+    bases = value.get("base_urls")
+    if not isinstance(bases, list) or not bases or not all(
+        isinstance(base, str) and tracking.is_trackable(base) and _URL.match(base) and '"' not in base
+        and ">" not in base for base in bases
+    ):
+        raise CampaignError("campaign.tracking.base_urls must be a non-empty list of http(s) URLs without spaces")
+    links = value.get("links", [])
+    if not isinstance(links, list) or not all(isinstance(link, str) for link in links):
+        raise CampaignError("campaign.tracking.links must be a list of URLs")
 
 
 def check_recipient(recipient: Any) -> None:
@@ -135,7 +160,7 @@ class CompiledCampaign:
     """One campaign's templates compiled once, and the header lines every letter shares."""
 
     __slots__ = ("source", "subject", "text", "html", "encoding", "head", "tail", "msgid_suffix",
-                 "unsubscribe_url", "bounce_domain")
+                 "unsubscribe_url", "bounce_domain", "tracker")
 
     def __init__(self, campaign: Mapping[str, Any]) -> None:
         check_campaign(campaign)
@@ -146,6 +171,11 @@ class CompiledCampaign:
         self.encoding = campaign["encoding"]
         self.unsubscribe_url = campaign["unsubscribe_url"]
         self.bounce_domain = campaign["bounce_domain"]
+        track = campaign.get("tracking")
+        self.tracker = tracking.Rewriter(
+            campaign["id"], track["key"], track["base_urls"], track.get("links", []),
+            clicks=track.get("clicks", False), opens=track.get("opens", False), keep=self.unsubscribe_url,
+        ) if track and (track.get("clicks") or track.get("opens")) else None
         self.msgid_suffix = "@" + campaign["message_id_domain"] + ">" + CRLF
         head = "From: " + mime.format_address(campaign.get("from_name"), campaign["from_email"]) + CRLF
         if campaign.get("reply_to"):
@@ -172,6 +202,11 @@ class CompiledCampaign:
         subject = _run(self.subject, context, "subject")
         text = _run(self.text, context, "text") if self.text is not None else None
         html = _run(self.html, context, "html") if self.html is not None else None
+        if self.tracker is not None:  # masked links (not the unsubscribe link) and the open pixel
+            if text is not None:
+                text = self.tracker.text(recipient["id"], text)
+            if html is not None:
+                html = self.tracker.html(recipient["id"], html)
         name = fields.get("name")
         # A letter sent for one of the campaign's sending domains: its Return-Path, Message-ID and
         # DKIM signature (Exim picks the key by X-Mailfleet-Domain) and HELO follow that domain.
