@@ -10,6 +10,8 @@ never fails letter by letter on the workers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Iterable
 
 from jinja2 import TemplateSyntaxError, meta, nodes
@@ -19,6 +21,28 @@ BUILTIN_VARIABLES = ("email", "unsubscribe_url")
 PARTS = ("subject", "text", "html")
 
 _env = SandboxedEnvironment()
+
+# The letter a new campaign's form starts from (panel/letters/): a newsletter as HTML and the same
+# words as plain text, each with the unsubscribe link, using only the built-in variables so it
+# fits any list. tests/deliverability/ sends it through the real system to SpamAssassin.
+STARTER_DIR = Path(__file__).resolve().parent.parent / "letters"
+STARTER_SUBJECT = "Our news this month"
+
+
+@dataclass(frozen=True)
+class StarterLetter:
+    subject: str
+    text: str
+    html: str
+
+
+@cache
+def starter_letter() -> StarterLetter:
+    return StarterLetter(
+        subject=STARTER_SUBJECT,
+        text=(STARTER_DIR / "newsletter.txt").read_text(encoding="utf-8"),
+        html=(STARTER_DIR / "newsletter.html").read_text(encoding="utf-8"),
+    )
 
 
 @dataclass(frozen=True)

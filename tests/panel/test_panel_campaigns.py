@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from panel.models import Campaign, Delivery, Server, Suppression
-from panel.services.templates import allowed_variables, check_template
+from panel.services.templates import allowed_variables, check_template, starter_letter
 
 PEOPLE = [
     {"email": "ann@example.org", "name": "Ann", "city": "Oslo"},
@@ -58,6 +58,21 @@ def test_compose_saves_a_draft(as_alice, seed, alice, lists):
     )) == ([lists["people"]], [lists["blocked"]], [server])
     page = as_alice.get(response.headers["Location"]).get_data(as_text=True)
     assert "Spring news" in page and "Draft saved" in page
+
+
+def test_a_new_campaign_starts_from_the_starter_newsletter_which_saves_as_it_is(as_alice, seed, lists):
+    starter = starter_letter()
+    page = as_alice.get("/campaigns/new").get_data(as_text=True)
+    assert f'value="{starter.subject}"' in page
+    for name in ("text", "html"):
+        (shown,) = re.findall(rf'<textarea[^>]*name="{name}"[^>]*>\r?\n?(.*?)</textarea>', page, re.S)
+        assert html.unescape(shown) == getattr(starter, name)
+    assert re.search(r'<input[^>]*checked[^>]*value="multipart"|<input[^>]*value="multipart"[^>]*checked', page)
+    response = as_alice.post("/campaigns/new", form(lists, subject=starter.subject, format="multipart",
+                                                      text=starter.text, html=starter.html))
+    assert response.status_code == 302, errors(response)
+    campaign = seed.query(lambda s: s.scalars(select(Campaign)).one())
+    assert (campaign.text, campaign.html) == (starter.text, starter.html)
 
 
 @pytest.mark.parametrize("fmt,expect_text,expect_html", [

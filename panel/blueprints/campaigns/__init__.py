@@ -20,6 +20,7 @@ from ...services.campaigns import (
 from ...services.letters import preview_letter
 from ...services.lists import user_lists
 from ...services.sending import SendingError, campaign_stats, set_campaign_state, start_campaign
+from ...services.templates import starter_letter
 from ...services.domains import user_domains
 from ...services.servers import user_servers
 from .forms import CampaignForm, PreviewForm
@@ -82,7 +83,12 @@ def index():
 
 @bp.route("/new", methods=["GET", "POST"])
 def new():
-    return _compose(CampaignForm(), None)
+    form = CampaignForm()
+    if request.method == "GET":  # a new campaign starts from a newsletter in both formats, ready to edit
+        starter = starter_letter()
+        form.format.data = "multipart"
+        form.subject.data, form.text.data, form.html.data = starter.subject, starter.text, starter.html
+    return _compose(form, None)
 
 
 @bp.route("/<int:campaign_id>/edit", methods=["GET", "POST"])
