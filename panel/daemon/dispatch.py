@@ -13,7 +13,7 @@ from flask import current_app
 from sqlalchemy import func, select, update
 
 from ..extensions import db
-from ..models import Campaign, Delivery, DispatchBatch, Recipient, Server
+from ..models import Campaign, Delivery, DispatchBatch, Recipient, Server, Suppression
 from ..models.base import utcnow
 from ..services.letters import campaign_payload, recipient_payload
 from ..services.tokens import delivery_token
@@ -22,6 +22,9 @@ from .agent_client import AgentClient
 log = logging.getLogger(__name__)
 
 SENDABLE = ("running",)
+# Why a letter of a running campaign was not sent: its address was suppressed after the start.
+SUPPRESSED_REPLY = ("not sent: the address went on your suppression list (unsubscribed, bounced or complained) "
+                    "after the campaign started")
 
 
 def _in_flight(server: Server) -> int:
@@ -70,18 +73,39 @@ def batch_payload(batch: DispatchBatch, campaign: Campaign) -> dict:
     ]
     return {
         "batch_id": batch.agent_batch_id,
-        "campaign": campaign_payload(campaign, config["PUBLIC_URL"], config["BOUNCE_DOMAIN"]),
+        "campaign": campaign_payload(campaign, config["PUBLIC_URL"], config["BOUNCE_DOMAIN"], secret,
+                                     config["TRACKING_SCHEME"]),
         "recipients": recipients,
     }
+
+
+def cancel_suppressed(batch: DispatchBatch, campaign: Campaign) -> int:
+    """Cancel the batch's letters whose address the user suppressed after the campaign started (an
+    unsubscribe from an earlier letter, a hard bounce, a complaint): such a letter is never pushed.
+    Returns how many were cancelled."""
+    suppressed = (
+        select(Suppression.id)
+        .where(Suppression.user_id == campaign.user_id, Suppression.email == Delivery.email)
+        .exists()
+    )
+    result = db.session.execute(
+        update(Delivery)
+        .where(Delivery.batch_id == batch.id, Delivery.status == "pending", suppressed)
+        .values(status="cancelled", reply=SUPPRESSED_REPLY)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
 
 
 def push_batch(client: AgentClient, batch: DispatchBatch) -> None:
     """Push one batch; raises AgentError (the batch stays open and is pushed again later)."""
     campaign = db.session.get(Campaign, batch.campaign_id)
     batch.attempts += 1
+    cancel_suppressed(batch, campaign)
     payload = batch_payload(batch, campaign)
     db.session.commit()  # the attempt is counted even if the push dies with the process
-    client.call("/v1/batches", payload)
+    if payload["recipients"]:
+        client.call("/v1/batches", payload)
     batch.status = "pushed"
     batch.pushed_at = utcnow()
     batch.last_error = None

@@ -9,9 +9,11 @@ from datetime import datetime
 import pytest
 from sqlalchemy import create_engine, insert, select
 
+from panel.daemon.agent_client import AgentError
+from panel.daemon.dispatch import SUPPRESSED_REPLY, dispatch_server
 from panel.extensions import db
-from panel.models import Campaign, Delivery, Suppression, User
-from panel.services.sending import start_campaign
+from panel.models import Campaign, Delivery, DispatchBatch, Server, Suppression, User
+from panel.services.sending import campaign_stats, start_campaign
 from panel.services.tokens import delivery_token
 
 SECRET = "test-secret-key"  # the app fixture's SECRET_KEY
@@ -119,3 +121,82 @@ def test_an_unsubscribe_racing_another_suppression_of_the_address_adds_it_once(a
     assert [answer.status_code for answer in answers] == [200]
     assert suppressed(seed) == [(delivery["user"], "ann@example.org", "hard_bounce")]
     assert seed.get(Delivery, delivery["id"]).unsubscribed_at is not None
+
+
+class RecordingAgent:
+    """Stands in for an AgentClient: records each push, or fails every push while `down`."""
+
+    def __init__(self) -> None:
+        self.pushed: list[str] = []
+        self.down = False
+
+    def call(self, path: str, payload: dict, **_: object) -> dict:
+        if self.down:
+            raise AgentError("agent unreachable")
+        assert path == "/v1/batches"
+        self.pushed += [item["email"] for item in payload["recipients"]]
+        return {}
+
+
+@pytest.fixture
+def running_campaign(app, seed, delivery):
+    """A second campaign of the same user to Ann (who got the first letter) and Zed, started and
+    not yet pushed."""
+    list_id = seed.list(delivery["user"], "Again", [{"email": "ann@example.org", "name": "Ann"},
+                                                         {"email": "zed@example.org", "name": "Zed"}])
+    campaign_id = seed.campaign(delivery["user"], [list_id])
+    with app.app_context():
+        start_campaign(db.session.get(User, delivery["user"]), db.session.get(Campaign, campaign_id))
+        db.session.commit()
+    return campaign_id
+
+
+def dispatch(app, agent: RecordingAgent) -> None:
+    with app.app_context():
+        dispatch_server(agent, db.session.scalar(select(Server)))
+
+
+def letters(seed, campaign_id):
+    return seed.query(lambda s: sorted((d.email, d.status, d.reply) for d in s.scalars(
+        select(Delivery).where(Delivery.campaign_id == campaign_id))))
+
+
+def test_a_running_campaign_does_not_send_to_an_address_unsubscribed_after_its_start(client, app, seed, delivery,
+                                                                                     running_campaign):
+    assert client.post(f"/u/{delivery['token']}", data="List-Unsubscribe=One-Click",
+                       content_type="application/x-www-form-urlencoded").status_code == 200
+    agent = RecordingAgent()
+    dispatch(app, agent)
+    assert agent.pushed == ["zed@example.org"]
+    assert letters(seed, running_campaign) == [("ann@example.org", "cancelled", SUPPRESSED_REPLY),
+                                               ("zed@example.org", "queued", None)]
+    with app.app_context():
+        stats = campaign_stats(db.session.get(Campaign, running_campaign))
+    assert (stats["queued"], stats["cancelled"]) == (1, 1)
+
+
+def test_a_batch_left_open_by_a_failed_push_leaves_out_an_address_unsubscribed_meanwhile(client, app, seed, delivery,
+                                                                                        running_campaign):
+    agent = RecordingAgent()
+    agent.down = True
+    with pytest.raises(AgentError):
+        dispatch(app, agent)  # the batch (Ann and Zed) is persisted, its push failed
+    assert seed.query(lambda s: s.scalar(select(DispatchBatch.status))) == "open"
+    client.post(f"/u/{delivery['token']}")
+    agent.down = False
+    dispatch(app, agent)
+    assert agent.pushed == ["zed@example.org"]
+    assert [status for _, status, _ in letters(seed, running_campaign)] == ["cancelled", "queued"]
+
+
+def test_a_batch_whose_every_address_was_suppressed_is_not_pushed(client, app, seed, delivery):
+    list_id = seed.list(delivery["user"], "Only Ann", [{"email": "ann@example.org", "name": "Ann"}])
+    campaign_id = seed.campaign(delivery["user"], [list_id])
+    with app.app_context():
+        start_campaign(db.session.get(User, delivery["user"]), db.session.get(Campaign, campaign_id))
+        db.session.commit()
+    client.post(f"/u/{delivery['token']}")
+    agent = RecordingAgent()
+    dispatch(app, agent)
+    assert agent.pushed == []
+    assert letters(seed, campaign_id) == [("ann@example.org", "cancelled", SUPPRESSED_REPLY)]
