@@ -19,6 +19,7 @@ from ..models import BounceMessage, Campaign, Delivery, DeliveryEvent, Server
 from ..models.base import is_row_id, utcnow
 from ..services.bounces.apply import process_bounce, process_pending_bounces, process_refusal
 from ..services.tokens import delivery_id_from_token
+from ..services.unsubscribe import apply_pending_unsubscribe_messages, apply_unsubscribe_message
 from .agent_client import AgentClient
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ def store_bounces(server: Server, bounces: list[dict]) -> None:
         db.session.add(message)
         db.session.flush()
         process_bounce(message)
+        apply_unsubscribe_message(message)
 
 
 def collect_outcomes(client: AgentClient, server: Server) -> bool:
@@ -124,9 +126,9 @@ def collect_outcomes(client: AgentClient, server: Server) -> bool:
 def finish_campaigns() -> None:
     """A running campaign whose every letter has left the pipeline is finished.
 
-    (First, bounce messages stored but not yet classified — kept before an upgrade — are.)
+    (First, bounce and unsubscribe messages stored but not yet applied — kept before an upgrade — are.)
     """
-    if process_pending_bounces():
+    if process_pending_bounces() + apply_pending_unsubscribe_messages():
         db.session.commit()
     waiting = ("pending", "queued", "sent")
     for campaign in db.session.scalars(select(Campaign).where(Campaign.status == "running")).all():

@@ -1,9 +1,13 @@
-"""Unsubscribing through the link (or one-click POST) in a letter."""
+"""Unsubscribing through the link (or one-click POST) in a letter, or by mail to its
+List-Unsubscribe mailto: address (unsubscribe+<token>@<bounce domain>, piped by Exim to the agent
+and collected by the daemon)."""
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from ..extensions import db
-from ..models import Campaign, Delivery, Suppression
+from ..models import BounceMessage, Campaign, Delivery, Suppression
 from ..models.base import insert_unless_present, utcnow
 from .tokens import delivery_id_from_token
 
@@ -31,3 +35,33 @@ def unsubscribe(delivery: Delivery) -> bool:
     )
     db.session.flush()
     return added.rowcount == 1
+
+
+def apply_unsubscribe_message(message: BounceMessage) -> bool:
+    """A message mailed to a letter's unsubscribe+<token>@ address unsubscribes that letter's
+    address, whatever it says (RFC 2369: the mail itself is the request). True if the address was
+    added to the suppression list; a token matching no letter unsubscribes nobody, and a message
+    already applied changes nothing."""
+    if message.kind != "unsubscribe" or message.classified_at is not None:
+        return False
+    message.classified_at = utcnow()
+    message.reason = "unsubscribe"
+    delivery = db.session.get(Delivery, message.delivery_id) if message.delivery_id is not None else None
+    if delivery is None:
+        db.session.flush()
+        return False
+    message.recipient = delivery.email
+    return unsubscribe(delivery)
+
+
+def apply_pending_unsubscribe_messages(limit: int = 500) -> int:
+    """Apply unsubscribe mails stored but not applied yet (e.g. kept before an upgrade)."""
+    messages = db.session.scalars(
+        select(BounceMessage)
+        .where(BounceMessage.kind == "unsubscribe", BounceMessage.classified_at.is_(None))
+        .order_by(BounceMessage.id)
+        .limit(limit)
+    ).all()
+    for message in messages:
+        apply_unsubscribe_message(message)
+    return len(messages)

@@ -9,10 +9,12 @@ from datetime import datetime
 import pytest
 from sqlalchemy import create_engine, insert, select
 
+from panel import create_app
 from panel.daemon.agent_client import AgentError
 from panel.daemon.dispatch import SUPPRESSED_REPLY, dispatch_server
+from panel.daemon.outcomes import finish_campaigns, store_bounces
 from panel.extensions import db
-from panel.models import Campaign, Delivery, DispatchBatch, Server, Suppression, User
+from panel.models import BounceMessage, Campaign, Delivery, DispatchBatch, Server, Suppression, User
 from panel.services.sending import campaign_stats, start_campaign
 from panel.services.tokens import delivery_token
 
@@ -200,3 +202,70 @@ def test_a_batch_whose_every_address_was_suppressed_is_not_pushed(client, app, s
     dispatch(app, agent)
     assert agent.pushed == []
     assert letters(seed, campaign_id) == [("ann@example.org", "cancelled", SUPPRESSED_REPLY)]
+
+
+def mailed(app, token: str | None, seq: int = 1) -> None:
+    """What the daemon does with a message the agent got at unsubscribe+<token>@<bounce domain>."""
+    with app.app_context():
+        store_bounces(db.session.scalar(select(Server)), [
+            {"seq": seq, "kind": "unsubscribe", "token": token,
+             "raw": "From: Ann <ann@example.org>\nTo: unsubscribe+x@bounces.example.com\nSubject: unsubscribe\n\n\n"}])
+        db.session.commit()
+
+
+def test_a_mail_to_the_letters_unsubscribe_address_unsubscribes_it(app, seed, delivery):
+    mailed(app, delivery["token"])
+    assert suppressed(seed) == [(delivery["user"], "ann@example.org", "unsubscribe")]
+    assert seed.get(Delivery, delivery["id"]).unsubscribed_at is not None
+    (message,) = seed.query(lambda s: [(m.kind, m.reason, m.recipient, m.classified_at is not None)
+                                       for m in s.scalars(select(BounceMessage))])
+    assert message == ("unsubscribe", "unsubscribe", "ann@example.org", True)
+    with app.app_context():
+        assert campaign_stats(db.session.scalar(select(Campaign)))["unsubscribed"] == 1
+    mailed(app, delivery["token"], seq=2)  # sent twice: changes nothing
+    assert suppressed(seed) == [(delivery["user"], "ann@example.org", "unsubscribe")]
+
+
+@pytest.mark.parametrize("token", ["1-0000000000", "abc", None])
+def test_a_mail_to_a_forged_unsubscribe_address_unsubscribes_nobody(app, seed, delivery, token):
+    mailed(app, token)
+    assert suppressed(seed) == []
+    assert seed.get(Delivery, delivery["id"]).unsubscribed_at is None
+
+
+def test_unsubscribe_mails_kept_before_an_upgrade_are_applied_by_the_daemon(app, seed, delivery):
+    with app.app_context():
+        db.session.add(BounceMessage(server_id=db.session.scalar(select(Server.id)), delivery_id=delivery["id"],
+                                     kind="unsubscribe", token=delivery["token"], raw="Subject: stop\n\n"))
+        db.session.commit()
+        finish_campaigns()
+    assert suppressed(seed) == [(delivery["user"], "ann@example.org", "unsubscribe")]
+
+
+def test_one_click_post_in_the_production_configuration(database_url, seed, delivery):
+    """The app as production builds it (no TESTING, CSRF protection on by default): the one-click
+    POST carries no cookie, no form token and no login, and still unsubscribes with a page."""
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "SECRET_KEY": SECRET})
+    try:
+        assert app.config["WTF_CSRF_ENABLED"] is not False and not app.testing
+        client = app.test_client(use_cookies=False)
+        # the protection is live: a form of the panel posted without its token is refused
+        assert client.post("/login", data={"email": "a@example.org", "password": "x"}).status_code == 400
+        response = client.post(f"/u/{delivery['token']}", data="List-Unsubscribe=One-Click",
+                               content_type="application/x-www-form-urlencoded")
+        assert response.status_code == 200 and "Location" not in response.headers
+        assert "You are unsubscribed" in response.get_data(as_text=True)
+        assert "Set-Cookie" not in response.headers
+        assert suppressed(seed) == [(delivery["user"], "ann@example.org", "unsubscribe")]
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+def test_get_and_head_never_unsubscribe(client, seed, delivery):
+    """Mail scanners and link previewers fetch every link: only a POST unsubscribes."""
+    for method in ("GET", "HEAD", "GET"):
+        assert client.open(f"/u/{delivery['token']}", method=method).status_code == 200
+    assert suppressed(seed) == []
+    assert seed.get(Delivery, delivery["id"]).unsubscribed_at is None
