@@ -15,6 +15,8 @@ class Config:
     MAX_CONTENT_LENGTH = 64 * 1024 * 1024
     # Base of links put into letters (unsubscribe); must be reachable by recipients.
     PUBLIC_URL = "http://127.0.0.1:5000"
+    # Scheme of masked links on a campaign's tracking domains (https://<domain>/c/…); without one they use PUBLIC_URL.
+    TRACKING_SCHEME = "https"
     # Domain of VERP return paths and unsubscribe mailto: addresses; MX points at the workers.
     BOUNCE_DOMAIN = "bounces.mailfleet.test"
     BOUNCE_SOFT_LIMIT = 3  # soft bounces in a row (across a user's campaigns) that suppress an address

@@ -23,7 +23,7 @@ API_PREFIX = "/api/"
 
 
 def register_all(app: Flask) -> None:
-    from . import api, auth, campaigns, domains, lists, servers, suppressions, unsubscribe
+    from . import api, auth, campaigns, domains, lists, servers, suppressions, tracking, unsubscribe
 
     auth.init_login()
     app.register_blueprint(auth.bp)
@@ -33,6 +33,7 @@ def register_all(app: Flask) -> None:
     app.register_blueprint(suppressions.bp)
     app.register_blueprint(domains.bp)
     app.register_blueprint(unsubscribe.bp)
+    app.register_blueprint(tracking.bp)
     app.register_blueprint(api.bp)
     csrf.exempt(api.bp)  # bearer tokens, no cookies: nothing for a forged form to ride on
     csrf.exempt(unsubscribe.bp)  # the token in the URL is the proof; RFC 8058 posts carry no form token

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import Column, ForeignKey, Index, Integer, String, Table, Text
 from sqlalchemy import false as sa_false
+from sqlalchemy import true as sa_true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..extensions import db
@@ -46,6 +47,12 @@ campaign_domains = Table(
     Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True),
     Column("domain_id", Integer, ForeignKey("domains.id", ondelete="CASCADE"), primary_key=True),
 )
+campaign_tracking_domains = Table(
+    "campaign_tracking_domains",
+    db.Model.metadata,
+    Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True),
+    Column("domain_id", Integer, ForeignKey("domains.id", ondelete="CASCADE"), primary_key=True),
+)
 
 
 class Campaign(db.Model):
@@ -72,6 +79,11 @@ class Campaign(db.Model):
     servers: Mapped[list[Server]] = relationship(secondary=campaign_servers)
     # Sending domains the letters rotate through (Return-Path, DKIM, HELO follow); none: the panel's bounce domain.
     domains: Mapped[list[Domain]] = relationship(secondary=campaign_domains, order_by="Domain.name")
+    # Masked links and the open pixel (services/tracking.py); the hosts of the masked links (the
+    # letters take turns), none: the panel's PUBLIC_URL.
+    track_clicks: Mapped[bool] = mapped_column(default=True, server_default=sa_true())
+    track_opens: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
+    tracking_domains: Mapped[list[Domain]] = relationship(secondary=campaign_tracking_domains, order_by="Domain.name")
 
     @property
     def format(self) -> str:

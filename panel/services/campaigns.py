@@ -14,6 +14,7 @@ from ..models import ENCODINGS, Campaign, Delivery, Domain, MailingList, Server,
 from ..models.base import is_row_id
 from .addresses import InvalidAddress, normalise_address
 from .templates import allowed_variables, check_templates
+from .tracking import store_links
 
 
 class CampaignError(Exception):
@@ -46,6 +47,9 @@ class CampaignInput:
     exclude_lists: list[int] = field(default_factory=list)
     servers: list[int] = field(default_factory=list)
     domains: list[int] = field(default_factory=list)  # sending domains the letters rotate through
+    tracking_domains: list[int] = field(default_factory=list)  # hosts of the masked links (none: the panel)
+    track_clicks: bool = True  # mask the links and count clicks
+    track_opens: bool = False  # the open pixel
 
 
 def user_campaigns(user: User) -> list[Campaign]:
@@ -155,6 +159,10 @@ def save_campaign(user: User, data: CampaignInput, campaign: Campaign | None = N
     tracking = [item.name for item in domains if item.kind != "sending"]
     if tracking:
         problem("domains", f"{', '.join(tracking)} is a tracking domain: choose sending domains")
+    tracking_domains = _owned(user, Domain, data.tracking_domains, "domain", errors, "tracking_domains")
+    sending = [item.name for item in tracking_domains if item.kind != "tracking"]
+    if sending:
+        problem("tracking_domains", f"{', '.join(sending)} is a sending domain: choose tracking domains")
 
     if not errors.get("lists"):
         variables = allowed_variables(item.fields for item in lists)
@@ -178,5 +186,9 @@ def save_campaign(user: User, data: CampaignInput, campaign: Campaign | None = N
     campaign.exclude_lists = exclude_lists
     campaign.servers = servers
     campaign.domains = domains
+    campaign.tracking_domains = tracking_domains
+    campaign.track_clicks = bool(data.track_clicks)
+    campaign.track_opens = bool(data.track_opens)
     db.session.flush()
+    store_links(campaign)
     return campaign

@@ -17,6 +17,7 @@ from ..models.domain import bounce_domain_of
 from .lists import find_recipient
 from .servers import user_servers
 from .tokens import delivery_token
+from .tracking import tracking_payload
 
 PREVIEW_DELIVERY_ID = 0  # a preview is no delivery; its unsubscribe link leads nowhere
 
@@ -25,9 +26,11 @@ def message_id_domain(from_email: str) -> str:
     return from_email.rpartition("@")[2].lower()
 
 
-def campaign_payload(campaign: Campaign, public_url: str, bounce_domain: str) -> dict[str, Any]:
-    """The `campaign` object of a `/v1/batches` push."""
-    return {
+def campaign_payload(campaign: Campaign, public_url: str, bounce_domain: str, secret: str | None = None,
+                     tracking_scheme: str = "https") -> dict[str, Any]:
+    """The `campaign` object of a `/v1/batches` push; with the panel's `secret`, its `tracking`
+    object too (masked links, the open pixel) when the campaign tracks anything."""
+    payload = {
         "id": campaign.id,
         "subject": campaign.subject,
         "from_email": campaign.from_email,
@@ -40,6 +43,10 @@ def campaign_payload(campaign: Campaign, public_url: str, bounce_domain: str) ->
         "bounce_domain": bounce_domain,
         "unsubscribe_url": public_url.rstrip("/") + "/u/",
     }
+    track = tracking_payload(campaign, secret, public_url, tracking_scheme) if secret is not None else None
+    if track is not None:
+        payload["tracking"] = track
+    return payload
 
 
 def recipient_payload(
@@ -107,6 +114,7 @@ def preview_letter(
     public_url: str,
     bounce_domain: str,
     secret: str,
+    tracking_scheme: str = "https",
 ) -> Preview:
     """The letter the first recipient of the campaign's lists (or the one with this address)
     would get, built by the worker agent's renderer and taken apart for display."""
@@ -116,7 +124,7 @@ def preview_letter(
     if recipient is None:
         where = f"no recipient {recipient_email!r} in" if recipient_email else "no recipients in"
         return Preview(error=f"There are {where} the campaign's lists to preview the letter for.")
-    payload = campaign_payload(campaign, public_url, bounce_domain)
+    payload = campaign_payload(campaign, public_url, bounce_domain, secret, tracking_scheme)
     person = recipient_payload(
         recipient, delivery_token(secret, PREVIEW_DELIVERY_ID), _preview_source_ip(user, campaign)
     )

@@ -24,6 +24,7 @@ from ..models import (
 )
 from ..models.base import utcnow
 from .servers import user_servers
+from .tracking import tracking_counts
 
 
 class SendingError(Exception):
@@ -159,5 +160,6 @@ def campaign_stats(campaign: Campaign) -> dict[str, int | str]:
         "failed": failed,
         "cancelled": counts.get("cancelled", 0),
         "unsubscribed": unsubscribed or 0,
-        "clicks": 0,
+        # Masked links and the open pixel (services/tracking): all, and by distinct recipients.
+        **tracking_counts(campaign.id),
     }

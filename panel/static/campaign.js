@@ -31,6 +31,13 @@
       if (key === "status") el.className = "badge status-" + s[key];
     });
     showControls(s.status);
+    var linkRows = document.querySelectorAll("#links tbody tr");
+    if (data.links && linkRows.length === data.links.length) {
+      linkRows.forEach(function (row, n) {
+        row.querySelector("[data-link-clicks]").textContent = data.links[n].clicks.toLocaleString("en");
+        row.querySelector("[data-link-recipients]").textContent = data.links[n].recipients.toLocaleString("en");
+      });
+    }
     var body = document.querySelector("#failures tbody");
     if (body) {
       body.replaceChildren();

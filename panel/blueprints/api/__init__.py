@@ -32,7 +32,8 @@ from ...services.users import api_token_for
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 CAMPAIGN_STRINGS = ("name", "subject", "from_email", "from_name", "reply_to", "text", "html", "encoding")
-CAMPAIGN_ID_LISTS = ("lists", "exclude_lists", "servers", "domains")
+CAMPAIGN_ID_LISTS = ("lists", "exclude_lists", "servers", "domains", "tracking_domains")
+CAMPAIGN_FLAGS = ("track_clicks", "track_opens")
 CAMPAIGN_REQUIRED = ("name", "subject", "from_email", "lists")
 
 
@@ -137,6 +138,9 @@ def _campaign_json(item: Campaign) -> dict[str, Any]:
         "exclude_lists": [x.id for x in item.exclude_lists],
         "servers": [x.id for x in item.servers],
         "domains": [x.id for x in item.domains],
+        "tracking_domains": [x.id for x in item.tracking_domains],
+        "track_clicks": item.track_clicks,
+        "track_opens": item.track_opens,
         "total": item.total,
         "created_at": when(item.created_at),
         "started_at": when(item.started_at),
@@ -345,7 +349,7 @@ def suppressions_export():
 # -- campaigns ---------------------------------------------------------------------------
 
 def _campaign_input(data: dict[str, Any]) -> CampaignInput:
-    known = set(CAMPAIGN_STRINGS) | set(CAMPAIGN_ID_LISTS)
+    known = set(CAMPAIGN_STRINGS) | set(CAMPAIGN_ID_LISTS) | set(CAMPAIGN_FLAGS)
     unknown = sorted(key for key in data if key not in known)
     if unknown:
         raise ApiError(400, f"unknown field(s) {', '.join(unknown)}: the fields are {', '.join(sorted(known))}")
@@ -361,12 +365,16 @@ def _campaign_input(data: dict[str, Any]) -> CampaignInput:
             value = []
         if not isinstance(value, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
             raise ApiError(400, f"{key} must be an array of ids (whole numbers)")
+    for key in CAMPAIGN_FLAGS:
+        if key in data and not isinstance(data[key], bool):
+            raise ApiError(400, f"{key} must be true or false")
     return CampaignInput(
         name=data["name"], subject=data["subject"], from_email=data["from_email"],
         from_name=data.get("from_name"), reply_to=data.get("reply_to"),
         text=data.get("text"), html=data.get("html"), encoding=data.get("encoding") or "quoted-printable",
         lists=data["lists"], exclude_lists=data.get("exclude_lists") or [], servers=data.get("servers") or [],
-        domains=data.get("domains") or [],
+        domains=data.get("domains") or [], tracking_domains=data.get("tracking_domains") or [],
+        track_clicks=data.get("track_clicks", True), track_opens=data.get("track_opens", False),
     )
 
 

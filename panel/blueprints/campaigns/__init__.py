@@ -23,6 +23,7 @@ from ...services.sending import SendingError, campaign_stats, set_campaign_state
 from ...services.templates import starter_letter
 from ...services.domains import user_domains
 from ...services.servers import user_servers
+from ...services.tracking import link_stats, tracking_base_urls
 from .forms import CampaignForm, PreviewForm
 
 bp = Blueprint("campaigns", __name__, url_prefix="/campaigns", template_folder="templates")
@@ -53,7 +54,8 @@ def _compose(form: CampaignForm, campaign: Campaign | None):
             name=form.name.data, subject=form.subject.data, from_email=form.from_email.data,
             from_name=form.from_name.data, reply_to=form.reply_to.data, text=text, html=html,
             encoding=form.encoding.data, lists=form.lists.data, exclude_lists=form.exclude_lists.data,
-            servers=form.servers.data, domains=form.domains.data,
+            servers=form.servers.data, domains=form.domains.data, tracking_domains=form.tracking_domains.data,
+            track_clicks=form.track_clicks.data, track_opens=form.track_opens.data,
         )
         try:
             campaign = save_campaign(current_user, data, campaign)
@@ -104,6 +106,7 @@ def edit(campaign_id: int):
         form.exclude_lists.data = [item.id for item in campaign.exclude_lists]
         form.servers.data = [item.id for item in campaign.servers]
         form.domains.data = [item.id for item in campaign.domains]
+        form.tracking_domains.data = [item.id for item in campaign.tracking_domains]
     return _compose(form, campaign)
 
 
@@ -116,6 +119,8 @@ def view(campaign_id: int):
         stats=campaign_stats(campaign),
         failures=latest_failures(campaign),
         variables=campaign_variables(campaign),
+        links=link_stats(campaign),
+        tracking_bases=tracking_base_urls(campaign, current_app.config["PUBLIC_URL"], current_app.config["TRACKING_SCHEME"]),
     )
 
 
@@ -128,7 +133,8 @@ def stats(campaign_id: int):
          "at": item.updated_at.strftime("%Y-%m-%d %H:%M:%S")}
         for item in latest_failures(campaign)
     ]
-    return jsonify(stats=campaign_stats(campaign), failures=failures)
+    links = [{"url": item.url, "clicks": item.clicks, "recipients": item.recipients} for item in link_stats(campaign)]
+    return jsonify(stats=campaign_stats(campaign), failures=failures, links=links)
 
 
 @bp.post("/<int:campaign_id>/<any(start, pause, resume, cancel):action>")
@@ -156,5 +162,6 @@ def preview(campaign_id: int):
     letter = preview_letter(
         current_user, campaign, (form.email.data or "").strip() or None,
         public_url=config["PUBLIC_URL"], bounce_domain=config["BOUNCE_DOMAIN"], secret=config["SECRET_KEY"],
+        tracking_scheme=config["TRACKING_SCHEME"],
     )
     return render_template("campaigns/preview.html", campaign=campaign, form=form, letter=letter)

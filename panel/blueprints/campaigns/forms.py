@@ -1,5 +1,5 @@
 from flask_wtf import FlaskForm
-from wtforms import RadioField, SelectField, SelectMultipleField, StringField, TextAreaField, widgets
+from wtforms import BooleanField, RadioField, SelectField, SelectMultipleField, StringField, TextAreaField, widgets
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, Optional
 
@@ -34,6 +34,9 @@ class CampaignForm(FlaskForm):
     exclude_lists = SelectMultipleField("Exclude lists", coerce=int)
     servers = MultiCheckboxField("Send through servers", coerce=int)
     domains = MultiCheckboxField("Send for domains (letters rotate through them)", coerce=int)
+    track_clicks = BooleanField("Mask the links and count clicks", default=True)
+    track_opens = BooleanField("Count opens (a 1×1 image in the HTML part)", default=False)
+    tracking_domains = MultiCheckboxField("Masked links on tracking domains (letters take turns)", coerce=int)
 
     def set_choices(self, lists, servers, domains=()) -> None:
         list_choices = [SelectChoice(item.id, f"{item.name} ({item.recipient_count:,})") for item in lists]
@@ -42,6 +45,7 @@ class CampaignForm(FlaskForm):
         self.servers.choices = [SelectChoice(item.id, f"{item.name} ({item.host})") for item in servers]
         self.domains.choices = [SelectChoice(item.id, f"{item.name} (bounces to {item.bounce_domain})")
                                 for item in domains if item.kind == "sending"]
+        self.tracking_domains.choices = [SelectChoice(item.id, item.name) for item in domains if item.kind == "tracking"]
 
     def validate(self, extra_validators=None) -> bool:
         ok = super().validate(extra_validators)

@@ -1,0 +1,217 @@
+"""The click redirect (`GET /c/<token>`) under load: wrk on loopback against the panel in gunicorn.
+
+A campaign of RECIPIENTS letters with three links is started on a fresh database; wrk then
+requests masked links of its letters — a pool of genuine tokens (every letter × link in turn,
+shuffled), as the agents put them into letters — for SECONDS over CONNECTIONS keep-alive
+connections. Every answer must be the 302 to the link's target; afterwards the database must hold
+exactly as many clicks as wrk sent requests (counted by the Lua script as it writes them: the
+requests still in flight when wrk stops are answered and counted by the panel but not in wrk's own
+"requests" figure, which is printed too), with every letter's clicks per link adding up.
+
+Prints one JSON line per backend, then the headline:
+{"bench": "clicks", "sqlite_rps": …, "sqlite_counted": true, …, "load_avg": […]}
+Usage: .venv/bin/python bench/clicks.py [SECONDS] [sqlite] [postgresql]
+Environment: CLICKS_WORKERS (gunicorn processes, default 4), CLICKS_THREADS (threads each, 4),
+CLICKS_CONNECTIONS (wrk, 32), CLICKS_RECIPIENTS (10000).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from _panel_db import ROOT, backends_from_argv, fill_list, make_user_and_server, panel_app
+
+WRK = "/usr/bin/wrk"
+SECRET = "bench"
+LINKS = ("https://shop.example.com/sale?a=1&b=2", "https://blog.example.com/post", "https://example.com/")
+POOL = 20_000  # distinct tokens wrk cycles through
+
+LUA = """
+local paths = {%(paths)s}
+sent = 0
+bad = 0
+local at = 0
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  at = math.random(#paths)
+end
+
+function request()
+  at = at %% #paths + 1
+  sent = sent + 1
+  return wrk.format("GET", paths[at])
+end
+
+function response(status, headers, body)
+  if status ~= 302 then bad = bad + 1 end
+end
+
+function done(summary, latency, requests)
+  local total, wrong = 0, 0
+  for _, thread in ipairs(threads) do
+    total = total + thread:get("sent")
+    wrong = wrong + thread:get("bad")
+  end
+  io.write(string.format("MAILFLEET sent=%%d bad=%%d\\n", total, wrong))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("gunicorn did not start listening")
+
+
+def prepare(backend: str, app, recipients: int) -> tuple[int, list[str]]:
+    """A started campaign of `recipients` letters with LINKS; its id and a shuffled pool of click paths."""
+    from sqlalchemy import select
+
+    from panel.extensions import db
+    from panel.models import CampaignLink, Delivery, User
+    from panel.services.campaigns import CampaignInput, save_campaign
+    from panel.services.lists import create_list
+    from panel.services.sending import start_campaign
+    from worker_agent.tracking import campaign_key, make_token
+
+    user_id = make_user_and_server(app)
+    user = db.session.get(User, user_id)
+    people = create_list(user, "people")
+    fill_list(backend, people.id, recipients)
+    db.session.commit()
+    html = "".join(f'<p><a href="{url.replace("&", "&amp;")}">link {n}</a></p>' for n, url in enumerate(LINKS))
+    html += '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>'
+    campaign = save_campaign(user, CampaignInput(
+        name="clicks", subject="Hello", from_email="news@example.com", html=html, lists=[people.id]))
+    db.session.commit()
+    start_campaign(user, campaign)
+    db.session.commit()
+    stored = list(db.session.scalars(select(CampaignLink.url).where(CampaignLink.campaign_id == campaign.id)
+                                      .order_by(CampaignLink.idx)))
+    assert stored == list(LINKS), stored
+    key = campaign_key(SECRET, campaign.id)
+    deliveries = list(db.session.scalars(select(Delivery.id).where(Delivery.campaign_id == campaign.id)))
+    pairs = [(d, n) for d in deliveries for n in range(len(LINKS))]
+    random.Random(7).shuffle(pairs)
+    return campaign.id, [f"/c/{make_token(key, campaign.id, d, n)}" for d, n in pairs[:POOL]]
+
+
+def run(backend: str, seconds: int) -> dict:
+    workers = int(os.environ.get("CLICKS_WORKERS", "4"))
+    threads = int(os.environ.get("CLICKS_THREADS", "4"))
+    connections = int(os.environ.get("CLICKS_CONNECTIONS", "32"))
+    recipients = int(os.environ.get("CLICKS_RECIPIENTS", "10000"))
+    from sqlalchemy import func, select
+
+    from panel.extensions import db
+    from panel.models import Click
+
+    with panel_app(backend) as app, tempfile.TemporaryDirectory(prefix="mailfleet-clicks-") as tmp:
+        with app.app_context():
+            campaign_id, paths = prepare(backend, app, recipients)
+            db.session.remove()
+        script = Path(tmp) / "clicks.lua"
+        script.write_text(LUA % {"paths": ",\n".join(json.dumps(p) for p in paths)})
+        port = free_port()
+        env = {**os.environ, "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"], "MAILFLEET_SECRET_KEY": SECRET,
+               "MAILFLEET_INSTANCE_PATH": tmp, "PYTHONPATH": str(ROOT)}
+        gunicorn = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-w", str(workers), "--threads", str(threads), "--keep-alive", "30",
+             "-b", f"127.0.0.1:{port}", "--log-level", "warning", "panel:create_app()"],
+            cwd=ROOT, env=env, start_new_session=True,
+        )
+        try:
+            wait_port(port, gunicorn)
+            for _ in range(workers * 4):  # every worker has its app loaded
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/c/x", timeout=30)
+                except urllib.error.HTTPError as exc:
+                    assert exc.code == 404, exc
+            warm = subprocess.run([WRK, "-t1", "-c4", "-d2s", f"http://127.0.0.1:{port}/c/x"],
+                                  capture_output=True, text=True, check=True)  # 404s: imports, connections
+            assert "Non-2xx" in warm.stdout, warm.stdout
+            load_before = os.getloadavg()
+            result = subprocess.run(
+                [WRK, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
+                 f"http://127.0.0.1:{port}"],
+                capture_output=True, text=True, check=True,
+            )
+            load_after = os.getloadavg()
+            time.sleep(1)  # the requests in flight when wrk stopped
+        finally:
+            gunicorn.send_signal(signal.SIGTERM)  # graceful: workers finish what they hold
+            gunicorn.wait(timeout=60)
+        out = result.stdout
+        sent, bad = map(int, re.search(r"MAILFLEET sent=(\d+) bad=(\d+)", out).groups())
+        sent -= 1  # wrk calls request() once before the run to check what the script makes (never sent)
+        answered = int(re.search(r"(\d+) requests in", out).group(1))
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        errors = re.search(r"Socket errors: (.*)", out)
+        p50 = re.search(r"50%\s+(\S+)", out).group(1)
+        p99 = re.search(r"99%\s+(\S+)", out).group(1)
+        with app.app_context():
+            counted = db.session.scalar(select(func.count()).select_from(Click).where(Click.campaign_id == campaign_id))
+            per_link = dict(db.session.execute(
+                select(Click.link_idx, func.count()).where(Click.campaign_id == campaign_id).group_by(Click.link_idx)
+            ).all())
+            db.session.remove()
+        figures = {
+            "bench": "clicks", "backend": backend, "seconds": seconds, "gunicorn_workers": workers,
+            "threads": threads, "connections": connections, "rps": round(rps), "wrk_answered": answered,
+            "wrk_sent": sent, "db_clicks": counted, "per_link": per_link, "not_302": bad,
+            "socket_errors": errors.group(1) if errors else None, "latency_p50": p50, "latency_p99": p99,
+            "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in load_after],
+        }
+        print(json.dumps(figures), flush=True)
+        assert bad == 0, f"{bad} answers were not the 302"
+        assert errors is None, f"wrk socket errors: {errors.group(1)}"
+        assert counted == sent, f"{sent} clicks sent, {counted} counted"
+        assert sum(per_link.values()) == counted and set(per_link) <= set(range(len(LINKS)))
+        return figures
+
+
+def main() -> int:
+    seconds = next((int(arg) for arg in sys.argv[1:] if arg.isdigit()), 15)
+    headline: dict = {"bench": "clicks", "target_rps": 2000}
+    for backend in backends_from_argv():
+        figures = run(backend, seconds)
+        headline[f"{backend}_rps"] = figures["rps"]
+        headline[f"{backend}_clicks"] = figures["db_clicks"]
+        headline[f"{backend}_counted"] = figures["db_clicks"] == figures["wrk_sent"]
+    headline["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(headline), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Masked links and the open pixel: what the agents are told, and counting clicks and opens.
+
+The agents mask every link of a letter (worker_agent/tracking.py, with the campaign's key from
+``tracking_payload``); ``GET /c/<token>`` (blueprints/tracking) comes here. A token names its
+campaign, letter and link and is signed with the campaign's key, derived from the panel's secret:
+checking one needs no lookup, and the redirect target is the campaign's stored link of that number
+(``campaign_links``, kept when the draft is saved) or, for a URL built from a recipient's fields,
+the URL the signature covers. Nothing in a request can point the redirect anywhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, delete, func, insert, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from worker_agent.tracking import OPEN, campaign_key, read_token, template_links
+
+from ..extensions import db
+from ..models import Campaign, CampaignLink, Click, Open
+from ..models.base import utcnow
+
+PREVIEW_DELIVERY_ID = 0  # the preview's links lead to their target but are not counted
+
+
+def store_links(campaign: Campaign) -> None:
+    """Number the links written in the draft's templates (what its tokens will carry); again at each save."""
+    db.session.execute(delete(CampaignLink).where(CampaignLink.campaign_id == campaign.id))
+    links = template_links(campaign.text, campaign.html)
+    if links:
+        db.session.execute(insert(CampaignLink), [
+            {"campaign_id": campaign.id, "idx": n, "url": url} for n, url in enumerate(links)
+        ])
+
+
+def campaign_links(campaign: Campaign) -> list[str]:
+    return list(db.session.scalars(
+        select(CampaignLink.url).where(CampaignLink.campaign_id == campaign.id).order_by(CampaignLink.idx)
+    ))
+
+
+def tracking_base_urls(campaign: Campaign, public_url: str, scheme: str = "https") -> list[str]:
+    """Where the masked links point: the campaign's tracking domains (letters take turns), else the panel."""
+    return [f"{scheme}://{domain.name}" for domain in campaign.tracking_domains] or [public_url.rstrip("/")]
+
+
+def tracking_payload(campaign: Campaign, secret: str, public_url: str, scheme: str = "https") -> dict[str, Any] | None:
+    """The campaign JSON's `tracking` object (docs/agent-protocol.md); None when nothing is tracked."""
+    if not (campaign.track_clicks or campaign.track_opens):
+        return None
+    return {
+        "clicks": bool(campaign.track_clicks),
+        "opens": bool(campaign.track_opens),
+        "key": campaign_key(secret, campaign.id),
+        "base_urls": tracking_base_urls(campaign, public_url, scheme),
+        "links": campaign_links(campaign),
+    }
+
+
+# The hot path (bench/clicks.py): statements built once, so a click costs no statement building or
+# cache-key work, run on the session's connection (Core, not the ORM's unit of work).
+_LINK_URL = select(CampaignLink.__table__.c.url).where(
+    CampaignLink.__table__.c.campaign_id == bindparam("campaign_id"), CampaignLink.__table__.c.idx == bindparam("idx")
+)
+_INSERT = {Click: insert(Click.__table__), Open: insert(Open.__table__)}
+
+
+def _count(connection: Connection, model: type, delivery_id: int, campaign_id: int, **values: Any) -> bool:
+    """One row for a click or open, committed on its own; False if its letter is gone (not counted)."""
+    if delivery_id == PREVIEW_DELIVERY_ID:
+        return False
+    try:
+        connection.execute(_INSERT[model], {"campaign_id": campaign_id, "delivery_id": delivery_id,
+                                                         "created_at": utcnow(), **values})
+        db.session.commit()
+    except IntegrityError:  # the letter (or its campaign) was deleted since
+        db.session.rollback()
+        return False
+    return True
+
+
+def click(secret: str, token: str, count: bool = True) -> str | None:
+    """The URL a genuine click token leads to, the click counted (unless `count` is False: HEAD);
+    None for a forged, altered or unknown one (a 404, never a redirect)."""
+    read = read_token(secret, token)
+    if read is None or read[2] == OPEN:
+        return None
+    campaign_id, delivery_id, ref = read
+    connection = db.session.connection()
+    if isinstance(ref, str):
+        url, values = ref, {"link_idx": None, "url": ref}
+    else:
+        url = connection.execute(_LINK_URL, {"campaign_id": campaign_id, "idx": ref}).scalar()
+        if url is None:
+            return None
+        values = {"link_idx": ref}
+    if count:
+        _count(connection, Click, delivery_id, campaign_id, **values)
+    return url
+
+
+def open_pixel(secret: str, token: str, count: bool = True) -> bool:
+    """True for a genuine open token (the open counted unless `count` is False); False otherwise."""
+    read = read_token(secret, token)
+    if read is None or read[2] != OPEN:
+        return False
+    if count:
+        _count(db.session.connection(), Open, read[1], read[0])
+    return True
+
+
+def tracking_counts(campaign_id: int) -> dict[str, int]:
+    """Clicks and opens, each in all and by distinct letters (recipients)."""
+    clicks, clickers = db.session.execute(
+        select(func.count(), func.count(func.distinct(Click.delivery_id))).where(Click.campaign_id == campaign_id)
+    ).one()
+    opens, openers = db.session.execute(
+        select(func.count(), func.count(func.distinct(Open.delivery_id))).where(Open.campaign_id == campaign_id)
+    ).one()
+    return {"clicks": clicks or 0, "clickers": clickers or 0, "opens": opens or 0, "openers": openers or 0}
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    idx: int | None  # None: a URL built from a recipient's fields
+    url: str
+    clicks: int
+    recipients: int
+
+
+def link_stats(campaign: Campaign) -> list[LinkStats]:
+    """Clicks and distinct recipients per link: the template's links in order (unclicked ones too),
+    then the URLs built from fields, most clicked first."""
+    counted = {
+        idx: (n, people)
+        for idx, n, people in db.session.execute(
+            select(Click.link_idx, func.count(), func.count(func.distinct(Click.delivery_id)))
+            .where(Click.campaign_id == campaign.id, Click.link_idx.is_not(None))
+            .group_by(Click.link_idx)
+        )
+    }
+    rows = [LinkStats(n, url, *counted.get(n, (0, 0))) for n, url in enumerate(campaign_links(campaign))]
+    built = db.session.execute(
+        select(Click.url, func.count(), func.count(func.distinct(Click.delivery_id)))
+        .where(Click.campaign_id == campaign.id, Click.link_idx.is_(None))
+        .group_by(Click.url)
+        .order_by(func.count().desc(), Click.url)
+        .limit(100)
+    )
+    rows += [LinkStats(None, url, n, people) for url, n, people in built]
+    return rows
