@@ -167,7 +167,7 @@ def save_campaign(user: User, data: CampaignInput, campaign: Campaign | None = N
     if not errors.get("lists"):
         variables = allowed_variables(item.fields for item in lists)
         for issue in check_templates({"subject": subject, "text": text, "html": html}, variables):
-            problem(issue.part, f"line {issue.line}: {issue.message}")
+            problem(issue.part, f"line {issue.line}: {issue.message}" if issue.line else issue.message)
     if errors:
         raise CampaignInvalid(errors)
 

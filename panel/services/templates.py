@@ -4,7 +4,8 @@ The letters are rendered on the workers in a Jinja2 sandbox with the recipient's
 `email` and `unsubscribe_url` as variables. Here each part is parsed in the same kind of
 sandbox; a syntax error, an unknown tag, an unknown variable or a reach for private
 attributes (`''.__class__`) is refused with the part and the line it is on, so a campaign
-never fails letter by letter on the workers.
+never fails letter by letter on the workers. Every body must show the unsubscribe link
+(`{{ unsubscribe_url }}`): a body without it is refused saying what to add.
 """
 
 from __future__ import annotations
@@ -45,14 +46,21 @@ def starter_letter() -> StarterLetter:
     )
 
 
+# What to add to a body that lacks the unsubscribe link.
+UNSUBSCRIBE_HINTS = {
+    "text": "add a line such as: Unsubscribe: {{ unsubscribe_url }}",
+    "html": 'add a link such as <a href="{{ unsubscribe_url }}">Unsubscribe</a>',
+}
+
+
 @dataclass(frozen=True)
 class TemplateProblem:
     part: str  # subject | text | html
-    line: int
+    line: int  # 0: the part as a whole
     message: str
 
     def __str__(self) -> str:
-        return f"{self.part}, line {self.line}: {self.message}"
+        return f"{self.part}, line {self.line}: {self.message}" if self.line else f"{self.part}: {self.message}"
 
 
 def allowed_variables(list_fields: Iterable[Iterable[str]]) -> set[str]:
@@ -91,11 +99,28 @@ def check_template(part: str, source: str, variables: set[str]) -> list[Template
     return sorted(problems, key=lambda problem: (problem.line, problem.message))
 
 
+def check_unsubscribe_link(part: str, source: str) -> TemplateProblem | None:
+    """A problem if this body (text or html) never shows `{{ unsubscribe_url }}`; every letter
+    must carry a visible way out. (A body that does not parse is reported by check_template.)"""
+    try:
+        tree = _env.parse(source)
+    except TemplateSyntaxError:
+        return None
+    if any(node.name == "unsubscribe_url" and node.ctx == "load" for node in tree.find_all(nodes.Name)):
+        return None
+    what = "text" if part == "text" else "HTML"
+    return TemplateProblem(part, 0, f"the {what} body has no unsubscribe link, which every letter must show: "
+                                    f"{UNSUBSCRIBE_HINTS[part]}")
+
+
 def check_templates(parts: dict[str, str | None], variables: set[str]) -> list[TemplateProblem]:
-    """Check subject / text / html (those given) against the allowed variables."""
+    """Check subject / text / html (those given) against the allowed variables, and that each
+    body shows the unsubscribe link."""
     problems: list[TemplateProblem] = []
     for part in PARTS:
         source = parts.get(part)
         if source:
             problems.extend(check_template(part, source, variables))
+            if part in UNSUBSCRIBE_HINTS and (missing := check_unsubscribe_link(part, source)) is not None:
+                problems.append(missing)
     return problems

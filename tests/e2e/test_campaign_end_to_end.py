@@ -147,7 +147,7 @@ def test_agent_unreachable_campaign_waits_and_resumes(stack, api: Api, panel_db)
     list_id = api.post("/lists", {"name": "outage"})["id"]
     api.post(f"/lists/{list_id}/recipients", [{"email": f"o{i}@outage.example"} for i in range(60)])
     campaign = api.post("/campaigns", {"name": "outage", "subject": "s", "from_email": "n@sender.example",
-                                       "text": "hi {{ email }}", "lists": [list_id]})
+                                       "text": "hi {{ email }}\n{{ unsubscribe_url }}", "lists": [list_id]})
     stack.stop_agent()
     try:
         api.post(f"/campaigns/{campaign['id']}/start", {})
@@ -171,7 +171,7 @@ def test_daemon_restarted_mid_campaign_sends_each_letter_once(stack, api: Api):
     list_id = api.post("/lists", {"name": "restart"})["id"]
     api.post(f"/lists/{list_id}/recipients", [{"email": f"r{i}@restart.example"} for i in range(600)])
     campaign = api.post("/campaigns", {"name": "restart", "subject": "s", "from_email": "n@sender.example",
-                                       "text": "hi", "lists": [list_id]})
+                                       "text": "hi\n{{ unsubscribe_url }}", "lists": [list_id]})
     api.post(f"/campaigns/{campaign['id']}/start", {})
     wait_for(lambda: api.get(f"/campaigns/{campaign['id']}/stats")["sent"] > 0 or None, timeout=60, what="sending")
     stack.stop_daemon()

@@ -157,7 +157,7 @@ def test_unsubscribed_and_suppressed_addresses_get_no_letter(api, seed, alice):
     api.post(f"/lists/{first}/recipients/cid@example.org/unsubscribe")
     api.post("/suppressions", {"email": "dan@example.org"})
     seed.server(alice)
-    body = {"name": "S", "subject": "s", "from_email": "news@example.com", "text": "t",
+    body = {"name": "S", "subject": "s", "from_email": "news@example.com", "text": "t {{ unsubscribe_url }}",
             "lists": [first, second], "exclude_lists": [deny_one, deny_two]}
     campaign = api.post("/campaigns", body).get_json()["id"]
     assert api.post(f"/campaigns/{campaign}/start").status_code == 200

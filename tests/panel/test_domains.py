@@ -307,7 +307,8 @@ def test_the_api_and_the_composer_choose_sending_domains(as_alice, alice, seed, 
         db.session.commit()
     list_id = seed.list(alice, "readers", [{"email": "r@example.org"}])
     headers = {"Authorization": f"Bearer {seed.token(alice)}"}
-    body = {"name": "n", "subject": "s", "from_email": "news@example.test", "text": "t", "lists": [list_id]}
+    body = {"name": "n", "subject": "s", "from_email": "news@example.test", "text": "t {{ unsubscribe_url }}",
+            "lists": [list_id]}
     response = client.post("/api/v1/campaigns", json={**body, "domains": [mine]}, headers=headers)
     assert response.status_code == 201, response.get_json()
     assert response.get_json()["domains"] == [mine]

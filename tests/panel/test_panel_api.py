@@ -110,7 +110,8 @@ def people(api):
 
 def campaign_body(list_id, **overrides):
     body = {"name": "Spring", "subject": "Hi {{ name }}", "from_email": "news@example.com",
-            "from_name": "News", "text": "Hello {{ name }}", "html": "<p>Hello {{ name }}</p>",
+            "from_name": "News", "text": "Hello {{ name }}\n{{ unsubscribe_url }}",
+            "html": "<p>Hello {{ name }}</p><p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></p>",
             "encoding": "base64", "lists": [list_id]}
     body.update(overrides)
     return body
@@ -145,7 +146,7 @@ def test_campaign_create_start_stats_pause_resume_cancel(api, seed, alice, peopl
 
 def test_plain_campaign_with_defaults(api, seed, people):
     response = api.post("/campaigns", {"name": "n", "subject": "s", "from_email": "a@example.com",
-                                       "text": "hi {{ email }}", "lists": [people]})
+                                       "text": "hi {{ email }}\n{{ unsubscribe_url }}", "lists": [people]})
     assert response.status_code == 201
     body = response.get_json()
     assert body["format"] == "plain" and body["html"] is None and body["encoding"] == "quoted-printable"
@@ -161,6 +162,10 @@ def test_start_without_server_is_a_conflict(api, people):
     ({"text": "a\n{% foo %}"}, 400, "text: line 2: Encountered unknown tag 'foo'"),
     ({"html": "{{ ''.__class__ }}"}, 400, "'__class__' is not allowed"),
     ({"text": None, "html": None}, 400, "write the letter"),
+    ({"text": "Hello {{ name }}"}, 400, "text: the text body has no unsubscribe link, which every letter must show: "
+                                        "add a line such as: Unsubscribe: {{ unsubscribe_url }}"),
+    ({"html": "<p>Hi</p>"}, 400, 'html: the HTML body has no unsubscribe link, which every letter must show: '
+                                 'add a link such as <a href="{{ unsubscribe_url }}">Unsubscribe</a>'),
     ({"encoding": "8bit"}, 400, "encoding: use one of 7bit, quoted-printable, base64"),
     ({"from_email": "nobody"}, 400, "from_email: not a usable address"),
     ({"lists": []}, 400, "missing lists"),

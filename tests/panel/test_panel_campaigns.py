@@ -79,7 +79,8 @@ def test_a_new_campaign_starts_from_the_starter_newsletter_which_saves_as_it_is(
     ("plain", True, False), ("html", False, True), ("multipart", True, True),
 ])
 def test_format_decides_which_bodies_are_kept(as_alice, seed, lists, fmt, expect_text, expect_html):
-    response = as_alice.post("/campaigns/new", form(lists, format=fmt, html="<p>Hi {{ name }}</p>"))
+    response = as_alice.post("/campaigns/new", form(lists, format=fmt,
+                                                    html="<p>Hi {{ name }}</p><a href=\"{{ unsubscribe_url }}\">Stop</a>"))
     assert response.status_code == 302, errors(response)
     campaign = seed.query(lambda s: s.scalars(select(Campaign)).one())
     assert (campaign.text is not None, campaign.html is not None) == (expect_text, expect_html)
@@ -118,9 +119,35 @@ def test_html_part_is_checked_too(as_alice, seed, lists):
     assert any("line 3: unknown variable 'cty'" in e for e in errors(response))
 
 
+@pytest.mark.parametrize("fmt,text,body_html,missing", [
+    ("plain", "Hello {{ name }}\n", "", ["text"]),
+    ("multipart", "Hello\nUnsubscribe: {{ unsubscribe_url }}\n", "<p>Hello</p>", ["html"]),
+    ("multipart", "Hello\n", "<p>Hello</p>", ["text", "html"]),
+    ("html", "", "<p>Hello</p><!-- unsubscribe_url -->", ["html"]),
+])
+def test_a_body_without_the_unsubscribe_link_is_refused_saying_what_to_add(as_alice, seed, lists, fmt, text,
+                                                                            body_html, missing):
+    response = as_alice.post("/campaigns/new", form(lists, format=fmt, text=text, html=body_html))
+    assert response.status_code == 400
+    wanted = {
+        "text": "the text body has no unsubscribe link, which every letter must show: "
+                "add a line such as: Unsubscribe: {{ unsubscribe_url }}",
+        "html": "the HTML body has no unsubscribe link, which every letter must show: "
+                'add a link such as <a href="{{ unsubscribe_url }}">Unsubscribe</a>',
+    }
+    assert [e for e in errors(response) if "unsubscribe link" in e] == [wanted[part] for part in missing]
+    assert seed.query(lambda s: s.query(Campaign).count()) == 0
+
+
+def test_the_unsubscribe_link_may_sit_anywhere_in_the_body(as_alice, seed, lists):
+    response = as_alice.post("/campaigns/new", form(lists, format="multipart", text="{{ unsubscribe_url }} first",
+                                                    html="{% if email %}<a href='{{ unsubscribe_url }}'>x</a>{% endif %}"))
+    assert response.status_code == 302, errors(response)
+
+
 def test_variables_come_from_all_chosen_lists(as_alice, seed, lists):
     response = as_alice.post("/campaigns/new", form(lists, lists=[lists["people"], lists["vips"]],
-                                                    text="{{ name }} {{ city }} {{ tier }} {{ email }}"))
+                                                    text="{{ name }} {{ city }} {{ tier }} {{ email }} {{ unsubscribe_url }}"))
     assert response.status_code == 302, errors(response)
 
 
@@ -147,14 +174,15 @@ def test_foreign_list_ids_are_not_choices(as_alice, seed, lists, bob):
 
 
 def test_edit_a_draft(as_alice, seed, alice, lists):
-    campaign_id = seed.campaign(alice, [lists["people"]], text="Old {{ name }}")
+    campaign_id = seed.campaign(alice, [lists["people"]], text="Old {{ name }} {{ unsubscribe_url }}")
     page = as_alice.get(f"/campaigns/{campaign_id}/edit").get_data(as_text=True)
-    assert "Old {{ name }}" in html.unescape(page)
+    assert "Old {{ name }} {{ unsubscribe_url }}" in html.unescape(page)
     assert f'<option selected value="{lists["people"]}">' in page
-    response = as_alice.post(f"/campaigns/{campaign_id}/edit", form(lists, name="Renamed", text="New {{ city }}"))
+    response = as_alice.post(f"/campaigns/{campaign_id}/edit", form(lists, name="Renamed",
+                                                                          text="New {{ city }} {{ unsubscribe_url }}"))
     assert response.status_code == 302, errors(response)
     campaign = seed.get(Campaign, campaign_id)
-    assert (campaign.name, campaign.text) == ("Renamed", "New {{ city }}")
+    assert (campaign.name, campaign.text) == ("Renamed", "New {{ city }} {{ unsubscribe_url }}")
 
 
 def test_only_drafts_can_be_edited(as_alice, seed, alice, lists):

@@ -18,11 +18,13 @@ PEOPLE = [
     {"email": "ann@example.org", "name": "Ann", "city": "Oslo"},
     {"email": "bob@example.org", "name": "Bob", "city": "Rome"},
 ]
+BYE = '<a href="{{ unsubscribe_url }}">Bye</a>'  # every body must show the unsubscribe link
 
 
 def test_campaign_payload_has_the_protocol_shape(app, seed, alice):
     list_id = seed.list(alice, "People", PEOPLE)
-    campaign_id = seed.campaign(alice, [list_id], from_email="News@Mail.Example.COM", html="<p>{{ name }}</p>",
+    campaign_id = seed.campaign(alice, [list_id], from_email="News@Mail.Example.COM",
+                                html="<p>{{ name }}</p>" + BYE,
                                 reply_to="answers@example.com")
     with app.app_context():
         payload = campaign_payload(db.session.get(Campaign, campaign_id), "http://panel.example.com/", "bounces.example.com")
@@ -33,7 +35,7 @@ def test_campaign_payload_has_the_protocol_shape(app, seed, alice):
         "from_name": "Example News",
         "reply_to": "answers@example.com",
         "text": "Hello {{ name }}\nBye: {{ unsubscribe_url }}\n",
-        "html": "<p>{{ name }}</p>",
+        "html": "<p>{{ name }}</p>" + BYE,
         "encoding": "quoted-printable",
         "message_id_domain": "mail.example.com",
         "bounce_domain": "bounces.example.com",
@@ -43,10 +45,10 @@ def test_campaign_payload_has_the_protocol_shape(app, seed, alice):
 
 def test_campaign_payload_nulls_the_missing_part(app, seed, alice):
     list_id = seed.list(alice, "People", PEOPLE)
-    campaign_id = seed.campaign(alice, [list_id], text=None, html="<p>hi</p>", from_name=None)
+    campaign_id = seed.campaign(alice, [list_id], text=None, html="<p>hi</p>" + BYE, from_name=None)
     with app.app_context():
         payload = campaign_payload(db.session.get(Campaign, campaign_id), "http://p", "b.example")
-    assert payload["text"] is None and payload["html"] == "<p>hi</p>"
+    assert payload["text"] is None and payload["html"] == "<p>hi</p>" + BYE
     assert payload["from_name"] is None and payload["reply_to"] is None
     assert payload["unsubscribe_url"] == "http://p/u/"
 
@@ -82,7 +84,7 @@ def test_payloads_render_with_the_agent_renderer(app, seed, alice):
     render = pytest.importorskip("worker_agent.render")
     list_id = seed.list(alice, "People", PEOPLE)
     seed.server(alice)
-    campaign_id = seed.campaign(alice, [list_id], html="<p>Hi {{ name }}</p>")
+    campaign_id = seed.campaign(alice, [list_id], html="<p>Hi {{ name }}</p>" + BYE)
     with app.app_context():
         campaign = db.session.get(Campaign, campaign_id)
         recipient = db.session.scalars(select(Recipient).where(Recipient.email == "ann@example.org")).one()
@@ -106,7 +108,8 @@ def campaign_id(seed, alice):
     return seed.campaign(
         alice, [list_id], subject="Weather for {{ name }}",
         text="Hello {{ name }}, it is sunny in {{ city }}.\nUnsubscribe: {{ unsubscribe_url }}\n",
-        html='<p>Hello <b>{{ name }}</b> from {{ city }}</p><script>alert("in letter")</script>',
+        html='<p>Hello <b>{{ name }}</b> from {{ city }}</p><script>alert("in letter")</script>'
+             '<a href="{{ unsubscribe_url }}">Unsubscribe</a>',
     )
 
 

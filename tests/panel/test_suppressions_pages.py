@@ -144,8 +144,8 @@ def test_several_allow_and_deny_lists_each_address_once(as_alice, client, seed, 
         db.session.add(Suppression(user_id=alice, email="sup@example.org", reason="manual"))
         db.session.commit()
     seed.server(alice, ips=("192.0.2.10", "192.0.2.11"))
-    body = {"name": "Both", "subject": "Hi", "from_email": "news@example.com", "text": "Hello",
-            "lists": [one, two], "exclude_lists": [deny_one, deny_two]}
+    body = {"name": "Both", "subject": "Hi", "from_email": "news@example.com",
+            "text": "Hello\n{{ unsubscribe_url }}", "lists": [one, two], "exclude_lists": [deny_one, deny_two]}
     if through == "page":
         data = {**body, "from_name": "", "reply_to": "", "format": "plain", "html": "", "encoding": "quoted-printable"}
         assert as_alice.post("/campaigns/new", data).status_code == 302
