@@ -93,6 +93,20 @@ def wait_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None
     raise RuntimeError("gunicorn did not start listening")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its live children (gunicorn's master and workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid] + [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for each in pids:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def prepare(backend: str, app, recipients: int) -> tuple[int, list[str]]:
     """A started campaign of `recipients` letters with LINKS; its id and a shuffled pool of click paths."""
     from sqlalchemy import select
@@ -129,6 +143,7 @@ def prepare(backend: str, app, recipients: int) -> tuple[int, list[str]]:
 def run(backend: str, seconds: int) -> dict:
     workers = int(os.environ.get("CLICKS_WORKERS", "4"))
     threads = int(os.environ.get("CLICKS_THREADS", "4"))
+    worker_class = os.environ.get("CLICKS_WORKER_CLASS", "gthread")
     connections = int(os.environ.get("CLICKS_CONNECTIONS", "32"))
     recipients = int(os.environ.get("CLICKS_RECIPIENTS", "10000"))
     from sqlalchemy import func, select
@@ -146,7 +161,8 @@ def run(backend: str, seconds: int) -> dict:
         env = {**os.environ, "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"], "MAILFLEET_SECRET_KEY": SECRET,
                "MAILFLEET_INSTANCE_PATH": tmp, "PYTHONPATH": str(ROOT)}
         gunicorn = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", str(workers), "--threads", str(threads), "--keep-alive", "30",
+            [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", worker_class, "--threads", str(threads),
+             "--keep-alive", "30",
              "-b", f"127.0.0.1:{port}", "--log-level", "warning", "panel:create_app()"],
             cwd=ROOT, env=env, start_new_session=True,
         )
@@ -161,6 +177,7 @@ def run(backend: str, seconds: int) -> dict:
                                   capture_output=True, text=True, check=True)  # 404s: imports, connections
             assert "Non-2xx" in warm.stdout, warm.stdout
             load_before = os.getloadavg()
+            cpu_before = cpu_seconds(gunicorn.pid)
             result = subprocess.run(
                 [WRK, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
                  f"http://127.0.0.1:{port}"],
@@ -168,6 +185,7 @@ def run(backend: str, seconds: int) -> dict:
             )
             load_after = os.getloadavg()
             time.sleep(1)  # the requests in flight when wrk stopped
+            panel_cpu = cpu_seconds(gunicorn.pid) - cpu_before
         finally:
             gunicorn.send_signal(signal.SIGTERM)  # graceful: workers finish what they hold
             gunicorn.wait(timeout=60)
@@ -186,10 +204,11 @@ def run(backend: str, seconds: int) -> dict:
             ).all())
             db.session.remove()
         figures = {
-            "bench": "clicks", "backend": backend, "seconds": seconds, "gunicorn_workers": workers,
+            "bench": "clicks", "backend": backend, "seconds": seconds, "gunicorn_workers": workers, "worker_class": worker_class,
             "threads": threads, "connections": connections, "rps": round(rps), "wrk_answered": answered,
             "wrk_sent": sent, "db_clicks": counted, "per_link": per_link, "not_302": bad,
-            "socket_errors": errors.group(1) if errors else None, "latency_p50": p50, "latency_p99": p99,
+            "socket_errors": errors.group(1) if errors else None,
+            "panel_cpu_ms_per_click": round(panel_cpu * 1000 / max(sent, 1), 3), "latency_p50": p50, "latency_p99": p99,
             "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in load_after],
         }
         print(json.dumps(figures), flush=True)

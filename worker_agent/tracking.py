@@ -87,10 +87,15 @@ def read_token(secret: str, token: str) -> tuple[int, int, int | str] | None:
     return None
 
 
+_UNSAFE = re.compile(r"[\x00-\x20\x7f]")  # no URL needs them; in a Location header they could split it
+
+
 def is_trackable(url: str) -> bool:
-    """An absolute http(s) URL with a host: mailto:, anchors, relative and javascript: links are not."""
+    """An absolute http(s) URL with a host and no spaces or control characters (a field value with a
+    line break in an href is left alone); mailto:, anchors, relative and javascript: links are not."""
     lower = url[:8].lower()
-    return (lower.startswith("http://") and len(url) > 7) or (lower.startswith("https://") and len(url) > 8)
+    return (((lower.startswith("http://") and len(url) > 7) or (lower.startswith("https://") and len(url) > 8))
+            and _UNSAFE.search(url) is None)
 
 
 def _html_value(match: re.Match[str]) -> str:

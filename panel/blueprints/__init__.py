@@ -39,6 +39,7 @@ def register_all(app: Flask) -> None:
     csrf.exempt(unsubscribe.bp)  # the token in the URL is the proof; RFC 8058 posts carry no form token
     register_error_handlers(app)
     app.after_request(_security_headers)
+    app.wsgi_app = tracking.FastPath(app, app.wsgi_app)  # genuine click and open tokens skip the routing
 
 
 def _security_headers(response: Response) -> Response:

@@ -151,3 +151,15 @@ def test_several_tracking_hosts_take_turns() -> None:
 def test_a_malformed_tracking_object_is_refused(change: dict, message: str) -> None:
     with pytest.raises(CampaignError, match=message):
         Renderer().render(tracked_campaign(**change), make_recipient())
+
+
+def test_a_field_with_a_line_break_in_a_link_is_never_signed() -> None:
+    """A Location header must not be split: a URL with control characters or spaces is left as it is."""
+    html = '<a href="https://shop.example.com/i/{{ sku }}">yours</a>'
+    campaign = make_campaign(id=12, text=None, html=html)
+    campaign["tracking"] = {"clicks": True, "key": tracking.campaign_key(SECRET, 12), "base_urls": [BASE], "links": []}
+    letter = Renderer().render(campaign, make_recipient(3, fields={"sku": "x\r\nSet-Cookie: a=b"}))
+    assert b"/c/" not in letter.data
+    assert not tracking.is_trackable("https://a.example/x y") and not tracking.is_trackable("https://a.example/\x7f")
+    forged = tracking.make_token(tracking.campaign_key(SECRET, 12), 12, 3, "https://a.example/\r\nX: y")
+    assert tracking.read_token(SECRET, forged) is None

@@ -217,3 +217,19 @@ def test_campaigns_choose_tracking_domains_and_switches_over_the_api(app, seed, 
     with app.app_context():
         payload = campaign_payload(db.session.get(Campaign, off["id"]), "http://panel.example.com", "b.example", SECRET)
     assert "tracking" not in payload
+
+
+def test_the_routes_answer_as_the_fast_path_does(app, started, client, seed):
+    """The blueprint's routes (what FastPath stands in front of) give the same answers."""
+    _text, html = _letters(app, started)["ann@example.org"]
+    link, pixel = _path(_links(html)[0]), _path(re.search(r'<img src="([^"]+)"', html).group(1))
+    fast = [client.get(link), client.get(pixel)]
+    app.wsgi_app = app.wsgi_app.wsgi_app  # FastPath unwrapped
+    routed = [client.get(link), client.get(pixel)]
+    for one, other in zip(fast, routed):
+        assert (one.status_code, one.headers.get("Location"), one.data if one.mimetype == "image/gif" else b"") == \
+            (other.status_code, other.headers.get("Location"), other.data if other.mimetype == "image/gif" else b"")
+        assert one.headers["Cache-Control"] == other.headers["Cache-Control"]
+        assert one.headers["X-Content-Type-Options"] == other.headers["X-Content-Type-Options"] == "nosniff"
+    assert seed.query(lambda s: s.scalar(select(func.count()).select_from(Click))) == 2
+    assert seed.query(lambda s: s.scalar(select(func.count()).select_from(Open))) == 2
