@@ -11,7 +11,7 @@ requests still in flight when wrk stops are answered and counted by the panel bu
 Prints one JSON line per backend, then the headline:
 {"bench": "clicks", "sqlite_rps": …, "sqlite_counted": true, …, "load_avg": […]}
 Usage: .venv/bin/python bench/clicks.py [SECONDS] [sqlite] [postgresql]
-Environment: CLICKS_WORKERS (gunicorn processes, default 4), CLICKS_THREADS (threads each, 4),
+Environment: CLICKS_WORKERS (gunicorn processes, default 3), CLICKS_THREADS (threads each, 4),
 CLICKS_CONNECTIONS (wrk, 32), CLICKS_RECIPIENTS (10000).
 """
 
@@ -141,7 +141,7 @@ def prepare(backend: str, app, recipients: int) -> tuple[int, list[str]]:
 
 
 def run(backend: str, seconds: int) -> dict:
-    workers = int(os.environ.get("CLICKS_WORKERS", "4"))
+    workers = int(os.environ.get("CLICKS_WORKERS", "3"))
     threads = int(os.environ.get("CLICKS_THREADS", "4"))
     worker_class = os.environ.get("CLICKS_WORKER_CLASS", "gthread")
     connections = int(os.environ.get("CLICKS_CONNECTIONS", "32"))
