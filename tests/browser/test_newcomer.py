@@ -273,7 +273,7 @@ def test_another_user_sees_none_of_it(stack: LocalStack, new_page: Callable[[], 
     admin.get_by_label("Campaign name").fill("Admin secret plans")
     admin.get_by_label("Subject").fill("Secret")
     admin.get_by_label("From address").fill("boss@sender.example")
-    admin.get_by_label("Text body").fill("Only for the admin's eyes.")
+    admin.get_by_label("Text body").fill("Only for the admin's eyes.\nUnsubscribe: {{ unsubscribe_url }}")
     admin.get_by_label("Send to lists").select_option(label="Admin private (0)")
     admin.get_by_role("button", name="Save draft").click()
     expect(admin.get_by_role("status")).to_contain_text("Draft saved.", timeout=EXPECT_MS)
