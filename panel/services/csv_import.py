@@ -4,11 +4,12 @@ records, in chunks.
 The file is streamed (services/imports: the archive's members one after the other, each
 decoded a line at a time in its detected encoding, the csv module reading those lines), so
 a file of millions of rows never sits in memory. Every row is checked and normalised (and,
-when asked, its domain's MX looked up once per domain); good rows are inserted in chunks
-with one executemany each, after one query per chunk for the addresses the list already
-holds. Bad rows are reported with their line number and why. A problem with the file as a
-whole (no email column, a NUL byte, a damaged archive, …) raises ImportFailed and the
-caller rolls back: nothing is imported.
+when asked, its domain's MX looked up once per domain); good rows are inserted in chunks:
+on SQLite with one executemany each, after one query per chunk for the addresses the list
+already holds; on PostgreSQL COPYed into a temporary table and inserted from there with ON
+CONFLICT DO NOTHING. Bad rows are reported with their line number and why. A problem with
+the file as a whole (no email column, a NUL byte, a damaged archive, …) raises ImportFailed
+and the caller rolls back: nothing is imported.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ __all__ = ["ImportFailed", "ImportOptions", "ImportReport", "TooManyRows", "impo
 
 EMAIL_COLUMNS = ("email", "e-mail", "mail")
 RESERVED_FIELDS = frozenset({"email", "unsubscribe_url"})
-CHUNK_SIZE = 1000
+CHUNK_SIZE = 1000  # rows a chunk
+# Rows a chunk of a list on PostgreSQL: each chunk costs a COPY, an INSERT and a TRUNCATE, ~15 %
+# of the time at 1,000 rows; the rows stream into the COPY, so the memory stays that of the dict.
+COPY_CHUNK_SIZE = 10_000
+STAGING_TABLE = "pg_temp.recipients_import"  # PostgreSQL: the chunk's temporary table
 
 
 @dataclass
@@ -87,6 +92,12 @@ class _Importer:
         self.new_fields: list[str] = []
         self.known_fields = set(mailing_list.fields) if mailing_list is not None else set()
         self.rows = 0
+        self.staging = False  # PostgreSQL: STAGING_TABLE made in this transaction
+        self.chunk_size = self._chunk_size()
+
+    def _chunk_size(self) -> int:
+        postgresql = db.session.get_bind().dialect.name == "postgresql"
+        return COPY_CHUNK_SIZE if postgresql else CHUNK_SIZE
 
     def count_row(self) -> None:
         self.rows += 1
@@ -133,7 +144,7 @@ class _Importer:
             return
         self.note_fields(fields)
         self.pending[email] = fields
-        if len(self.pending) >= CHUNK_SIZE:
+        if len(self.pending) >= self.chunk_size:
             self.flush()
 
     def flush(self) -> None:
@@ -162,20 +173,36 @@ class _Importer:
         self.pending.clear()
 
     def _flush_postgresql(self, connection: Any, list_id: int) -> None:
-        """The chunk as two arrays in one INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING: one
-        round trip and no look-up first (several times faster than the look-up and an executemany),
-        and an address another import adds meanwhile is a duplicate, not an error."""
+        """The chunk COPYed into a temporary table, then one INSERT … SELECT … ON CONFLICT DO NOTHING
+        from it: no look-up first, and an address another import adds meanwhile is a duplicate, not
+        an error. COPY (psycopg's, in binary) costs the client and the server a fraction of what
+        parameters do (the fields' JSON escaped into a text[] literal and parsed back)."""
         _, as_json, created_at = _recipient_insert(connection.dialect)
-        emails = list(self.pending)
-        fields = [as_json(self.pending[email]) for email in emails]
-        added = connection.exec_driver_sql(
-            "INSERT INTO recipients (list_id, email, fields, created_at) "
-            "SELECT %s, e, f::json, %s FROM unnest(%s::text[], %s::text[]) AS t(e, f) "
-            "ON CONFLICT (list_id, email) DO NOTHING",
-            (list_id, created_at, emails, fields),
-        ).rowcount
+        with connection.connection.cursor() as cursor:  # the driver's cursor: COPY is not in the DB-API
+            if not self.staging:
+                # Dropped with the transaction; IF NOT EXISTS: an earlier import of it left it (empty).
+                cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (email text, fields json) "
+                               "ON COMMIT DROP")
+                self.staging = True
+            with cursor.copy(f"COPY {STAGING_TABLE} (email, fields) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "json"])
+                for email, fields in self.pending.items():
+                    copy.write_row((email, as_json(fields)))
+            # Each row's foreign-key check is a prepared statement the panel's plan_cache_mode =
+            # force_custom_plan (panel/__init__.py) would plan again for every row: a third of the
+            # INSERT's time. Generic plans for this INSERT only.
+            cursor.execute("SET LOCAL plan_cache_mode = auto")
+            cursor.execute(
+                "INSERT INTO recipients (list_id, email, fields, created_at) "
+                f"SELECT %s, email, fields, %s FROM {STAGING_TABLE} "
+                "ON CONFLICT (list_id, email) DO NOTHING",
+                (list_id, created_at),
+            )
+            added = cursor.rowcount
+            cursor.execute("RESET plan_cache_mode")
+            cursor.execute(f"TRUNCATE {STAGING_TABLE}")
         self.report.added += added
-        self.report.duplicates += len(emails) - added
+        self.report.duplicates += len(self.pending) - added
         self.pending.clear()
 
     def finish(self) -> ImportReport:
@@ -378,6 +405,9 @@ class _SuppressionImporter(_Importer):
     def __init__(self, user_id: int, options: ImportOptions | None = None) -> None:
         super().__init__(None, options)
         self.user_id = user_id
+
+    def _chunk_size(self) -> int:
+        return CHUNK_SIZE  # one executemany a chunk on both databases
 
     def flush(self) -> None:
         if not self.pending:

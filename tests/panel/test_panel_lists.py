@@ -148,6 +148,7 @@ def test_html_in_fields_is_escaped_on_the_page(as_alice, seed, alice):
 
 def test_large_import_goes_in_chunks_and_counts_exactly(app, seed, alice, monkeypatch):
     monkeypatch.setattr(csv_import, "CHUNK_SIZE", 7)
+    monkeypatch.setattr(csv_import, "COPY_CHUNK_SIZE", 7)
     list_id = seed.list(alice, "Chunks", [{"email": "u5@example.org"}])
     lines = ["email,n"] + [f"u{i % 40}@example.org,{i}" for i in range(60)] + ["bad,0"]
     with app.app_context():
@@ -161,6 +162,28 @@ def test_large_import_goes_in_chunks_and_counts_exactly(app, seed, alice, monkey
     assert report.rejected == [{"row": 62, "email": "bad", "reason": "an address needs a part before and after an @-sign"}]
     assert seed.get(MailingList, list_id).recipient_count == 40
     assert len(recipients(seed, list_id)) == 40
+
+
+def test_two_imports_in_one_transaction_count_apart(app, seed, alice, monkeypatch):
+    """PostgreSQL's staging table outlives the first import until the commit: the second finds it
+    empty, and the connection plans its statements as before (the import's plan setting undone)."""
+    monkeypatch.setattr(csv_import, "COPY_CHUNK_SIZE", 3)
+    first = seed.list(alice, "First")
+    second = seed.list(alice, "Second")
+    with app.app_context():
+        from sqlalchemy import text
+
+        from panel.extensions import db
+
+        one = import_csv(db.session.get(MailingList, first), io.BytesIO(b"email\na@example.org\nb@example.org\n"))
+        two = import_csv(db.session.get(MailingList, second),
+                         io.BytesIO(b"email\nb@example.org\nc@example.org\nd@example.org\nc@example.org\n"))
+        if db.session.get_bind().dialect.name == "postgresql":
+            assert db.session.scalar(text("SHOW plan_cache_mode")) == "force_custom_plan"
+        db.session.commit()
+    assert (one.added, one.duplicates, two.added, two.duplicates) == (2, 0, 3, 1)
+    assert recipients(seed, first) == [("a@example.org", {}), ("b@example.org", {})]
+    assert recipients(seed, second) == [("b@example.org", {}), ("c@example.org", {}), ("d@example.org", {})]
 
 
 def test_tab_separated_with_crlf(app, seed, alice):
