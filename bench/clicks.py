@@ -195,8 +195,8 @@ def run(backend: str, seconds: int) -> dict:
         answered = int(re.search(r"(\d+) requests in", out).group(1))
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
         errors = re.search(r"Socket errors: (.*)", out)
-        p50 = re.search(r"50%\s+(\S+)", out).group(1)
-        p99 = re.search(r"99%\s+(\S+)", out).group(1)
+        p50 = re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1)
+        p99 = re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1)
         with app.app_context():
             counted = db.session.scalar(select(func.count()).select_from(Click).where(Click.campaign_id == campaign_id))
             per_link = dict(db.session.execute(

@@ -82,9 +82,16 @@ def _count(connection: Connection, model: type, delivery_id: int, campaign_id: i
         connection.rollback()
 
 
-def click(secret: str, token: str, count: bool = True) -> str | None:
+LINK_CACHE_SIZE = 10_000
+
+
+def click(secret: str, token: str, count: bool = True, links: dict[tuple[int, int], str] | None = None) -> str | None:
     """The URL a genuine click token leads to, the click counted and committed (unless `count` is
-    False: HEAD); None for a forged, altered or unknown one (a 404, never a redirect)."""
+    False: HEAD); None for a forged, altered or unknown one (a 404, never a redirect).
+
+    `links`, a dict the caller keeps (one per app), remembers the links of started campaigns: a
+    letter's token (any but the preview's) exists only once its campaign started, and a started
+    campaign's links never change (only a draft is saved)."""
     read = read_token(secret, token)
     if read is None or read[2] == OPEN:
         return None
@@ -93,9 +100,15 @@ def click(secret: str, token: str, count: bool = True) -> str | None:
         if isinstance(ref, str):
             url, values = ref, {"link_idx": None, "url": ref}
         else:
-            url = connection.execute(_LINK_URL, {"campaign_id": campaign_id, "idx": ref}).scalar()
+            url = links.get((campaign_id, ref)) if links is not None else None
             if url is None:
-                return None
+                url = connection.execute(_LINK_URL, {"campaign_id": campaign_id, "idx": ref}).scalar()
+                if url is None:
+                    return None
+                if links is not None and delivery_id != PREVIEW_DELIVERY_ID:
+                    if len(links) >= LINK_CACHE_SIZE:
+                        links.clear()
+                    links[(campaign_id, ref)] = url
             values = {"link_idx": ref}
         if count:
             _count(connection, Click, delivery_id, campaign_id, **values)

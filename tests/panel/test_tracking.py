@@ -233,3 +233,18 @@ def test_the_routes_answer_as_the_fast_path_does(app, started, client, seed):
         assert one.headers["X-Content-Type-Options"] == other.headers["X-Content-Type-Options"] == "nosniff"
     assert seed.query(lambda s: s.scalar(select(func.count()).select_from(Click))) == 2
     assert seed.query(lambda s: s.scalar(select(func.count()).select_from(Open))) == 2
+
+
+def test_an_edited_drafts_preview_links_lead_to_the_new_targets(app, seed, alice, as_alice, client):
+    from panel.services.campaigns import CampaignInput, save_campaign
+
+    list_id = seed.list(alice, "People", PEOPLE)
+    campaign_id = seed.campaign(alice, [list_id], text=TEXT, html=None)
+    link = _path(_links(as_alice.get(f"/campaigns/{campaign_id}/preview").get_data(as_text=True))[0])
+    assert client.get(link).headers["Location"] == "https://shop.example.com/sale?a=1&b=2"
+    with app.app_context():
+        save_campaign(db.session.get(User, alice), CampaignInput(
+            name="Spring news", subject="News", from_email="news@example.com", lists=[list_id],
+            text="New: https://new.example.com/\nBye: {{ unsubscribe_url }}\n"), db.session.get(Campaign, campaign_id))
+        db.session.commit()
+    assert client.get(link).headers["Location"] == "https://new.example.com/"

@@ -30,12 +30,17 @@ NO_CACHE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0, pr
 
 @bp.get("/c/<token>")
 def click_link(token: str):
-    url = click(current_app.config["SECRET_KEY"], token, count=request.method == "GET")
+    url = click(current_app.config["SECRET_KEY"], token, count=request.method == "GET", links=_links(current_app))
     if url is None:
         abort(404)
     response = redirect(url, 302)
     response.headers.update(NO_CACHE)
     return response
+
+
+def _links(app: Flask) -> dict:
+    """The app's memory of started campaigns' links (services.tracking.click)."""
+    return app.extensions.setdefault("mailfleet_tracking_links", {})
 
 
 @bp.get("/o/<token>")
@@ -64,7 +69,7 @@ class FastPath:
             with self.app.app_context():
                 secret = self.app.config["SECRET_KEY"]
                 if path[1] == "c":
-                    url = click(secret, path[3:], count=count)
+                    url = click(secret, path[3:], count=count, links=_links(self.app))
                     if url is not None:
                         location = url if url.isascii() else iri_to_uri(url)
                         start_response("302 FOUND", [("Location", location), ("Content-Length", "0"), *self.COMMON])
