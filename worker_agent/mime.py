@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import re
+from html.parser import HTMLParser
 
 CRLF = "\r\n"
 ENCODINGS = ("7bit", "quoted-printable", "base64")
@@ -187,3 +188,73 @@ def assemble(headers: str, text: tuple[str, str] | None, html: tuple[str, str] |
     part, subtype = (text, "plain") if text is not None else (html, "html")
     assert part is not None
     return headers + body_part_headers(subtype, part[0]) + CRLF + part[1]
+
+
+# -- a text/plain alternative from an HTML body ---------------------------------------------
+_SKIP = frozenset({"head", "style", "script", "title", "template", "noscript"})
+_BLOCK = frozenset({"p", "div", "section", "article", "header", "footer", "main", "table", "tr", "ul", "ol",
+                    "blockquote", "pre", "h1", "h2", "h3", "h4", "h5", "h6", "center", "address", "form"})
+_SPACES = re.compile(r"\s+")
+
+
+class _TextParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.skipping = 0
+        self.links: list[tuple[str, int]] = []  # (href, len(out) at <a>)
+
+    def _break(self, blank: bool) -> None:
+        self.out.append("\n\n" if blank else "\n")
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIP:
+            self.skipping += 1
+        elif tag in _BLOCK:
+            self._break(blank=True)
+        elif tag == "br":
+            self._break(blank=False)
+        elif tag == "li":
+            self.out.append("\n- ")
+        elif tag == "hr":
+            self.out.append("\n\n----\n\n")
+        elif tag in ("td", "th"):
+            self.out.append(" ")
+        elif tag == "a":
+            self.links.append((dict(attrs).get("href") or "", len(self.out)))
+        elif tag == "img":
+            alt = (dict(attrs).get("alt") or "").strip()
+            if alt:
+                self.out.append(alt)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in _SKIP:
+            self.handle_starttag(tag, attrs)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP:
+            self.skipping = max(0, self.skipping - 1)
+        elif tag in _BLOCK:
+            self._break(blank=True)
+        elif tag == "a" and self.links:
+            href, start = self.links.pop()
+            label = _SPACES.sub(" ", "".join(self.out[start:])).strip()
+            if href and not href.startswith("#") and href != label:
+                self.out.append(f" ({href})" if label else href)
+
+    def handle_data(self, data: str) -> None:
+        if not self.skipping:
+            self.out.append(_SPACES.sub(" ", data))
+
+
+def text_from_html(html: str) -> str:
+    """The words of an HTML body as plain text, for the text/plain alternative of a letter that
+    has only HTML: paragraphs and headings become blank-line-separated blocks, list items "- ",
+    a link "label (URL)"; head, style and script are dropped. Pure and forgiving of bad HTML."""
+    parser = _TextParser()
+    parser.feed(html)
+    parser.close()
+    lines = [line.strip() for line in "".join(parser.out).split("\n")]
+    text = "\n".join(lines)
+    text = re.sub(r"\n{3,}", "\n\n", text).strip("\n")
+    return text + "\n" if text else ""
