@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from datetime import datetime
@@ -164,7 +165,7 @@ def letters(seed, campaign_id):
 
 
 def test_a_running_campaign_does_not_send_to_an_address_unsubscribed_after_its_start(client, app, seed, delivery,
-                                                                                     running_campaign):
+                                                                                     running_campaign, as_alice):
     assert client.post(f"/u/{delivery['token']}", data="List-Unsubscribe=One-Click",
                        content_type="application/x-www-form-urlencoded").status_code == 200
     agent = RecordingAgent()
@@ -175,6 +176,8 @@ def test_a_running_campaign_does_not_send_to_an_address_unsubscribed_after_its_s
     with app.app_context():
         stats = campaign_stats(db.session.get(Campaign, running_campaign))
     assert (stats["queued"], stats["cancelled"]) == (1, 1)
+    page = as_alice.get(f"/campaigns/{running_campaign}").get_data(as_text=True)
+    assert re.search(r'data-stat="cancelled">1</span><span class="label">Not sent<', page)
 
 
 def test_a_batch_left_open_by_a_failed_push_leaves_out_an_address_unsubscribed_meanwhile(client, app, seed, delivery,
