@@ -57,7 +57,7 @@ def main() -> int:
                 fill_list(backend, item.id, per_list, start=n * per_list + 1)
                 db.session.commit()
             campaign = save_campaign(user, CampaignInput(
-                name="bench", subject="Hello", from_email="news@example.com", text="Hello {{ email }}",
+                name="bench", subject="Hello", from_email="news@example.com", text="Hello {{ email }}\n{{ unsubscribe_url }}",
                 lists=[lists[0].id]))
             start_campaign(user, campaign)
             # A campaign under way: outcomes as the daemon records them.
