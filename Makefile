@@ -32,6 +32,7 @@ bench: system-deps venv
 	$(PY) bench/resolve.py
 	$(PY) bench/pages.py
 	$(PY) bench/suppressions.py
+	$(PY) bench/clicks.py
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache
