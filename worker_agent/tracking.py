@@ -28,13 +28,14 @@ from collections.abc import Iterable
 OPEN = "o"
 _MAC_BYTES = 12
 _HTML_LINK = re.compile(
-    r"""(<(?:a|area)\b[^>]*?\bhref\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""",
+    r"""(<(?:a|area)\b[^>]*?(?<![\w-])href\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""",
     re.IGNORECASE,
 )
 # "{" is part of a URL here, so that a template's https://shop/{{ sku }} is seen as one with a variable
 _TEXT_URL = re.compile(r"""https?://[^\s<>"'`|\\^\[\]]+""", re.IGNORECASE)
 _TRAILING = ".,;:!?)'"  # sentence punctuation after a URL in text is not part of it
 _TEMPLATE = ("{{", "{%", "{#")
+_NUMBER = re.compile(r"[0-9]{1,18}\Z")
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 
 
@@ -68,14 +69,14 @@ def read_token(secret: str, token: str) -> tuple[int, int, int | str] | None:
     if len(parts) != 4 or len(token) > 4096:
         return None
     campaign, delivery, ref, mac = parts
-    if not (campaign.isdigit() and delivery.isdigit() and len(campaign) <= 18 and len(delivery) <= 18):
+    if not (_NUMBER.match(campaign) and _NUMBER.match(delivery)):
         return None
     campaign_id = int(campaign)
     if not hmac.compare_digest(mac, _mac(campaign_key(secret, campaign_id), f"{campaign}.{delivery}.{ref}")):
         return None
     if ref == OPEN:
         return campaign_id, int(delivery), OPEN
-    if ref.isdigit() and len(ref) <= 9:
+    if _NUMBER.match(ref) and len(ref) <= 9:
         return campaign_id, int(delivery), int(ref)
     if ref.startswith("u"):
         try:

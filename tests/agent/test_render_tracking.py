@@ -30,6 +30,7 @@ HTML = (
     "<a href='http://blog.example.com/post'>Blog</a>\n"
     '<a href="https://shop.example.com/u/{{ sku }}">Yours</a>\n'
     '<a href="#top">Top</a> <a href="mailto:help@example.com">Mail us</a>\n'
+    '<a data-href="https://data.example.com/" href="#x">Data</a>\n'
     '<link href="https://cdn.example.com/x.css">\n'
     '<a href="{{ unsubscribe_url }}">Unsubscribe</a></p>\n'
     "</body></html>\n"
@@ -76,6 +77,7 @@ def test_every_link_is_masked_but_unsubscribe_mailto_and_anchors() -> None:
     assert "blog.example.com" not in html
     assert "mailto:help@example.com" in text and 'href="mailto:help@example.com"' in html
     assert 'href="#top"' in html
+    assert '<a data-href="https://data.example.com/" href="#x">' in html  # only the href attribute itself
     assert 'href="https://cdn.example.com/x.css"' in html  # not a link a reader clicks
     assert "Unsubscribe: http://127.0.0.1:5000/u/77-3f2a9c1b7e" in text
     assert 'href="http://127.0.0.1:5000/u/77-3f2a9c1b7e"' in html
@@ -104,7 +106,7 @@ def test_tokens_differ_per_recipient_and_cannot_be_altered() -> None:
         f"{campaign_id}.{delivery}.1.{mac}",  # another link
         f"{campaign_id}.{delivery}.{ref}.{mac[:-1]}A" if not mac.endswith("A") else f"{campaign_id}.{delivery}.{ref}.{mac[:-1]}B",
         f"{campaign_id}.{delivery}.u" + tracking.make_token("x" * 64, 12, 1, "https://evil.example/").split(".u")[1],
-        "12.1.0", "", "a.b.c.d",
+        "12.1.0", "", "a.b.c.d", f"{campaign_id}.{delivery}.\u0661.{mac}",
     ):
         assert tracking.read_token(SECRET, forged) is None, forged
     # a carried URL swapped for another keeps the old signature: refused

@@ -248,3 +248,17 @@ def test_an_edited_drafts_preview_links_lead_to_the_new_targets(app, seed, alice
             text="New: https://new.example.com/\nBye: {{ unsubscribe_url }}\n"), db.session.get(Campaign, campaign_id))
         db.session.commit()
     assert client.get(link).headers["Location"] == "https://new.example.com/"
+
+
+def test_a_campaign_without_click_tracking_says_so_and_its_letters_keep_their_links(app, seed, alice, as_alice):
+    list_id = seed.list(alice, "People", PEOPLE)
+    seed.server(alice)
+    campaign_id = seed.campaign(alice, [list_id], text=TEXT, html=HTML, track_clicks=False)
+    with app.app_context():
+        start_campaign(db.session.get(User, alice), db.session.get(Campaign, campaign_id))
+        db.session.commit()
+    text, html = _letters(app, campaign_id)["ann@example.org"]
+    assert "Sale: https://shop.example.com/sale?a=1&b=2" in text and "/c/" not in text + html
+    assert 'href="https://shop.example.com/i/A1"' in html
+    page = as_alice.get(f"/campaigns/{campaign_id}").get_data(as_text=True)
+    assert "Links are not tracked in this campaign." in page and 'id="links"' not in page
