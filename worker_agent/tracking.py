@@ -19,7 +19,6 @@ A token is ``<campaign id>.<delivery id>.<ref>.<mac>``:
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import html
 import re
@@ -41,7 +40,7 @@ _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 
 def campaign_key(secret: str, campaign_id: int) -> str:
     """The campaign's tracking key (hex): what the agents sign its tokens with."""
-    return hmac.new(secret.encode(), f"mailfleet-tracking:{campaign_id}".encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(secret.encode(), f"mailfleet-tracking:{campaign_id}".encode(), "sha256").hex()
 
 
 def _b64(data: bytes) -> str:
@@ -49,7 +48,8 @@ def _b64(data: bytes) -> str:
 
 
 def _mac(key: str, head: str) -> str:
-    return _b64(hmac.new(key.encode(), head.encode(), hashlib.sha256).digest()[:_MAC_BYTES])
+    # hmac.digest: OpenSSL's one-shot HMAC, several times faster than hmac.new per token
+    return _b64(hmac.digest(key.encode(), head.encode(), "sha256")[:_MAC_BYTES])
 
 
 def make_token(key: str, campaign_id: int, delivery_id: int, ref: int | str) -> str:
@@ -130,7 +130,7 @@ class Rewriter:
     """Rewrites one campaign's rendered letters: every http(s) link to ``<base>/c/<token>`` except
     those starting with ``keep`` (the unsubscribe links), and the open pixel."""
 
-    __slots__ = ("campaign_id", "key", "bases", "index", "clicks", "opens", "keep")
+    __slots__ = ("campaign_id", "key", "bases", "index", "clicks", "opens", "keep", "_memo")
 
     def __init__(self, campaign_id: int, key: str, bases: Iterable[str], links: Iterable[str],
                  clicks: bool, opens: bool, keep: str) -> None:
@@ -141,15 +141,24 @@ class Rewriter:
         self.clicks = clicks
         self.opens = opens
         self.keep = keep
+        self._memo: tuple[int, dict[str, str | None]] = (-1, {})  # one letter's masked URLs (text and HTML share them)
 
     def _base(self, delivery_id: int) -> str:
         return self.bases[delivery_id % len(self.bases)]
 
     def _masked(self, delivery_id: int, url: str) -> str | None:
-        if not is_trackable(url) or url.startswith(self.keep):
-            return None
-        ref = self.index.get(url, url)
-        return f"{self._base(delivery_id)}/c/{make_token(self.key, self.campaign_id, delivery_id, ref)}"
+        letter, memo = self._memo
+        if letter != delivery_id:
+            memo = {}
+            self._memo = (delivery_id, memo)
+        elif url in memo:
+            return memo[url]
+        masked = None
+        if is_trackable(url) and not url.startswith(self.keep):
+            ref = self.index.get(url, url)
+            masked = f"{self._base(delivery_id)}/c/{make_token(self.key, self.campaign_id, delivery_id, ref)}"
+        memo[url] = masked
+        return masked
 
     def text(self, delivery_id: int, text: str) -> str:
         if not self.clicks:
