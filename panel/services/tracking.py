@@ -66,7 +66,8 @@ def tracking_payload(campaign: Campaign, secret: str, public_url: str, scheme: s
 _LINK_URL = select(CampaignLink.__table__.c.url).where(
     CampaignLink.__table__.c.campaign_id == bindparam("campaign_id"), CampaignLink.__table__.c.idx == bindparam("idx")
 )
-_INSERT = {Click: insert(Click.__table__), Open: insert(Open.__table__)}
+# inline(): no RETURNING of the new id (PostgreSQL would fetch it for nothing)
+_INSERT = {Click: insert(Click.__table__).inline(), Open: insert(Open.__table__).inline()}
 
 
 def _count(connection: Connection, model: type, delivery_id: int, campaign_id: int, **values: Any) -> None:
