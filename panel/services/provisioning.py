@@ -197,6 +197,8 @@ def delete_server(user: User, server: Server) -> int:
         .where(Delivery.server_id == server.id, Delivery.status.not_in(FINAL_STATES))
         .values(status="failed", code=None, reply=f"the server {server.name} was deleted before this letter's outcome was known")
     ).rowcount
+    # All its letters forget it (deliveries.server_id has no foreign key to do it: models/campaign.py).
+    db.session.execute(update(Delivery).where(Delivery.server_id == server.id).values(server_id=None))
     db.session.delete(server)
     db.session.flush()
     return lost

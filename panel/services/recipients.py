@@ -11,7 +11,7 @@ from typing import Any, Iterator
 from sqlalchemy import delete, select, update
 
 from ..extensions import db
-from ..models import MailingList, Recipient, Suppression
+from ..models import Delivery, MailingList, Recipient, Suppression
 from ..models.base import insert_unless_present, is_row_id, utcnow
 from .addresses import InvalidAddress, normalise_address
 from .csv_import import RESERVED_FIELDS, field_name, is_email_column
@@ -76,6 +76,9 @@ def update_recipient(mailing_list: MailingList, recipient: Recipient, changes: d
 
 
 def delete_recipient(mailing_list: MailingList, recipient: Recipient) -> None:
+    # Letters keep their address and outcome and lose the recipient's fields (deliveries.recipient_id
+    # has no foreign key to do it: models/campaign.py); no id of a later recipient may take its place.
+    db.session.execute(update(Delivery).where(Delivery.recipient_id == recipient.id).values(recipient_id=None))
     removed = db.session.execute(delete(Recipient).where(Recipient.id == recipient.id)).rowcount
     if removed:
         _count(mailing_list, -removed)

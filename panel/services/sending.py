@@ -7,7 +7,7 @@ operations, so a list of millions never passes through Python.
 
 from __future__ import annotations
 
-from sqlalchemy import String, and_, case, delete, exists, func, insert, literal, select, text, update
+from sqlalchemy import String, Subquery, and_, case, delete, exists, func, insert, literal, select, text, update
 
 from ..extensions import db
 from ..models import (
@@ -19,8 +19,6 @@ from ..models import (
     ServerIP,
     Suppression,
     User,
-    campaign_exclude_lists,
-    campaign_lists,
 )
 from ..models.base import utcnow
 from .servers import user_servers
@@ -43,6 +41,28 @@ def _slots(servers: list[Server], domains: list[str] | None = None) -> list[tupl
     return slots
 
 
+def _chosen_recipients(user: User, campaign: Campaign) -> Subquery:
+    """(recipient_id, email) of every address to mail: on an allow list, on no deny list, not
+    suppressed; the first recipient row of an address on several lists.
+
+    The lists' ids go in as values, not as a subquery of campaign_lists: the planner then knows
+    from the lists' statistics that a million rows come, and anti-joins sorted streams by address
+    (a merge over the email indexes) instead of probing the deny list and the suppressions once
+    per row, as it did for the few rows it guessed behind a subquery."""
+    allowed = [mailing_list.id for mailing_list in campaign.lists]
+    denied = [mailing_list.id for mailing_list in campaign.exclude_lists]
+    chosen = (
+        select(func.min(Recipient.id).label("recipient_id"), Recipient.email)
+        .where(Recipient.list_id.in_(allowed))
+        .where(~exists().where(and_(Suppression.user_id == user.id, Suppression.email == Recipient.email)))
+        .group_by(Recipient.email)
+    )
+    if denied:
+        deny_row = Recipient.__table__.alias("deny_row")
+        chosen = chosen.where(~exists().where(and_(deny_row.c.email == Recipient.email, deny_row.c.list_id.in_(denied))))
+    return chosen.subquery()
+
+
 def start_campaign(user: User, campaign: Campaign) -> int:
     """Resolve recipients into deliveries and mark the campaign running; returns the count."""
     if campaign.user_id != user.id:
@@ -60,18 +80,7 @@ def start_campaign(user: User, campaign: Campaign) -> int:
     if not slots:
         raise SendingError("no server with an active IP address to send from: add a server first")
 
-    allowed = select(campaign_lists.c.list_id).where(campaign_lists.c.campaign_id == campaign.id)
-    denied = select(campaign_exclude_lists.c.list_id).where(campaign_exclude_lists.c.campaign_id == campaign.id)
-    deny_row = Recipient.__table__.alias("deny_row")
-    chosen = (
-        select(func.min(Recipient.id).label("recipient_id"), Recipient.email)
-        .where(Recipient.list_id.in_(allowed))
-        .where(~exists().where(and_(deny_row.c.email == Recipient.email, deny_row.c.list_id.in_(denied))))
-        .where(
-            ~exists().where(and_(Suppression.user_id == user.id, Suppression.email == Recipient.email))
-        )
-        .group_by(Recipient.email)
-    ).subquery()
+    chosen = _chosen_recipients(user, campaign)
     # Spread by the recipient's id modulo the number of weighted slots, in the same INSERT (no
     # UPDATE of a million fresh rows afterwards): even, deterministic.
     slot = chosen.c.recipient_id % len(slots)
@@ -84,9 +93,12 @@ def start_campaign(user: User, campaign: Campaign) -> int:
         # Each new letter's foreign keys are checked by a prepared statement; with the panel's
         # plan_cache_mode=force_custom_plan (panel/__init__.py) each check would be planned again:
         # 4 checks × a million letters took most of the time. Generic plans for this INSERT only,
-        # and memory enough to group a million addresses in a hash instead of sorting on disk.
+        # and memory enough to sort a million addresses in memory instead of on disk.
         db.session.execute(text("SET LOCAL plan_cache_mode = auto"))
         db.session.execute(text("SET LOCAL work_mem = '256MB'"))
+    # In address order, the order the grouping by address already yields: each new entry of the
+    # deliveries' email index lands next to the previous one. In hash order a million entries went
+    # to random pages of that index, evicting and re-reading them (PostgreSQL: a third of the time).
     inserted = db.session.execute(
         insert(Delivery).from_select(
             ["campaign_id", "recipient_id", "email", "status", "updated_at", "server_id", "source_ip",
@@ -94,7 +106,7 @@ def start_campaign(user: User, campaign: Campaign) -> int:
             select(
                 literal(campaign.id), chosen.c.recipient_id, chosen.c.email,
                 literal("pending"), literal(utcnow()), server_of, ip_of, domain_of,
-            ),
+            ).order_by(chosen.c.email),
         )
     )
     if postgresql:
