@@ -43,7 +43,7 @@ def main() -> int:
             filled = time.perf_counter() - started
             campaign = save_campaign(user, CampaignInput(
                 name="bench", subject="Hello", from_email="news@example.com", from_name=None, reply_to=None,
-                text="Hello {{ email }}", html=None, encoding="quoted-printable",
+                text="Hello {{ email }}\nUnsubscribe: {{ unsubscribe_url }}\n", html=None, encoding="quoted-printable",
                 lists=[first.id, second.id], exclude_lists=[deny.id], servers=[]))
             db.session.commit()
             started = time.perf_counter()
