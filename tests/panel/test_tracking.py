@@ -176,6 +176,14 @@ def test_campaign_page_and_stats_show_the_clicks(app, started, client, as_alice,
     token = seed.token(alice)
     stats = client.get(f"/api/v1/campaigns/{started}/stats", headers={"Authorization": f"Bearer {token}"}).get_json()
     assert (stats["clicks"], stats["clickers"], stats["opens"], stats["openers"]) == (5, 2, 1, 1)
+    links = client.get(f"/api/v1/campaigns/{started}/links", headers={"Authorization": f"Bearer {token}"}).get_json()
+    assert links == [
+        {"url": "https://shop.example.com/sale?a=1&b=2", "built": False, "clicks": 3, "recipients": 2},
+        {"url": "https://blog.example.com/", "built": False, "clicks": 1, "recipients": 1},
+        {"url": "https://shop.example.com/i/A1", "built": True, "clicks": 1, "recipients": 1},
+    ]
+    other = seed.token(seed.user("eve@example.com"))
+    assert client.get(f"/api/v1/campaigns/{started}/links", headers={"Authorization": f"Bearer {other}"}).status_code == 404
     polled = as_alice.get(f"/campaigns/{started}/stats").get_json()
     assert polled["links"][0] == {"url": "https://shop.example.com/sale?a=1&b=2", "clicks": 3, "recipients": 2}
 
@@ -262,3 +270,37 @@ def test_a_campaign_without_click_tracking_says_so_and_its_letters_keep_their_li
     assert 'href="https://shop.example.com/i/A1"' in html
     page = as_alice.get(f"/campaigns/{campaign_id}").get_data(as_text=True)
     assert "Links are not tracked in this campaign." in page and 'id="links"' not in page
+
+
+def _domains(app, alice) -> dict[str, int]:
+    with app.app_context():
+        for name, kind in (("t.example.com", "tracking"), ("mail.example.com", "sending")):
+            db.session.add(Domain(user_id=alice, name=name, kind=kind, zone="example.com", dns_host="127.0.0.1",
+                                  tsig_name="k", tsig_secret="sealed"))
+        db.session.commit()
+        return dict(db.session.execute(select(Domain.name, Domain.id)).all())
+
+
+def test_the_composer_chooses_tracking_domains_and_switches(app, seed, alice, as_alice):
+    list_id = seed.list(alice, "People", PEOPLE)
+    ids = _domains(app, alice)
+    page = as_alice.get("/campaigns/new").get_data(as_text=True)
+    assert re.search(r'<input[^>]*checked[^>]*name="track_clicks"|<input[^>]*name="track_clicks"[^>]*checked', page)
+    assert f'value="{ids["t.example.com"]}"' in page  # offered as a tracking domain
+    data = {"name": "n", "subject": "s", "from_email": "a@example.com", "format": "plain", "text": TEXT, "html": "",
+            "encoding": "quoted-printable", "lists": [list_id], "track_opens": "y",
+            "tracking_domains": [ids["t.example.com"]]}  # track_clicks left unticked
+    response = as_alice.post("/campaigns/new", data)
+    assert response.status_code == 302, response.get_data(as_text=True)
+    campaign_id = int(response.headers["Location"].rstrip("/").rsplit("/", 1)[1])
+
+    def saved(session):
+        item = session.get(Campaign, campaign_id)
+        return item.track_clicks, item.track_opens, [d.name for d in item.tracking_domains]
+    assert seed.query(saved) == (False, True, ["t.example.com"])
+    page = as_alice.get(f"/campaigns/{campaign_id}").get_data(as_text=True)
+    assert "t.example.com" in page and "Links are not tracked in this campaign." in page
+    edit = as_alice.get(f"/campaigns/{campaign_id}/edit").get_data(as_text=True)
+    assert not re.search(r'<input[^>]*checked[^>]*name="track_clicks"|<input[^>]*name="track_clicks"[^>]*checked', edit)
+    refused = as_alice.post("/campaigns/new", {**data, "tracking_domains": [ids["mail.example.com"]]})
+    assert refused.status_code == 400  # a sending domain is not offered as a tracking domain

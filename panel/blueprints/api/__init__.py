@@ -27,6 +27,7 @@ from ...services.suppressions import (MAX_PAGE_SIZE, PAGE_SIZE, SuppressionError
 from ...services.sending import SendingError, campaign_stats, set_campaign_state, start_campaign
 from ...services.server_config import RateLimitInput, replace_settings, settings_json
 from ...services.servers import ServerError, get_server, user_servers
+from ...services.tracking import link_stats
 from ...services.users import api_token_for
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -406,6 +407,13 @@ def campaigns_view(campaign_id: int):
 @bp.get("/campaigns/<int:campaign_id>/stats")
 def campaigns_stats(campaign_id: int):
     return jsonify(campaign_stats(_own_campaign(campaign_id)))
+
+
+@bp.get("/campaigns/<int:campaign_id>/links")
+def campaigns_links(campaign_id: int):
+    """Clicks per link: the template's links in order, then URLs built from fields (`"built": true`)."""
+    return jsonify([{"url": item.url, "built": item.idx is None, "clicks": item.clicks, "recipients": item.recipients}
+                    for item in link_stats(_own_campaign(campaign_id))])
 
 
 @bp.post("/campaigns/<int:campaign_id>/<any(start, pause, resume, cancel):action>")
