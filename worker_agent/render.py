@@ -184,6 +184,9 @@ class CompiledCampaign:
         self.tail = (
             f"MIME-Version: 1.0{CRLF}"
             f"List-Unsubscribe-Post: List-Unsubscribe=One-Click{CRLF}"
+            # RFC 2919: mail clients and filters group a campaign's letters by it; a letter with
+            # List-Unsubscribe and no List-Id looks like a half-made list mail (SpamAssassin LIST_PARTIAL).
+            f"List-Id: <c{campaign['id']}.{campaign['message_id_domain']}>{CRLF}"
             f"X-Mailfleet-Campaign: {campaign['id']}{CRLF}"
         )
 
@@ -207,6 +210,8 @@ class CompiledCampaign:
                 text = self.tracker.text(recipient["id"], text)
             if html is not None:
                 html = self.tracker.html(recipient["id"], html)
+        if text is None:  # an HTML-only campaign still gets a plain alternative: same words, same links
+            text = mime.text_from_html(html or "")
         name = fields.get("name")
         # A letter sent for one of the campaign's sending domains: its Return-Path, Message-ID and
         # DKIM signature (Exim picks the key by X-Mailfleet-Domain) and HELO follow that domain.
