@@ -46,9 +46,9 @@ def _chosen_recipients(user: User, campaign: Campaign) -> Subquery:
     suppressed; the first recipient row of an address on several lists.
 
     The lists' ids go in as values, not as a subquery of campaign_lists: the planner then knows
-    from the lists' statistics that a million rows come, and anti-joins sorted streams by address
-    (a merge over the email indexes) instead of probing the deny list and the suppressions once
-    per row, as it did for the few rows it guessed behind a subquery."""
+    from the lists' statistics that a million rows come, and anti-joins the deny list and the
+    suppressions as wholes (hashed) instead of probing both once per row, as it did for the few
+    rows it guessed behind a subquery."""
     allowed = [mailing_list.id for mailing_list in campaign.lists]
     denied = [mailing_list.id for mailing_list in campaign.exclude_lists]
     chosen = (
