@@ -27,6 +27,7 @@ from panel.services.campaigns import CampaignInput, save_campaign
 from panel.services.csv_import import import_records
 from panel.services.lists import create_list
 from panel.services.servers import SourceIP, register_server
+from panel.services.tracking import dispose_counting_engine
 from tests.conftest import Databases
 
 SECRET = "test-secret-key"
@@ -142,6 +143,7 @@ def app(database_url: str, app_config: dict[str, Any]) -> Iterator[Flask]:
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
+        dispose_counting_engine(app)
 
 
 @pytest.fixture

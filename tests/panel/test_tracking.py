@@ -8,7 +8,7 @@ import email.policy
 import re
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from panel.extensions import db
 from panel.models import Campaign, Click, Delivery, Domain, Open, User
@@ -154,6 +154,26 @@ def test_the_pixel_is_a_gif_that_counts_an_open(app, started, client, seed):
         assert response.mimetype == "image/gif" and response.data.startswith(b"GIF89a")
         assert "no-store" in response.headers["Cache-Control"]
     assert seed.query(lambda s: s.scalar(select(func.count()).select_from(Open))) == 2
+
+
+def test_a_click_counts_after_the_database_dropped_the_connection(app, started, client, seed, db_backend):
+    """Counting skips the pool's pre-ping on PostgreSQL: a connection the server closed fails once
+    and the click is counted on a fresh one, never lost nor answered with an error."""
+    if db_backend != "postgresql":
+        pytest.skip("SQLite has no server to drop a connection")
+    _text, html = _letters(app, started)["ann@example.org"]
+    link, pixel = _path(_links(html)[0]), _path(re.search(r'<img src="([^"]+)"', html).group(1))
+    assert client.get(link).status_code == 302  # the counting pool now holds an idle connection
+    with app.app_context():
+        engine = app.extensions["mailfleet_counting_engine"]
+        with engine.connect() as connection:
+            own = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        db.session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": own})
+        db.session.commit()
+    assert client.get(link).status_code == 302
+    assert client.get(pixel).status_code == 200
+    assert seed.query(lambda s: s.scalar(select(func.count()).select_from(Click))) == 2
+    assert seed.query(lambda s: s.scalar(select(func.count()).select_from(Open))) == 1
 
 
 def test_campaign_page_and_stats_show_the_clicks(app, started, client, as_alice, alice, seed):
