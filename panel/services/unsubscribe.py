@@ -4,11 +4,10 @@ and collected by the daemon)."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
 from ..extensions import db
 from ..models import BounceMessage, Campaign, Delivery, Suppression
 from ..models.base import insert_unless_present, utcnow
+from .bounces.apply import unprocessed_messages
 from .tokens import delivery_id_from_token
 
 
@@ -56,12 +55,7 @@ def apply_unsubscribe_message(message: BounceMessage) -> bool:
 
 def apply_pending_unsubscribe_messages(limit: int = 500) -> int:
     """Apply unsubscribe mails stored but not applied yet (e.g. kept before an upgrade)."""
-    messages = db.session.scalars(
-        select(BounceMessage)
-        .where(BounceMessage.kind == "unsubscribe", BounceMessage.classified_at.is_(None))
-        .order_by(BounceMessage.id)
-        .limit(limit)
-    ).all()
+    messages = unprocessed_messages("unsubscribe", limit)
     for message in messages:
         apply_unsubscribe_message(message)
     return len(messages)

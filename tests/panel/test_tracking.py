@@ -49,15 +49,20 @@ def _links(body: str) -> list[str]:
     return [url.rstrip(".") for url in re.findall(r"http://panel\.example\.com/c/[A-Za-z0-9._=-]+", body)]
 
 
-@pytest.fixture
-def started(app, seed, alice) -> int:
+def _start(app, seed, alice, **settings) -> int:
+    """A started campaign of TEXT and HTML to PEOPLE, with the tracking `settings`."""
     list_id = seed.list(alice, "People", PEOPLE)
     seed.server(alice)
-    campaign_id = seed.campaign(alice, [list_id], text=TEXT, html=HTML, track_opens=True)
+    campaign_id = seed.campaign(alice, [list_id], text=TEXT, html=HTML, **settings)
     with app.app_context():
         start_campaign(db.session.get(User, alice), db.session.get(Campaign, campaign_id))
         db.session.commit()
     return campaign_id
+
+
+@pytest.fixture
+def started(app, seed, alice) -> int:
+    return _start(app, seed, alice, track_opens=True)
 
 
 def _path(url: str) -> str:
@@ -279,12 +284,7 @@ def test_an_edited_drafts_preview_links_lead_to_the_new_targets(app, seed, alice
 
 
 def test_a_campaign_without_click_tracking_says_so_and_its_letters_keep_their_links(app, seed, alice, as_alice):
-    list_id = seed.list(alice, "People", PEOPLE)
-    seed.server(alice)
-    campaign_id = seed.campaign(alice, [list_id], text=TEXT, html=HTML, track_clicks=False)
-    with app.app_context():
-        start_campaign(db.session.get(User, alice), db.session.get(Campaign, campaign_id))
-        db.session.commit()
+    campaign_id = _start(app, seed, alice, track_clicks=False)
     text, html = _letters(app, campaign_id)["ann@example.org"]
     assert "Sale: https://shop.example.com/sale?a=1&b=2" in text and "/c/" not in text + html
     assert 'href="https://shop.example.com/i/A1"' in html

@@ -139,14 +139,19 @@ def process_bounce(message: BounceMessage) -> None:
     db.session.flush()
 
 
-def process_pending_bounces(limit: int = 500) -> int:
-    """Classify stored bounce messages not classified yet (e.g. stored before an upgrade)."""
-    messages = db.session.scalars(
+def unprocessed_messages(kind: str, limit: int) -> list[BounceMessage]:
+    """Stored messages of a kind ("bounce", "unsubscribe") not acted on yet, oldest first."""
+    return list(db.session.scalars(
         select(BounceMessage)
-        .where(BounceMessage.kind == "bounce", BounceMessage.classified_at.is_(None))
+        .where(BounceMessage.kind == kind, BounceMessage.classified_at.is_(None))
         .order_by(BounceMessage.id)
         .limit(limit)
-    ).all()
+    ))
+
+
+def process_pending_bounces(limit: int = 500) -> int:
+    """Classify stored bounce messages not classified yet (e.g. stored before an upgrade)."""
+    messages = unprocessed_messages("bounce", limit)
     for message in messages:
         process_bounce(message)
     return len(messages)
