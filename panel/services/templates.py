@@ -71,20 +71,21 @@ def allowed_variables(list_fields: Iterable[Iterable[str]]) -> set[str]:
     return names
 
 
-def _first_line(tree: nodes.Template, name: str) -> int:
+def _loaded_at(tree: nodes.Template, name: str) -> int | None:
+    """The first line that reads the variable `name`, None if none does."""
     for node in tree.find_all(nodes.Name):
         if node.name == name and node.ctx == "load":
             return node.lineno
-    return 1
+    return None
 
 
-def check_template(part: str, source: str, variables: set[str]) -> list[TemplateProblem]:
-    """Every problem of one part, in line order; empty when it may be saved."""
+def _checked(part: str, source: str, variables: set[str]) -> tuple[nodes.Template | None, list[TemplateProblem]]:
+    """The parsed part (None if it does not parse) and its problems, in line order."""
     try:
         tree = _env.parse(source)
     except TemplateSyntaxError as exc:
         message = exc.message or "syntax error"
-        return [TemplateProblem(part, exc.lineno or 1, message.rstrip("."))]
+        return None, [TemplateProblem(part, exc.lineno or 1, message.rstrip("."))]
     problems: list[TemplateProblem] = []
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
         attr = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
@@ -94,20 +95,17 @@ def check_template(part: str, source: str, variables: set[str]) -> list[Template
         if name not in variables:
             known = ", ".join(sorted(variables))
             problems.append(
-                TemplateProblem(part, _first_line(tree, name), f"unknown variable {name!r} (you can use: {known})")
+                TemplateProblem(part, _loaded_at(tree, name) or 1, f"unknown variable {name!r} (you can use: {known})")
             )
-    return sorted(problems, key=lambda problem: (problem.line, problem.message))
+    return tree, sorted(problems, key=lambda problem: (problem.line, problem.message))
 
 
-def check_unsubscribe_link(part: str, source: str) -> TemplateProblem | None:
-    """A problem if this body (text or html) never shows `{{ unsubscribe_url }}`; every letter
-    must carry a visible way out. (A body that does not parse is reported by check_template.)"""
-    try:
-        tree = _env.parse(source)
-    except TemplateSyntaxError:
-        return None
-    if any(node.name == "unsubscribe_url" and node.ctx == "load" for node in tree.find_all(nodes.Name)):
-        return None
+def check_template(part: str, source: str, variables: set[str]) -> list[TemplateProblem]:
+    """Every problem of one part, in line order; empty when it may be saved."""
+    return _checked(part, source, variables)[1]
+
+
+def _unsubscribe_link_missing(part: str) -> TemplateProblem:
     what = "text" if part == "text" else "HTML"
     return TemplateProblem(part, 0, f"the {what} body has no unsubscribe link, which every letter must show: "
                                     f"{UNSUBSCRIBE_HINTS[part]}")
@@ -120,7 +118,9 @@ def check_templates(parts: dict[str, str | None], variables: set[str]) -> list[T
     for part in PARTS:
         source = parts.get(part)
         if source:
-            problems.extend(check_template(part, source, variables))
-            if part in UNSUBSCRIBE_HINTS and (missing := check_unsubscribe_link(part, source)) is not None:
-                problems.append(missing)
+            tree, found = _checked(part, source, variables)
+            problems.extend(found)
+            # Every letter must carry a visible way out. (A body that does not parse is reported above.)
+            if part in UNSUBSCRIBE_HINTS and tree is not None and _loaded_at(tree, "unsubscribe_url") is None:
+                problems.append(_unsubscribe_link_missing(part))
     return problems
