@@ -22,7 +22,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ import urllib.request
 from pathlib import Path
 
 from _panel_db import ROOT, backends_from_argv, fill_list, make_user_and_server, panel_app
+
+from devserver.ports import free_port, wait_listening
 
 WRK = "/usr/bin/wrk"
 SECRET = "bench"
@@ -74,23 +75,6 @@ end
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("gunicorn did not start listening")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -167,7 +151,7 @@ def run(backend: str, seconds: int) -> dict:
             cwd=ROOT, env=env, start_new_session=True,
         )
         try:
-            wait_port(port, gunicorn)
+            wait_listening(gunicorn, port, "gunicorn")
             for _ in range(workers * 4):  # every worker has its app loaded
                 try:
                     urllib.request.urlopen(f"http://127.0.0.1:{port}/c/x", timeout=30)

@@ -13,10 +13,8 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import requests
 
 from .exim import Exim, EximSettings, default_bounce_pipe_command, exim_user_can
 from .mail_capture import CaptureServer
-from .ports import free_port
+from .ports import free_port, wait_listening
 
 REPO = Path(__file__).resolve().parent.parent
 BOUNCE_DOMAIN = "bounces.mailfleet.test"
@@ -114,17 +112,7 @@ class LocalStack:
         return process
 
     def _wait_port(self, name: str, port: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            process = self.processes[name]
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}; see {self.logs / (name + '.log')}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"{name} did not listen on port {port} within {timeout:.0f} s")
+        wait_listening(self.processes[name], port, name, timeout, hint=f"; see {self.logs / (name + '.log')}")
 
     # -- the parts ---------------------------------------------------------------------
     def start_capture(self) -> None:
