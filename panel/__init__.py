@@ -60,20 +60,37 @@ def _tune_postgresql(app: Flask) -> None:
 
 
 def _tune_sqlite(app: Flask) -> None:
-    """WAL lets the panel and the daemon read while the other writes; foreign keys are off by default."""
+    """WAL lets the panel and the daemon read while the other writes; foreign keys are off by default.
+    The database file is kept 0600 (SQLite gives its -wal and -shm files the same mode): it holds
+    every tenant's lists and password hashes."""
     from sqlalchemy import event
 
     with app.app_context():
         engine = db.engine
+        database = engine.url.database
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection, _record):  # noqa: ANN001
+            _keep_private(database)
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
+
+
+def _keep_private(database: str | None) -> None:
+    """chmod 0600 the SQLite file and its -wal/-shm, whatever umask made them (gunicorn, the daemon, flask)."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    for path in (database, database + "-wal", database + "-shm"):
+        try:
+            st = os.stat(path)
+            if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+                os.chmod(path, 0o600)
+        except FileNotFoundError:
+            pass
 
 
 def register_blueprints(app: Flask) -> None:

@@ -269,3 +269,6 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(suppressions_cli)
     app.cli.add_command(bounces_cli)
     app.cli.add_command(init_db)
+    from .cli_secrets import secrets_cli  # imports this module's PanelGroup
+
+    app.cli.add_command(secrets_cli)

@@ -27,16 +27,29 @@ class Config:
     API_RATE = 20.0  # API requests a second each token may make on average (a token bucket in the DB)
     API_BURST = 100  # requests a token may make at once before API_RATE applies
     API_MAX_ROWS = 100_000  # recipients one bulk add may carry; more is a 413
+    # The file of the keys that seal stored secrets (TSIG, DKIM, agent keys); empty: instance/secrets.key.
+    # Kept elsewhere (another disk, a mount only the panel's user reads), a copy of the DB or of the
+    # instance folder reveals no secret.
+    SECRETS_KEY_FILE = ""
 
 
 ENV_PREFIX = "MAILFLEET_"
+
+
+def private_folder(path: Path) -> None:
+    """Make the folder (the instance, uploads) if missing and keep it 0700: it holds the database,
+    keys and users' lists, which no other local user may read."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.stat()
+    if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+        path.chmod(0o700)
 
 
 def _secret_key(instance_path: Path) -> str:
     """A key kept in instance/secret_key (0600), made once, so sessions and links survive restarts."""
     path = instance_path / "secret_key"
     if not path.exists():
-        instance_path.mkdir(parents=True, exist_ok=True)
+        private_folder(instance_path)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
@@ -55,8 +68,9 @@ def load_config(app, overrides: dict | None) -> None:
     if overrides:
         app.config.update(overrides)
     instance = Path(app.instance_path)
+    if instance.exists() or not app.config.get("SQLALCHEMY_DATABASE_URI"):
+        private_folder(instance)
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
-        instance.mkdir(parents=True, exist_ok=True)
         app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{instance / 'mailfleet.db'}"
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _secret_key(instance)

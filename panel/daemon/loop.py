@@ -18,6 +18,7 @@ from ..extensions import db
 from ..models import Campaign, Server, ServerEvent
 from ..models.base import utcnow
 from ..services import domains, server_config
+from ..services.agent_keys import open_agent_key
 from .agent_client import AgentClient, AgentError, AgentUnreachable
 from .dispatch import dispatch_server
 from .outcomes import collect_outcomes, finish_campaigns
@@ -50,7 +51,8 @@ class DaemonState:
         if known is None or known[0] != identity:
             if known:
                 known[1].close()
-            client = AgentClient(server.api_url, server.agent_key, server.cert_fingerprint,
+            # Opened once per client: the key is sealed in the DB (identity holds the sealed form).
+            client = AgentClient(server.api_url, open_agent_key(server), server.cert_fingerprint,
                                  timeout=current_app.config["AGENT_TIMEOUT"])
             self.clients[server.id] = (identity, client)
         return self.clients[server.id][1]

@@ -37,6 +37,7 @@ from ..services.provisioning import (
     scan_host_key,
     write_known_hosts,
 )
+from ..services.agent_keys import open_agent_key
 from ..services.servers import ServerError
 from .password_channel import PasswordChannel, PasswordStore, socket_path
 
@@ -157,7 +158,7 @@ def _inventory(server: Server, key_file: Path, public_key: str, extra: dict) -> 
         "ssh_access_public_key": public_key,
         "exim_source_ips": [{"ip": ip.ip, "helo": ip.helo} for ip in server.ips if ip.active],
         "worker_agent_listen_port": server.api_port,
-        "worker_agent_fernet_key": server.agent_key or "",
+        "worker_agent_fernet_key": open_agent_key(server) or "",
     }
     host_vars.update(extra)
     return {"mailfleet_workers": {"hosts": {f"server{server.id}": host_vars}}}

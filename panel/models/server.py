@@ -30,9 +30,10 @@ class Server(db.Model):
     ssh_port: Mapped[int] = mapped_column(default=22, server_default="22")
     host_key: Mapped[str | None] = mapped_column(Text)
     host_key_fingerprint: Mapped[str | None] = mapped_column(Text)
-    # The worker's Fernet key and its TLS certificate fingerprint (SHA-256 hex), pinned.
-    # Empty while the panel is still setting the server up (filled when setup succeeds).
-    agent_key: Mapped[str | None] = mapped_column(String(64))
+    # The worker's Fernet key (sealed by services.secret_box; services.agent_keys opens it) and its
+    # TLS certificate fingerprint (SHA-256 hex), pinned. Empty while the panel is still setting the
+    # server up (filled when setup succeeds).
+    agent_key: Mapped[str | None] = mapped_column(Text)
     cert_fingerprint: Mapped[str | None] = mapped_column(String(64))
     # new | online | offline, and provisioning | failed | removed while the panel sets it up or takes it down
     status: Mapped[str] = mapped_column(String(20), default="new", index=True)

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from ..extensions import db
 from ..models import Server, ServerEvent, ServerIP, User
+from .agent_keys import seal_agent_key
 
 HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
 
@@ -111,6 +112,8 @@ def new_server(user: User, *, name: str, host: str, ips: list[SourceIP], **colum
     seen = [item.ip for item in ips]
     if len(set(seen)) != len(seen):
         raise ServerError("each source IP address may be given once")
+    if columns.get("agent_key"):  # stored sealed, like TSIG and DKIM secrets
+        columns["agent_key"] = seal_agent_key(str(columns["agent_key"]))
     server = Server(user_id=user.id, name=name, host=host, outcome_ack=0, **columns)
     server.ips = [
         ServerIP(ip=item.ip, helo=check_helo(item.helo, item.ip) if item.helo else host, weight=1, active=True)

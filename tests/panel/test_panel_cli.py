@@ -11,6 +11,7 @@ from sqlalchemy import inspect, select
 
 from panel.extensions import db
 from panel.models import ApiToken, MailingList, Recipient, Server
+from panel.services.agent_keys import open_agent_key
 from panel.services.users import authenticate, user_for_token
 
 
@@ -100,7 +101,7 @@ def test_lists_import_errors_import_nothing(runner, seed, alice, bob, tmp_path, 
     assert seed.query(lambda s: s.query(MailingList).filter_by(user_id=alice).count()) == 0
 
 
-def test_servers_add(runner, seed, alice, tmp_path):
+def test_servers_add(app, runner, seed, alice, tmp_path):
     key = Fernet.generate_key()
     key_file = tmp_path / "agent.key"
     key_file.write_bytes(key + b"\n")
@@ -114,7 +115,9 @@ def test_servers_add(runner, seed, alice, tmp_path):
     server_id = int(result.stdout.split()[-1])
     server = seed.get(Server, server_id)
     assert (server.user_id, server.name, server.host, server.api_port) == (alice, "local worker", "127.0.0.1", 8443)
-    assert server.agent_key == key.decode() and server.cert_fingerprint == "ab" * 32
+    assert key.decode() not in server.agent_key and server.cert_fingerprint == "ab" * 32  # stored sealed
+    with app.app_context():
+        assert open_agent_key(server) == key.decode()
     assert server.status == "new"
     ips = seed.query(lambda s: [(i.ip, i.helo, i.weight, i.active) for i in s.get(Server, server_id).ips])
     assert ips == [("127.0.0.2", "ip2.worker.test", 1, True), ("127.0.0.3", "ip3.worker.test", 1, True)]

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 from flask import Flask
 
 from panel.daemon import provision
 from panel.daemon.provision import EventRecorder, Provisioner, RunResult
 from panel.extensions import db
 from panel.models import ProvisionJob, Server, ServerEvent, User
+from panel.services.agent_keys import open_agent_key
 from panel.services.provisioning import add_server, parse_ip_lines
 
 PREFLIGHT_MSG = ("Port 25 is taken by another program (postfix/master). Only Exim may listen there. "
@@ -111,5 +113,8 @@ def test_inventory_carries_port_key_ips_and_the_agent_key_but_no_password(app: F
         assert host["ansible_port"] == 2222 and host["ansible_user"] == "root"
         assert host["ansible_ssh_private_key_file"] == "/k" and host["ssh_access_public_key"] == "ssh-ed25519 AAAA panel"
         assert host["exim_source_ips"] == [{"ip": "192.0.2.9", "helo": "mx.example.net"}]
-        assert host["worker_agent_fernet_key"] == server.agent_key and host["exim_smarthost"] == "x"
+        # the role gets the key itself; the DB holds it sealed
+        assert host["worker_agent_fernet_key"] == open_agent_key(server) != server.agent_key
+        Fernet(host["worker_agent_fernet_key"].encode())
+        assert host["exim_smarthost"] == "x"
         assert not any("pass" in key for key in host)
