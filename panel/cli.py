@@ -1,4 +1,4 @@
-"""`flask --app panel …` commands: users and tokens, list imports, servers, the database.
+"""`flask --app panel …` commands: users and API tokens, list imports, servers, the database.
 
 Each command prints what a script needs on stdout (a token, a report, an id) and its
 errors on stderr as one plain sentence, with exit status 1; never a traceback.
@@ -11,6 +11,7 @@ import json
 import shutil
 import sys
 import tempfile
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,13 +22,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .extensions import db
 from .models import User
+from .models.base import is_row_id, utcnow
 from .services.csv_import import ImportFailed, ImportOptions, import_file
 from .services.imports.mx import MxChecker
 from .services.imports.report import csv_rows
 from .services.imports.sources import ImportLimits
 from .services.lists import ListError, create_list, find_list
 from .services.servers import ServerError, parse_source_ip, register_server
-from .services.users import UserError, create_api_token, create_user, find_user, generate_password
+from .services.users import (UserError, create_api_token, create_user, find_user, generate_password, get_api_token,
+                             revoke_api_token, user_tokens)
 
 class PanelGroup(AppGroup):
     """Commands whose database errors end in one plain sentence instead of a traceback."""
@@ -47,6 +50,7 @@ lists_cli = PanelGroup("lists", help="Import recipients into lists and export li
 CLI_REJECTED_SHOWN = 1000  # rejected rows printed in the JSON report; --report gets them all
 servers_cli = PanelGroup("servers", help="Register sending servers.")
 suppressions_cli = PanelGroup("suppressions", help="Export a user's suppression list.")
+tokens_cli = PanelGroup("tokens", help="Create, list and revoke API tokens.")
 
 
 def fail(message: str) -> NoReturn:
@@ -94,6 +98,55 @@ def users_create_token(email: str, name: str) -> None:
         fail(str(exc))
     db.session.commit()
     click.echo(token)
+
+
+@tokens_cli.command("create")
+@click.argument("email")
+@click.option("--name", required=True, help="A name to tell the token apart by.")
+@click.option("--expires-days", type=click.IntRange(1, 3650), help="Days until it stops working; without: never.")
+@click.option("--read-only", is_flag=True, help="It may only GET and HEAD; anything else is a 403.")
+def tokens_create(email: str, name: str, expires_days: int | None, read_only: bool) -> None:
+    """Create an API token for a user. Prints only the token (it is not stored and cannot be shown again)."""
+    user = _user(email)
+    try:
+        token = create_api_token(user, name, scope="read" if read_only else "write",
+                                 expires_in=timedelta(days=expires_days) if expires_days else None)
+    except UserError as exc:
+        fail(str(exc))
+    db.session.commit()
+    click.echo(token)
+
+
+def _when(value: datetime | None) -> str | None:
+    return value.isoformat() + "Z" if value else None
+
+
+@tokens_cli.command("list")
+@click.argument("email")
+def tokens_list(email: str) -> None:
+    """A user's API tokens, one JSON object a line: {"id", "name", "scope", "state" (active, expired,
+    revoked), "created_at", "last_used_at", "expires_at", "revoked_at"}; never the tokens themselves."""
+    now = utcnow()
+    for item in user_tokens(_user(email)):
+        click.echo(json.dumps({
+            "id": item.id, "name": item.name, "scope": item.scope, "state": item.state(now),
+            "created_at": _when(item.created_at), "last_used_at": _when(item.last_used_at),
+            "expires_at": _when(item.expires_at), "revoked_at": _when(item.revoked_at)}, ensure_ascii=False))
+
+
+@tokens_cli.command("revoke")
+@click.argument("token_id", type=int)
+def tokens_revoke(token_id: int) -> None:
+    """Revoke the API token with this id (`tokens list EMAIL` shows them): refused from now on."""
+    api_token = get_api_token(token_id) if is_row_id(token_id) else None
+    if api_token is None:
+        fail(f"there is no API token {token_id}: `flask --app panel tokens list EMAIL` shows a user's tokens")
+    if revoke_api_token(api_token):
+        db.session.commit()
+        click.echo(f"Revoked token {api_token.id} ({api_token.name!r}) of {api_token.user.email}.", err=True)
+    else:
+        click.echo(f"Token {api_token.id} ({api_token.name!r}) was already revoked at {_when(api_token.revoked_at)}.",
+                   err=True)
 
 
 @lists_cli.command("import")
@@ -264,6 +317,7 @@ def bounces_classify(file: str) -> None:
 
 def register_commands(app: Flask) -> None:
     app.cli.add_command(users_cli)
+    app.cli.add_command(tokens_cli)
     app.cli.add_command(lists_cli)
     app.cli.add_command(servers_cli)
     app.cli.add_command(suppressions_cli)

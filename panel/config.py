@@ -12,6 +12,14 @@ class Config:
     SQLALCHEMY_ENGINE_OPTIONS: dict = {"pool_pre_ping": True}
     SECRET_KEY: str | None = None
     WTF_CSRF_TIME_LIMIT = None  # tokens live as long as the session
+    # Cookies never readable by scripts nor sent along with other sites' requests (but a link
+    # followed from elsewhere still arrives logged in); `Secure` and HSTS when PUBLIC_URL is https.
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    REMEMBER_COOKIE_HTTPONLY = True
+    REMEMBER_COOKIE_SAMESITE = "Lax"
+    REMEMBER_COOKIE_DURATION = 30 * 86400  # seconds "Keep me logged in" lasts
+    HSTS_MAX_AGE = 365 * 86400  # Strict-Transport-Security on every response when PUBLIC_URL is https
     MAX_CONTENT_LENGTH = 64 * 1024 * 1024
     # Base of links put into letters (unsubscribe); must be reachable by recipients.
     PUBLIC_URL = "http://127.0.0.1:5000"
@@ -74,3 +82,5 @@ def load_config(app, overrides: dict | None) -> None:
         app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{instance / 'mailfleet.db'}"
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _secret_key(instance)
+    https = app.config["PUBLIC_URL"].lower().startswith("https://")
+    app.config["SESSION_COOKIE_SECURE"] = app.config["REMEMBER_COOKIE_SECURE"] = https

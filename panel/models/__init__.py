@@ -22,10 +22,10 @@ from .import_job import IMPORT_STATES, ImportJob
 from .mailing_list import MailingList, Recipient, Suppression
 from .tracking import CampaignLink, Click, Open
 from .server import JOB_KINDS, JOB_STATES, READY_STATES, ProvisionJob, Server, ServerEvent, ServerIP, ServerRateLimit
-from .user import ApiRateBucket, ApiToken, User
+from .user import TOKEN_SCOPES, ApiRateBucket, ApiToken, LoginThrottle, User
 
 __all__ = [
-    "ApiRateBucket", "ApiToken", "BounceMessage", "CAMPAIGN_STATES", "Campaign", "CampaignCount", "CampaignLink", "Click",
+    "ApiRateBucket", "ApiToken", "LoginThrottle", "TOKEN_SCOPES", "BounceMessage", "CAMPAIGN_STATES", "Campaign", "CampaignCount", "CampaignLink", "Click",
     "Open", "campaign_tracking_domains", "DELIVERY_STATES", "Delivery",
     "DeliveryEvent", "DispatchBatch", "DMARC_POLICIES", "DOMAIN_KINDS", "Domain", "TSIG_ALGORITHMS", "ENCODINGS", "FINAL_STATES", "IMPORT_STATES", "ImportJob", "JOB_KINDS", "JOB_STATES", "MailingList",
     "ProvisionJob", "READY_STATES", "Recipient",

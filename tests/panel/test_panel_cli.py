@@ -188,3 +188,56 @@ def test_a_database_without_tables_gives_a_plain_error(empty_app, db_backend):
     assert result.exit_code == 1
     assert f"the database refused: {MISSING_TABLE[db_backend]}" in result.stderr
     assert "init-db" in result.stderr and "Traceback" not in result.output
+
+
+# -- tokens ---------------------------------------------------------------------------------------
+
+def test_tokens_create_list_and_revoke(runner, app, client, seed, alice):
+    result = runner.invoke(args=["tokens", "create", "alice@example.com", "--name", "reports",
+                                 "--expires-days", "7", "--read-only"])
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+    assert result.stdout == token + "\n" and token.startswith("mf_")
+    row = seed.query(lambda s: s.scalars(select(ApiToken)).one())
+    assert (row.name, row.scope) == ("reports", "read") and 6 <= (row.expires_at - row.created_at).days <= 7
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/v1/lists", headers=headers).status_code == 200
+    assert client.post("/api/v1/lists", headers=headers, json={"name": "x"}).status_code == 403
+
+    result = runner.invoke(args=["tokens", "list", "alice@example.com"])
+    assert result.exit_code == 0, result.output
+    [listed] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert listed["id"] == row.id and listed["name"] == "reports" and listed["scope"] == "read"
+    assert listed["state"] == "active" and listed["revoked_at"] is None and listed["expires_at"]
+    assert token not in result.stdout and row.token_hash not in result.stdout
+
+    result = runner.invoke(args=["tokens", "revoke", str(row.id)])
+    assert result.exit_code == 0, result.output
+    assert "Revoked" in result.stderr
+    response = client.get("/api/v1/lists", headers=headers)
+    assert response.status_code == 401 and "revoked" in response.get_json()["error"]
+    listed = json.loads(runner.invoke(args=["tokens", "list", "alice@example.com"]).stdout)
+    assert listed["state"] == "revoked" and listed["revoked_at"]
+    again = runner.invoke(args=["tokens", "revoke", str(row.id)])
+    assert again.exit_code == 0 and "already revoked" in again.stderr
+
+
+def test_tokens_create_defaults_to_a_write_token_without_expiry(runner, seed, alice):
+    result = runner.invoke(args=["tokens", "create", "alice@example.com", "--name", "deploy"])
+    assert result.exit_code == 0, result.output
+    row = seed.query(lambda s: s.scalars(select(ApiToken)).one())
+    assert (row.scope, row.expires_at, row.revoked_at) == ("write", None, None)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["tokens", "create", "nobody@example.com", "--name", "x"], "there is no user nobody@example.com"),
+    (["tokens", "create", "alice@example.com", "--name", "x", "--expires-days", "0"], "--expires-days"),
+    (["tokens", "list", "nobody@example.com"], "there is no user"),
+    (["tokens", "revoke", "999"], "there is no API token 999"),
+    (["tokens", "revoke", "abc"], "is not a valid integer"),
+])
+def test_tokens_errors(runner, alice, args, message):
+    result = runner.invoke(args=args)
+    assert result.exit_code != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.output

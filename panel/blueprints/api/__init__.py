@@ -28,7 +28,7 @@ from ...services.sending import SendingError, campaign_stats, set_campaign_state
 from ...services.server_config import RateLimitInput, replace_settings, settings_json
 from ...services.servers import ServerError, get_server, user_servers
 from ...services.tracking import link_stats
-from ...services.users import api_token_for
+from ...services.users import TokenRefused, authenticate_token
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -54,21 +54,27 @@ def _api_error(error: ApiError):
     return response
 
 
+READ_METHODS = frozenset({"GET", "HEAD"})  # all a read-only token may do
+
+
 @bp.before_request
 def _authenticate() -> None:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "send your API token as Authorization: Bearer <token> "
                             "(make one with: flask --app panel users create-token EMAIL)")
-    api_token = api_token_for(token.strip())
-    if api_token is None:
-        raise ApiError(401, "this API token is not valid: check it, or make a new one with "
-                            "flask --app panel users create-token EMAIL")
+    try:
+        api_token = authenticate_token(token.strip())
+    except TokenRefused as exc:
+        raise ApiError(401, str(exc)) from None
     config = current_app.config
     wait = take_token(api_token.id, float(config["API_RATE"]), float(config["API_BURST"]))
     db.session.commit()  # its last-used time and its bucket, before the request's own work
     if wait:
         raise RateLimited(wait, config["API_RATE"], config["API_BURST"])
+    if api_token.scope != "write" and request.method not in READ_METHODS:
+        raise ApiError(403, f"this API token ({api_token.name!r}) is read-only: it may only GET and HEAD, and "
+                            f"{request.method} changes things; use a write token (made without --read-only)")
     g.api_user = api_token.user
 
 

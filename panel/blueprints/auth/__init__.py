@@ -1,29 +1,38 @@
-"""Logging in and out (session cookies, Flask-Login)."""
+"""Logging in and out (session cookies, Flask-Login), failed logins throttled, and the account
+page (password change, API tokens: account.py).
+
+A session's user id is "<user id>:<session generation>" (User.get_id); logout and a password
+change bump the generation, so a session or remember cookie copied before is refused after.
+"""
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
-from ...extensions import login_manager
-from ...models import User
-from ...services.users import authenticate, get_user
+from ...extensions import db, login_manager
+from ...services import login_throttle
+from ...services.users import authenticate, end_sessions, load_session_user
 from .forms import LoginForm
 
 bp = Blueprint("auth", __name__, template_folder="templates")
 
 
-def _load_user(user_id: str) -> User | None:
-    return get_user(int(user_id)) if user_id.isdigit() else None
-
-
 def init_login() -> None:
-    login_manager.user_loader(_load_user)
+    login_manager.user_loader(load_session_user)
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Log in to see that page."
     login_manager.login_message_category = "info"
+
+
+@bp.after_app_request
+def _strict_transport_security(response: Response) -> Response:
+    """HSTS on every response of a panel served over https: browsers then never try http again."""
+    if current_app.config["PUBLIC_URL"].lower().startswith("https://"):
+        response.headers.setdefault("Strict-Transport-Security", f"max-age={int(current_app.config['HSTS_MAX_AGE'])}")
+    return response
 
 
 def _safe_next(target: str | None) -> str | None:
@@ -34,6 +43,13 @@ def _safe_next(target: str | None) -> str | None:
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return None
     return target
+
+
+def too_many_failures(template: str, wait: float, **context) -> tuple[str, int, dict[str, str]]:
+    """The page again with a 429 and Retry-After, answered without checking any password."""
+    seconds = login_throttle.retry_after(wait)
+    flash(f"Too many failed logins: try again in {seconds} s.", "error")
+    return render_template(template, **context), 429, {"Retry-After": str(seconds)}
 
 
 @bp.get("/")
@@ -47,8 +63,14 @@ def login():
         return redirect(url_for("campaigns.index"))
     form = LoginForm()
     if form.validate_on_submit():
+        wait = login_throttle.reserve(form.email.data, request.remote_addr)
+        db.session.commit()  # counted before the hash, so every worker sees this attempt
+        if wait:
+            return too_many_failures("auth/login.html", wait, form=form)
         user = authenticate(form.email.data, form.password.data)
         if user is not None:
+            login_throttle.succeeded(form.email.data, request.remote_addr)
+            db.session.commit()
             login_user(user, remember=form.remember.data)
             return redirect(_safe_next(request.args.get("next")) or url_for("campaigns.index"))
         flash("That e-mail and password do not match an account.", "error")
@@ -59,6 +81,11 @@ def login():
 @login_required
 def logout():
     # A POST, so CSRFProtect has checked its token: no other site can log you out.
+    end_sessions(current_user)  # every copy of this session's cookies (and the remember cookie) too
+    db.session.commit()
     logout_user()
     flash("You are logged out.", "info")
     return redirect(url_for("auth.login"))
+
+
+from . import account  # noqa: E402,F401  (its views join this blueprint)
