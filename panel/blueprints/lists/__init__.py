@@ -9,8 +9,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ...extensions import csrf, db
 from ...models import ImportJob
-from ...services.imports.jobs import (UploadTooLarge, create_job, imports_dir, job_file, job_progress, start_job,
-                                      too_large_message)
+from ...services.imports.jobs import (UploadTooLarge, create_job, imports_dir, job_file, job_progress, report_pruned,
+                                      start_job, too_large_message)
 from ...services.imports.report import csv_rows, read_spool, spool_items
 from ...services.imports.sources import ImportLimits
 from ...services.lists import ListError, create_list, get_list, recipients_page, user_lists
@@ -81,7 +81,8 @@ def _job_page_data(job: ImportJob) -> dict:
     progress = job_progress(job, directory, float(current_app.config.get("IMPORT_STALE_SECONDS", 120)))
     db.session.commit()  # a stale job just marked failed
     rejected = read_spool(job_file(directory, job.id, "rejected.jsonl"), REJECTED_SHOWN) if job.finished else []
-    return {"job": job, "progress": progress, "rejected": rejected, "shown": REJECTED_SHOWN}
+    pruned_after = ImportLimits.from_config(current_app.config).report_days if report_pruned(job, directory) else None
+    return {"job": job, "progress": progress, "rejected": rejected, "shown": REJECTED_SHOWN, "pruned_after": pruned_after}
 
 
 @csrf.exempt  # the form checks its own CSRF token, after the upload limit below is raised for this view

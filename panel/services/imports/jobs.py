@@ -10,7 +10,9 @@ failed, saying nothing was imported.
 
 Files of job N, in the imports folder (IMPORTS_DIR, by default instance/imports/): N.upload (deleted when the job ends), N.progress
 (JSON, replaced atomically a few times a second while it runs), N.rejected.jsonl (the
-rejected rows, kept for the report's download).
+rejected rows, kept for the report's download for IMPORT_REPORT_DAYS, then pruned when an
+import starts). The folder is 0700 and its files 0600: they are users' lists. What a user's
+files take at once is bounded by IMPORT_MAX_STORED, checked while an upload is saved.
 """
 
 from __future__ import annotations
@@ -24,14 +26,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from flask import Flask
+from sqlalchemy import select
 
+from ...config import private_folder
 from ...extensions import db
 from ...models import ImportJob, MailingList, User
 from ...models.base import utcnow
 from ..csv_import import ImportOptions, import_file
 from .errors import ImportFailed
 from .mx import MxChecker
-from .report import RejectedSpool
+from .report import RejectedSpool, private_opener
 from .sources import ImportLimits
 
 log = logging.getLogger(__name__)
@@ -53,7 +57,7 @@ class UploadTooLarge(Exception):
 def imports_dir(app: Flask) -> Path:
     """IMPORTS_DIR, by default the instance folder's imports/."""
     path = Path(app.config.get("IMPORTS_DIR") or Path(app.instance_path) / "imports")
-    path.mkdir(parents=True, exist_ok=True)
+    private_folder(path)
     return path
 
 
@@ -64,7 +68,12 @@ def job_file(directory: Path, job_id: int, kind: str) -> Path:
 
 def create_job(user: User, mailing_list: MailingList, filename: str, source: IO[bytes], directory: Path,
                limits: ImportLimits, *, check_mx: bool = False, all_or_nothing: bool = False) -> ImportJob:
-    """Record a job and save its upload, streamed to disk with the size limit enforced; flushes."""
+    """Record a job and save its upload, streamed to disk with the size limits enforced (one upload,
+    and what the user keeps stored in all); flushes. Old files are pruned first."""
+    prune_files(directory, limits.report_days)
+    stored = stored_bytes(user, directory)
+    if stored >= limits.max_stored:
+        raise UploadTooLarge(over_quota_message(limits, stored))
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1] or "upload"  # some browsers send a path
     job = ImportJob(user_id=user.id, list_id=mailing_list.id, filename=name[:255],
                     state="queued", check_mx=check_mx, all_or_nothing=all_or_nothing)
@@ -73,11 +82,13 @@ def create_job(user: User, mailing_list: MailingList, filename: str, source: IO[
     target = job_file(directory, job.id, "upload")
     size = 0
     try:
-        with open(target, "wb") as out:
+        with open(target, "wb", opener=private_opener) as out:
             while chunk := source.read(1 << 20):
                 size += len(chunk)
                 if size > limits.max_upload:
                     raise UploadTooLarge(too_large_message(limits))
+                if stored + size > limits.max_stored:
+                    raise UploadTooLarge(over_quota_message(limits, stored))
                 out.write(chunk)
     except BaseException:
         target.unlink(missing_ok=True)
@@ -90,6 +101,51 @@ def create_job(user: User, mailing_list: MailingList, filename: str, source: IO[
 def too_large_message(limits: ImportLimits) -> str:
     return (f"The file is larger than the import limit of {limits.max_upload / (1 << 20):,.0f} MB. "
             "Zip it (archives are unpacked while importing) or split it into smaller files.")
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1 << 20):,.{0 if size >= 10 << 20 else 1}f} MB"
+
+
+def over_quota_message(limits: ImportLimits, stored: int) -> str:
+    return (f"This file would take your stored imports past your limit of {_mb(limits.max_stored)}: "
+            f"{_mb(stored)} are in use by imports still running and by reports of rejected rows "
+            f"(kept for {limits.report_days} days, then deleted). Wait for your running imports to finish, "
+            "or upload a smaller file (zip it, or split it).")
+
+
+def stored_bytes(user: User, directory: Path) -> int:
+    """What the user's import files take on disk now (uploads, progress, reports)."""
+    total = 0
+    for job_id in db.session.scalars(select(ImportJob.id).where(ImportJob.user_id == user.id)):
+        for kind in ("upload", "progress", "rejected.jsonl"):
+            try:
+                total += job_file(directory, job_id, kind).stat().st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def prune_files(directory: Path, keep_days: int) -> int:
+    """Delete files of the imports folder untouched for keep_days (reports, and uploads or progress
+    left by a crash: a running import touches its progress file); returns how many."""
+    cutoff = time.time() - keep_days * 86400
+    pruned = 0
+    for path in directory.iterdir():
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                pruned += 1
+        except FileNotFoundError:
+            pass  # another process pruned it first
+    if pruned:
+        log.info("pruned %s import files older than %s days", pruned, keep_days)
+    return pruned
+
+
+def report_pruned(job: ImportJob, directory: Path) -> bool:
+    """The job had rejected rows but their report is gone (older than IMPORT_REPORT_DAYS)."""
+    return job.finished and job.rejected > 0 and not job_file(directory, job.id, "rejected.jsonl").exists()
 
 
 def start_job(app: Flask, job_id: int) -> threading.Thread:
@@ -107,7 +163,8 @@ class _ProgressFile:
 
     def write(self) -> None:
         tmp = self.path.with_suffix(".progress-tmp")
-        tmp.write_text(json.dumps(self.state))
+        with open(tmp, "w", opener=private_opener) as f:
+            f.write(json.dumps(self.state))
         os.replace(tmp, self.path)
         self.last = time.monotonic()
 
@@ -127,7 +184,7 @@ def run_job(app: Flask, job_id: int) -> None:
         progress_path = job_file(directory, job_id, "progress")
         upload = job_file(directory, job_id, "upload")
         while not _RUN_LOCK.acquire(timeout=5):
-            progress_path.touch()  # queued behind another import, and alive
+            progress_path.touch(mode=0o600)  # queued behind another import, and alive
         try:
             _run(app, job_id, directory, progress_path, upload)
         finally:

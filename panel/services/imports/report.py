@@ -13,6 +13,7 @@ import csv
 import io
 import itertools
 import json
+import os
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
@@ -25,12 +26,17 @@ def safe_cell(value: Any) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
+def private_opener(path: str, flags: int) -> int:
+    """open()'s opener for files of users' data: 0600 whatever the umask."""
+    return os.open(path, flags, 0o600)
+
+
 class RejectedSpool:
     """Appends rejected rows ({"row", "email", "reason", "file"?}) to a JSON-lines file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: IO[str] = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        self._file: IO[str] = open(path, "w", encoding="utf-8", opener=private_opener)  # noqa: SIM115 (closed by close())
 
     def __call__(self, item: dict[str, Any]) -> None:
         self._file.write(json.dumps(item, ensure_ascii=False) + "\n")

@@ -37,7 +37,11 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 class ImportLimits:
     """Bounds on what one import reads; the panel's IMPORT_* settings, documented in the README."""
 
-    max_upload: int = 1 << 30  # bytes of one uploaded file (IMPORT_MAX_UPLOAD)
+    max_upload: int = 256 << 20  # bytes of one uploaded file (IMPORT_MAX_UPLOAD)
+    # bytes one user's imports keep on disk at once: uploads not yet imported and reports of
+    # rejected rows (IMPORT_MAX_STORED); reports are deleted after report_days (IMPORT_REPORT_DAYS)
+    max_stored: int = 1 << 30
+    report_days: int = 30
     max_uncompressed: int = 4 << 30  # bytes unpacked from one archive, all members (IMPORT_MAX_UNCOMPRESSED)
     max_ratio: int = 100  # unpacked size / packed size of one archive member (IMPORT_MAX_RATIO)
     max_members: int = 100  # files in one archive (IMPORT_MAX_MEMBERS)
@@ -48,7 +52,8 @@ class ImportLimits:
         defaults = cls()
         return cls(**{
             name: int(config.get(f"IMPORT_{name.upper()}", getattr(defaults, name)))
-            for name in ("max_upload", "max_uncompressed", "max_ratio", "max_members", "max_line")
+            for name in ("max_upload", "max_uncompressed", "max_ratio", "max_members", "max_line", "max_stored",
+                         "report_days")
         })
 
 
