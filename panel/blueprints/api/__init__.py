@@ -102,7 +102,10 @@ def _too_large(_error):
 def _json_body() -> Any:
     if not request.is_json:
         raise ApiError(415, "send JSON with Content-Type: application/json")
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # json.loads recurses once per nesting level
+        raise ApiError(400, "the JSON is nested too deeply: send a flat object or array") from None
     if data is None:
         raise ApiError(400, "the body is not valid JSON")
     return data

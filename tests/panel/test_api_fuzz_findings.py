@@ -1,0 +1,27 @@
+"""Requests the fuzz run (bench/fuzz.py, tests/security/test_fuzz.py) found answered with a 500 or
+a traceback, or changing the database although refused: each is now a 4xx saying what was wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+from panel.models import MailingList
+
+
+@pytest.fixture
+def headers(seed, alice) -> dict[str, str]:
+    return {"Authorization": f"Bearer {seed.token(alice)}"}
+
+
+def error_of(response, status: int) -> str:
+    assert response.status_code == status, response.get_data(as_text=True)[:500]
+    return response.get_json()["error"]
+
+
+@pytest.mark.parametrize("url", ["/api/v1/lists", "/api/v1/domains", "/api/v1/campaigns", "/api/v1/suppressions"])
+def test_json_nested_too_deeply_is_a_400(client, headers, seed, url) -> None:
+    """100,000 nested arrays made json.loads raise RecursionError: a 500."""
+    body = "[" * 100_000 + "]" * 100_000
+    error = error_of(client.post(url, data=body, content_type="application/json", headers=headers), 400)
+    assert "nested too deeply" in error
+    assert seed.query(lambda s: s.query(MailingList).count()) == 0
