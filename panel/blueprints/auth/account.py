@@ -19,7 +19,8 @@ from .forms import PasswordForm, TokenForm
 def _context(password_form: PasswordForm | None = None, token_form: TokenForm | None = None,
              new_token: str | None = None) -> dict:
     return {"tokens": user_tokens(current_user), "now": utcnow(), "new_token": new_token,
-            "password_form": password_form or PasswordForm(), "token_form": token_form or TokenForm()}
+            "password_form": password_form or PasswordForm(formdata=None),
+            "token_form": token_form or TokenForm(formdata=None)}  # fresh forms, not the one just posted
 
 
 def _page(**kwargs):
