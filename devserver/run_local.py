@@ -23,6 +23,10 @@ DNS_ZONES = ["mailfleet.test", "127.in-addr.arpa"]
 
 def main() -> int:
     instance = Path(os.environ.get("MAILFLEET_INSTANCE_PATH", REPO / "instance"))
+    # Private before anything starts (the panel keeps it so too): Exim's user cannot reach
+    # instance/local/ then, so the stack gives Exim its own home from the start.
+    instance.mkdir(parents=True, exist_ok=True, mode=0o700)
+    instance.chmod(0o700)
     settings = StackSettings(
         root=instance / "local",
         instance_path=instance,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,21 @@ def _ours(instance: Path) -> list[psutil.Process]:
         if str(instance) in cmdline:
             mine.append(proc)
     return mine
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _assert_private(instance: Path, sqlite: bool) -> None:
+    """What `make run` keeps in its instance folder (the DB, keys, users' uploads) only its user reads."""
+    assert _mode(instance) == 0o700, oct(_mode(instance))
+    names = ["secret_key", "secrets.key"] + (["mailfleet.db", "mailfleet.db-wal", "mailfleet.db-shm"] if sqlite else [])
+    for name in names:
+        assert _mode(instance / name) == 0o600, f"{name} is {oct(_mode(instance / name))}"
+    for path in instance.iterdir():
+        if path.is_file():
+            assert _mode(path) & 0o077 == 0, f"{path.name} is {oct(_mode(path))}"
 
 
 @pytest.fixture
@@ -95,6 +111,7 @@ def test_run_local_prints_the_four_lines_serves_and_stops_on_ctrl_c(instance: Pa
         names = " ".join(" ".join(p.cmdline()) for p in started)
         for part in ("gunicorn", "panel.daemon", "worker_agent.api", "worker_agent sender", "exim4", "mail_capture"):
             assert part in names, f"{part} is not running under make run"
+        _assert_private(instance, sqlite=database_url is None)
     finally:
         process.send_signal(signal.SIGINT)  # what Ctrl-C sends
         rest = process.communicate(timeout=60)[0]
