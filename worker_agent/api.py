@@ -83,6 +83,11 @@ def _object(data: Any) -> dict[str, Any]:
     return data
 
 
+def _whole_number(value: Any) -> bool:
+    """An int SQLite can store (a JSON number past 2**63 would raise OverflowError in the query)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+
+
 def _ping(queue: QueueDB, data: Any) -> dict[str, Any]:
     queued, sending = queue.counts()
     return {"ok": True, "version": __version__, "queued": queued, "sending": sending, "time": int(time.time()),
@@ -110,16 +115,16 @@ def _batches(queue: QueueDB, data: Any) -> dict[str, Any]:
 
 def _outcomes(queue: QueueDB, data: Any) -> dict[str, Any]:
     ack = _object(data).get("ack", 0)
-    if isinstance(ack, bool) or not isinstance(ack, int) or ack < 0:
-        raise RequestError("ack must be a whole number >= 0")
+    if not _whole_number(ack) or ack < 0:
+        raise RequestError("ack must be a whole number >= 0 (below 2**63)")
     return queue.outcomes(ack)
 
 
 def _campaign_state(queue: QueueDB, data: Any) -> dict[str, Any]:
     data = _object(data)
     campaign_id, state = data.get("campaign_id"), data.get("state")
-    if isinstance(campaign_id, bool) or not isinstance(campaign_id, int):
-        raise RequestError("campaign_id must be an integer")
+    if not _whole_number(campaign_id):
+        raise RequestError("campaign_id must be an integer (of 64 bits)")
     if state not in CAMPAIGN_STATES:
         raise RequestError(f"state must be one of {', '.join(CAMPAIGN_STATES)}")
     affected = queue.set_campaign_state(campaign_id, state)
