@@ -29,6 +29,10 @@ BOUNCE_DOMAIN = "bounces.mailfleet.test"
 DEFAULT_SOURCE_IPS = [("127.0.0.2", "ip2.worker.test"), ("127.0.0.3", "ip3.worker.test")]
 
 
+# What the local stack allows the panel to probe: loopback (its BIND, its agent).
+LOCAL_NETWORKS = "127.0.0.0/8,::1/128"
+
+
 @dataclass
 class StackSettings:
     root: Path
@@ -86,6 +90,9 @@ class LocalStack:
             MAILFLEET_BOUNCE_DOMAIN=BOUNCE_DOMAIN,
             PYTHONPATH=str(REPO),
         )
+        # Its agent and BIND are on this machine's loopback, which the panel does not
+        # probe unless told (panel/services/network_policy.py); a value set by the caller wins.
+        env.setdefault("MAILFLEET_ALLOWED_HOST_NETWORKS", LOCAL_NETWORKS)
         if self.settings.database_url:
             env["DATABASE_URL"] = self.settings.database_url
         return env

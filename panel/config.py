@@ -39,6 +39,9 @@ class Config:
     # Kept elsewhere (another disk, a mount only the panel's user reads), a copy of the DB or of the
     # instance folder reveals no secret.
     SECRETS_KEY_FILE = ""
+    # CIDRs (comma-separated) the panel may reach for tenants' SSH hosts and DNS servers although they are
+    # loopback, link-local or its own networks (services/network_policy.py); empty: none. The local stack sets its own.
+    ALLOWED_HOST_NETWORKS = ""
 
 
 ENV_PREFIX = "MAILFLEET_"

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,8 +32,13 @@ from ..services.provisioning import (
     PASSWORD_LOST,
     fail_job,
     known_hosts_path,
-    panel_key,
+    legacy_public_key,
+    move_host,
+    other_owners,
     scan_host_key,
+    server_key,
+    server_public_key,
+    ssh_address,
     write_known_hosts,
 )
 from ..services.agent_keys import open_agent_key
@@ -52,6 +56,12 @@ PLAYBOOKS = {
     "remove": ("decommission.yml",),
 }
 SSH_PASSWORD_PROMPT = r"^SSH password:\s*?$"
+# Every run: no agent (ours or the daemon's environment's), no forwarding, no shared connections.
+SSH_ARGS = "-o ControlMaster=no -o ControlPath=none -o IdentityAgent=none -o ForwardAgent=no -o IdentitiesOnly=yes"
+# The password run proves the root password and nothing else: no key of ours is offered, so a
+# wrong password fails even on a host whose authorized_keys holds one.
+PASSWORD_ONLY = ("-o PubkeyAuthentication=no -o PreferredAuthentications=password,keyboard-interactive "
+                 "-o IdentityFile=/dev/null")
 # A password job whose password never arrived (the view died between commit and send).
 PASSWORD_WAIT = timedelta(seconds=60)
 LOG_LIMIT = 2_000_000  # characters of job log kept (the tail)
@@ -148,18 +158,21 @@ def _message(res: dict) -> str:
     return msg or "the task failed (no message)"
 
 
-def _inventory(server: Server, key_file: Path, public_key: str, extra: dict) -> dict:
+def _inventory(server: Server, address: str, key_file: Path | None, public_key: str, revoked: list[str],
+               extra: dict) -> dict:
     host_vars = {
-        "ansible_host": server.host,
+        "ansible_host": address,  # checked by network_policy; never the name again (rebinding)
         "ansible_port": server.ssh_port,
         "ansible_user": "root",
-        "ansible_ssh_private_key_file": str(key_file),
         "ansible_python_interpreter": "/usr/bin/python3",
         "ssh_access_public_key": public_key,
+        "ssh_access_revoked_keys": revoked,
         "exim_source_ips": [{"ip": ip.ip, "helo": ip.helo} for ip in server.ips if ip.active],
         "worker_agent_listen_port": server.api_port,
         "worker_agent_fernet_key": open_agent_key(server) or "",
     }
+    if key_file is not None:
+        host_vars["ansible_ssh_private_key_file"] = str(key_file)
     host_vars.update(extra)
     return {"mailfleet_workers": {"hosts": {f"server{server.id}": host_vars}}}
 
@@ -178,12 +191,29 @@ def provision_vars(app: Flask) -> dict:
 def run_playbook(
     app: Flask, job_id: int, server: Server, playbook: str, *, password: str | None = None,
     cancel: Callable[[], bool] | None = None, observe: Callable[[Path], None] | None = None,
+    revoked: list[str] | None = None,
 ) -> RunResult:
-    """One ansible-runner run in a fresh private_data_dir that is deleted afterwards."""
+    """One ansible-runner run in a fresh private_data_dir that is deleted afterwards.
+
+    With `password` it logs in with the root password alone; otherwise with this server's key
+    alone. `revoked`: public keys the ssh_access role and decommission remove from the host.
+    """
     import ansible_runner
 
     instance = Path(app.instance_path)
-    key_file, public_key = panel_key(instance)
+    try:
+        address = ssh_address(server.host, server.ssh_port)
+    except ServerError as exc:
+        _append(job_id, f"Refused: {exc}\n")
+        return RunResult(status="failed", rc=None, failure=str(exc))
+    legacy = legacy_public_key(instance)
+    if password is None and legacy and server.cert_fingerprint and server_public_key(instance, server.id) is None:
+        # Set up (by a proven password) before keys were per server: the old shared key reaches
+        # it until it is added again with its root password.
+        key_file, public_key = instance / "ssh" / "id_ed25519", legacy
+    else:
+        key_file, public_key = server_key(instance, server.id)
+    revoked = [key for key in (revoked or []) + ([legacy] if legacy else []) if key and key != public_key]
     known_hosts = known_hosts_path(instance)
     private_dir = Path(tempfile.mkdtemp(prefix="mailfleet-run-"))
     os.chmod(private_dir, 0o700)
@@ -193,16 +223,18 @@ def run_playbook(
         inventory_file = inventory_dir / "hosts.json"
         fd = os.open(inventory_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(_inventory(server, key_file, public_key, provision_vars(app)), f)
+            json.dump(_inventory(server, address, None if password is not None else key_file, public_key, revoked,
+                                 provision_vars(app)), f)
         envvars = {
             # ansible-playbook from the panel's own venv, whatever PATH the daemon was started with
             "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)]),
             "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
             "ANSIBLE_COLLECTIONS_PATH": str(ANSIBLE_DIR / ".collections"),
             "ANSIBLE_SSH_ARGS": (
-                "-o ControlMaster=no -o ControlPath=none "
+                f"{SSH_ARGS} {PASSWORD_ONLY if password is not None else ''} "
                 f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes"
             ),
+            "SSH_AUTH_SOCK": "",
             "ANSIBLE_HOST_KEY_CHECKING": "True",
             "ANSIBLE_RETRY_FILES_ENABLED": "False",
             "ANSIBLE_NOCOLOR": "1",
@@ -259,10 +291,8 @@ class Provisioner:
         with self.app.app_context():
             self._fail_orphans()
         # Sending must go on even where setting servers up cannot: these failures are logged.
-        try:
-            panel_key(self.app.instance_path)
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.error("the panel's SSH key could not be made (is ssh-keygen installed?): %s", exc)
+        if shutil.which("ssh-keygen") is None:
+            log.error("ssh-keygen is not installed: the panel cannot make servers' SSH keys; adding servers will fail")
         try:
             self.channel.start()
         except OSError as exc:
@@ -374,6 +404,12 @@ class Provisioner:
             _append(job_id, "Host key recorded on first use:\n" + fingerprint + "\n")
         write_known_hosts(self.app.instance_path)
         db.session.commit()
+        # Other users' registrations of this host: the bootstrap revokes their keys, and once it
+        # proved the root password the host moves here (services.provisioning.move_host).
+        previous = [other.id for other in other_owners(server)] if kind == "add" else []
+        revoked = [key for key in (server_public_key(self.app.instance_path, sid) for sid in previous) if key]
+        if previous:
+            _append(job_id, "Another user registered this host: it moves to you once the root password is proven\n")
         facts: dict = {}
         for playbook in PLAYBOOKS[kind]:
             use_password = password if playbook == "bootstrap.yml" else None
@@ -381,13 +417,18 @@ class Provisioner:
             server = db.session.get(Server, server_id)
             _append(job_id, f"Running {playbook}{' with the root password' if use_password else ' with the panel key'}\n")
             result = run_playbook(self.app, job_id, server, playbook, password=use_password,
-                                  cancel=self.stop_event.is_set, observe=self.observe)
+                                  cancel=self.stop_event.is_set, observe=self.observe, revoked=revoked)
             use_password = None
             db.session.remove()
             if result.status != "successful":
                 if self.stop_event.is_set():
                     raise JobFailed("the panel daemon stopped during the run; start the job again")
                 raise JobFailed(result.failure or f"{playbook} ended with status {result.status} (exit code {result.rc})")
+            if playbook == "bootstrap.yml" and previous:
+                moved = [db.session.get(Server, sid) for sid in previous]
+                move_host(db.session.get(Server, server_id), [s for s in moved if s is not None], self.app.instance_path)
+                db.session.commit()
+                _append(job_id, f"Root password proven: the host moved here from {len(previous)} earlier registration(s)\n")
             facts.update(result.facts)
         self._finish(job_id, kind, facts)
 

@@ -45,7 +45,7 @@ from ..extensions import db
 from ..models import DMARC_POLICIES, DOMAIN_KINDS, TSIG_ALGORITHMS, Domain, Server, ServerIP, User
 from ..models.base import utcnow
 from ..models.domain import bounce_domain_of
-from . import secret_box, server_config
+from . import network_policy, secret_box, server_config
 from .servers import HOSTNAME_RE
 
 TTL = 300
@@ -144,6 +144,7 @@ def _check_input(user: User, data: DomainInput) -> dict:
             raise DomainError(f"DNS server: {host!r} is neither an IP address nor a host name") from None
     if isinstance(data.dns_port, bool) or not isinstance(data.dns_port, int) or not 1 <= data.dns_port <= 65535:
         raise DomainError("DNS server port must be a number from 1 to 65535")
+    _dns_address(host, data.dns_port)  # refused before anything is stored or sent (network_policy)
     tsig_name = data.tsig_name.strip().rstrip(".")
     if not tsig_name or not HOSTNAME_RE.fullmatch(tsig_name):
         raise DomainError(f"TSIG key name: {tsig_name!r} is not a key name (letters, digits, hyphens, dots)")
@@ -296,11 +297,22 @@ def refusal(rcode: int, *, server: str, zone: str, key: str | None) -> str:
     return f"The DNS server {server} " + meanings.get(rcode, f"answered {dns.rcode.to_text(rcode)}")
 
 
-def send_update(update: dns.update.UpdateMessage, host: str, port: int, *, zone: str, key: str | None) -> None:
-    """Send one update over TCP; DomainError in plain words if it was not applied."""
-    server = f"{host} port {port}"
+def _dns_address(host: str, port: int) -> str:
+    """The checked address to send to (network_policy: never loopback, link-local, the panel's own
+    networks or a port other than 53 unless the admin allows it); DomainError otherwise."""
     try:
-        reply = dns.query.tcp(update, host, port=port, timeout=DNS_TIMEOUT)
+        return network_policy.check(host, port, dns=True)
+    except network_policy.HostRefused as exc:
+        raise DomainError(f"DNS server: {exc}") from None
+
+
+def send_update(update: dns.update.UpdateMessage, address: str, port: int, *, zone: str, key: str | None,
+                name: str | None = None) -> None:
+    """Send one update over TCP to `address` (checked by the caller: _dns_address); DomainError in
+    plain words if it was not applied. The messages name what failed, never what the port sent back."""
+    server = f"{name or address} port {port}"
+    try:
+        reply = dns.query.tcp(update, address, port=port, timeout=DNS_TIMEOUT)
     except dns.tsig.PeerBadSignature:
         raise DomainError(f"The DNS server {server} refused the update's signature (BADSIG): the TSIG secret "
                           f"does not match the key {key} on the server. Enter the key's secret again") from None
@@ -310,15 +322,16 @@ def send_update(update: dns.update.UpdateMessage, host: str, port: int, *, zone:
     except dns.tsig.PeerBadTime:
         raise DomainError(f"The DNS server {server} refused the update's time (BADTIME): the clocks of the panel "
                           "and the DNS server differ by more than five minutes") from None
-    except dns.tsig.PeerError as exc:
-        raise DomainError(f"The DNS server {server} refused the update's TSIG signature: {exc}") from None
+    except dns.tsig.PeerError:
+        raise DomainError(f"The DNS server {server} refused the update's TSIG signature") from None
     except dns.exception.Timeout:
         raise DomainError(f"The DNS server {server} did not answer within {DNS_TIMEOUT:g} s: check the address "
                           "and that TCP port is open to the panel") from None
-    except (OSError, EOFError) as exc:
-        raise DomainError(f"The DNS server {server} could not be reached: {exc}") from None
-    except dns.exception.DNSException as exc:
-        raise DomainError(f"The DNS server {server} gave an answer that could not be read: {exc}") from None
+    except (OSError, EOFError):
+        raise DomainError(f"The DNS server {server} could not be reached over TCP: check the address and "
+                          "port, and that it takes TCP from the panel") from None
+    except dns.exception.DNSException:
+        raise DomainError(f"The DNS server {server} gave an answer that is not DNS: check the address and port") from None
     if reply.rcode() != dns.rcode.NOERROR:
         raise DomainError(refusal(reply.rcode(), server=server, zone=zone, key=key))
 
@@ -350,7 +363,8 @@ def publish(domain: Domain, public_url: str = "") -> bool:
             update.delete(_relative(domain, name), rdtype)
         for record in records:
             update.replace(_relative(domain, record.name), TTL, record.rdtype, *record.values)
-        send_update(update, domain.dns_host, domain.dns_port, zone=domain.zone, key=domain.tsig_name)
+        send_update(update, _dns_address(domain.dns_host, domain.dns_port), domain.dns_port, zone=domain.zone,
+                    key=domain.tsig_name, name=domain.dns_host)
     except (DomainError, secret_box.SecretBoxError) as exc:
         domain.dns_state = "failed"
         domain.dns_error = str(exc)
@@ -370,7 +384,8 @@ def unpublish(domain: Domain, public_url: str = "") -> None:
     update = dns.update.UpdateMessage(domain.zone, keyring=_keyring(domain))
     for name, rdtype in sorted(names):
         update.delete(_relative(domain, name), rdtype)
-    send_update(update, domain.dns_host, domain.dns_port, zone=domain.zone, key=domain.tsig_name)
+    send_update(update, _dns_address(domain.dns_host, domain.dns_port), domain.dns_port, zone=domain.zone,
+                key=domain.tsig_name, name=domain.dns_host)
 
 
 def delete_domain(user: User, domain: Domain, public_url: str = "", *, keep_records: bool = False) -> None:
@@ -408,20 +423,28 @@ def publish_stale(public_url: str = "", retry_after: float = 60.0) -> int:
 
 # -- checking what the DNS serves ------------------------------------------------------------
 
-def _ask(name: str, rdtype: str, host: str, port: int) -> set[dns.rdata.Rdata]:
+def _ask(name: str, rdtype: str, address: str, port: int) -> set[dns.rdata.Rdata]:
     query = dns.message.make_query(name, rdtype)
-    reply = dns.query.tcp(query, host, port=port, timeout=DNS_TIMEOUT)
+    reply = dns.query.tcp(query, address, port=port, timeout=DNS_TIMEOUT)
     return {rd for rrset in reply.answer if rrset.rdtype == dns.rdatatype.from_text(rdtype) for rd in rrset}
 
 
 def check_records(domain: Domain, public_url: str = "") -> list[RecordCheck]:
     """Each wanted RRset against what the domain's DNS server answers (asked directly)."""
     checks = []
+    try:
+        address = _dns_address(domain.dns_host, domain.dns_port)
+    except DomainError as exc:
+        return [RecordCheck(record, "unknown", (), str(exc)) for record in domain_records(domain, public_url)]
     for record in domain_records(domain, public_url):
         try:
-            found = _ask(record.name, record.rdtype, domain.dns_host, domain.dns_port)
-        except (dns.exception.DNSException, OSError, EOFError) as exc:
-            checks.append(RecordCheck(record, "unknown", (), f"the DNS server did not answer: {exc or type(exc).__name__}"))
+            found = _ask(record.name, record.rdtype, address, domain.dns_port)
+        except dns.exception.Timeout:
+            checks.append(RecordCheck(record, "unknown", (), f"the DNS server did not answer within {DNS_TIMEOUT:g} s"))
+            continue
+        except (dns.exception.DNSException, OSError, EOFError):
+            checks.append(RecordCheck(record, "unknown", (), "the DNS server could not be asked over TCP "
+                                      "(no DNS answer on that address and port)"))
             continue
         texts = tuple(sorted(rd.to_text() for rd in found))
         if not found:

@@ -1,4 +1,5 @@
-"""Setting servers up through Ansible: adding a server from its root password, jobs, the panel's SSH key.
+"""Setting servers up through Ansible: adding a server from its root password, jobs, each server's SSH key,
+and a host moving to the user who proved its root password.
 
 The root password never comes here: the web view hands it straight to the daemon's memory
 (panel/daemon/password_channel.py). These functions flush but do not commit.
@@ -7,17 +8,20 @@ The root password never comes here: the web view hands it straight to the daemon
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 from cryptography.fernet import Fernet
+from flask import current_app
 from sqlalchemy import select, update
 
 from ..extensions import db
-from ..models import FINAL_STATES, JOB_KINDS, Delivery, ProvisionJob, Server, User
+from ..models import FINAL_STATES, JOB_KINDS, Delivery, ProvisionJob, Server, ServerEvent, User
 from ..models.base import utcnow
-from .servers import ServerError, SourceIP, new_server, parse_source_ip
+from . import network_policy
+from .servers import ServerError, SourceIP, _check_host, new_server, parse_source_ip
 
 ACTIVE_JOB_STATES = ("queued", "running")
 # What the user reads when a password job outlived the process that held the password.
@@ -28,7 +32,10 @@ DAEMON_DOWN = (
 )
 
 
-# --- the panel's own SSH key and known_hosts, kept in instance/ssh/
+# --- SSH keys (one per server) and known_hosts, kept in instance/ssh/
+#
+# Each server has a key of its own, so one server's key opens no other host, and a host that
+# moves to another user (a new server row) gets a new key while the old one is revoked there.
 
 def ssh_dir(instance_path: str | os.PathLike) -> Path:
     path = Path(instance_path) / "ssh"
@@ -37,16 +44,44 @@ def ssh_dir(instance_path: str | os.PathLike) -> Path:
     return path
 
 
-def panel_key(instance_path: str | os.PathLike) -> tuple[Path, str]:
-    """The panel's SSH key (made once with ssh-keygen, 0600): its private key file and public key line."""
-    key = ssh_dir(instance_path) / "id_ed25519"
+def _key_dir(instance_path: str | os.PathLike, server_id: int) -> Path:
+    return ssh_dir(instance_path) / "servers" / str(int(server_id))
+
+
+def server_key(instance_path: str | os.PathLike, server_id: int) -> tuple[Path, str]:
+    """The server's SSH key (made once with ssh-keygen; 0600 in a 0700 folder of its own):
+    its private key file and public key line."""
+    folder = _key_dir(instance_path, server_id)
+    folder.parent.mkdir(mode=0o700, exist_ok=True)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(folder.parent, 0o700)
+    os.chmod(folder, 0o700)
+    key = folder / "id_ed25519"
     if not key.exists():
         subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailfleet-panel", "-f", str(key)],
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"mailfleet-panel-server{int(server_id)}",
+             "-f", str(key)],
             check=True, capture_output=True, text=True, timeout=30,
         )
     os.chmod(key, 0o600)
     return key, key.with_suffix(".pub").read_text().strip()
+
+
+def server_public_key(instance_path: str | os.PathLike, server_id: int) -> str | None:
+    """The server's public key line if it has a key (without making one)."""
+    pub = _key_dir(instance_path, server_id) / "id_ed25519.pub"
+    return pub.read_text().strip() if pub.exists() else None
+
+
+def legacy_public_key(instance_path: str | os.PathLike) -> str | None:
+    """The one key earlier versions installed on every worker (instance/ssh/id_ed25519.pub), if it
+    is still here: every bootstrap and decommission removes it from the host."""
+    pub = Path(instance_path) / "ssh" / "id_ed25519.pub"
+    return pub.read_text().strip() if pub.exists() else None
+
+
+def forget_server_key(instance_path: str | os.PathLike, server_id: int) -> None:
+    shutil.rmtree(_key_dir(instance_path, server_id), ignore_errors=True)
 
 
 def known_hosts_path(instance_path: str | os.PathLike) -> Path:
@@ -67,10 +102,20 @@ def write_known_hosts(instance_path: str | os.PathLike) -> Path:
     return path
 
 
+def ssh_address(host: str, port: int) -> str:
+    """The address the panel connects to for this SSH host (network_policy); ServerError if refused."""
+    try:
+        return network_policy.check(host, port)
+    except network_policy.HostRefused as exc:
+        raise ServerError(str(exc)) from None
+
+
 def scan_host_key(host: str, port: int, timeout: int = 10) -> tuple[str, str]:
-    """`ssh-keyscan -p PORT HOST`: the known_hosts lines and their SHA256 fingerprints (one per key type)."""
+    """`ssh-keyscan -p PORT ADDRESS` of the checked address: the known_hosts lines and their SHA256
+    fingerprints (one per key type). Only whether keys came back is told, never what the port said."""
+    address = ssh_address(host, port)
     proc = subprocess.run(
-        ["ssh-keyscan", "-T", str(timeout), "-p", str(port), host],
+        ["ssh-keyscan", "-T", str(timeout), "-p", str(port), "--", address],
         capture_output=True, text=True, timeout=timeout + 10,
     )
     lines = sorted(line for line in proc.stdout.splitlines() if line.strip() and not line.startswith("#"))
@@ -105,12 +150,49 @@ def add_server(user: User, *, name: str, host: str, ssh_port: int, ips: list[Sou
     its `add` job (queued, waiting for the password that the caller hands to the daemon)."""
     if not 1 <= ssh_port <= 65535:
         raise ServerError(f"SSH port {ssh_port} is out of range (1-65535)")
+    ssh_address(_check_host(host), ssh_port)  # refused before anything is stored (network_policy)
     server = new_server(user, name=name, host=host, ips=ips, ssh_port=ssh_port, api_port=8443,
                         agent_key=Fernet.generate_key().decode(), cert_fingerprint=None, status="provisioning")
     job = ProvisionJob(server_id=server.id, kind="add", status="queued", needs_password=True, log="")
     db.session.add(job)
     db.session.flush()
     return server, job
+
+
+# --- a host that another user registered: it moves to whoever proves its root password
+
+MOVED = ("moved to another panel user, who proved the host's root password; the panel no longer "
+         "uses it for you and has removed your key from it")
+
+
+def other_owners(server: Server) -> list[Server]:
+    """Other users' servers (not removed) on the same host and SSH port: the name, or an address
+    either resolves to, in common."""
+    candidates = db.session.scalars(
+        select(Server).where(Server.user_id != server.user_id, Server.ssh_port == server.ssh_port,
+                             Server.status != "removed", Server.id != server.id)
+    ).all()
+    return [other for other in candidates
+            if network_policy.same_host(server.host, server.ssh_port, other.host, other.ssh_port)]
+
+
+def move_host(server: Server, previous: list[Server], instance_path: str | os.PathLike) -> None:
+    """After `server`'s owner proved the root password: the previous owners' rows on that host are
+    taken out of use (status removed, queued jobs failed, key forgotten) and each owner is told
+    by an event on their server. Their keys were revoked on the host by the same bootstrap run."""
+    for other in previous:
+        other.status = "removed"
+        other.last_error = MOVED
+        for job in db.session.scalars(select(ProvisionJob).where(
+                ProvisionJob.server_id == other.id, ProvisionJob.status.in_(ACTIVE_JOB_STATES))):
+            fail_job(job, MOVED)
+        db.session.add(ServerEvent(server_id=other.id, kind="moved", message=MOVED))
+        forget_server_key(instance_path, other.id)
+    if previous:
+        db.session.add(ServerEvent(server_id=server.id, kind="moved",
+                                   message=f"taken over from {len(previous)} earlier registration(s) of this host "
+                                           "by another user; their keys were removed from it"))
+    db.session.flush()
 
 
 def active_job(server: Server) -> ProvisionJob | None:
@@ -201,4 +283,5 @@ def delete_server(user: User, server: Server) -> int:
     db.session.execute(update(Delivery).where(Delivery.server_id == server.id).values(server_id=None))
     db.session.delete(server)
     db.session.flush()
+    forget_server_key(current_app.instance_path, server.id)  # nothing can use it any more
     return lost

@@ -185,3 +185,9 @@ def test_a_bare_server_becomes_a_worker_and_is_removed_again(env: dict[str, str]
     assert left.stdout.count("No such file or directory") == 3, left.stdout
     assert "no such user" in left.stdout, left.stdout
     assert lines[-1] == "active", "Debian's own Exim configuration takes over again\n" + left.stdout
+    # The panel's key left root's authorized_keys: the panel can no longer log in.
+    public = json.loads(inventories["key"].read_text())["mailfleet_workers"]["hosts"][host.name]["ssh_access_public_key"]
+    assert public.split()[1] not in host.run("cat /root/.ssh/authorized_keys").stdout
+    by_key = subprocess.run([*ping, str(inventories["key"]), "all", "-m", "ansible.builtin.ping"],
+                            env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert by_key.returncode != 0 and "UNREACHABLE" in by_key.stdout, _output(by_key)

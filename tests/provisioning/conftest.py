@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from devserver.testhost import TEST_NETWORK
 from panel import create_app
 from panel.daemon.provision import Provisioner
 from panel.extensions import db
@@ -22,6 +23,9 @@ from tests.panel.conftest import (  # noqa: F401  (fixtures shared with the pane
     preserved_logging,
 )
 from tests.conftest import Databases
+
+
+ALLOWED_EXAMPLE_NETWORK = "192.0.2.0/24"
 
 
 @pytest.fixture
@@ -46,6 +50,9 @@ def app(database_url: str, instance: Path, monkeypatch: pytest.MonkeyPatch) -> I
         "TESTING": True, "SECRET_KEY": SECRET, "SQLALCHEMY_DATABASE_URI": database_url,
         "PUBLIC_URL": "http://panel.example.com", "BOUNCE_DOMAIN": "bounces.example.com",
         "WTF_CSRF_ENABLED": True,
+        # The panel connects to no host in its own networks unless allowed: the test hosts' veth
+        # network, and the documentation network of add_form's example (this machine may be on it).
+        "ALLOWED_HOST_NETWORKS": f"{TEST_NETWORK},{ALLOWED_EXAMPLE_NETWORK}",
     })
     assert Path(app.instance_path) == instance
     yield app

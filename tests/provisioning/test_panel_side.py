@@ -14,7 +14,7 @@ from panel.daemon.password_channel import ChannelError, send_password, socket_pa
 from panel.daemon.provision import Provisioner
 from panel.extensions import db
 from panel.models import ProvisionJob, Server, User
-from panel.services.provisioning import DAEMON_DOWN, PASSWORD_LOST, add_server, panel_key, parse_ip_lines
+from panel.services.provisioning import DAEMON_DOWN, PASSWORD_LOST, add_server, parse_ip_lines, server_key
 
 from .conftest import add_form
 
@@ -166,8 +166,10 @@ def test_the_daemon_leaves_servers_that_are_not_ready_alone(app: Flask, seed) ->
     assert state.clients == {} and state.last_ping == {}
 
 
-def test_panel_key_is_made_once_0600(app: Flask) -> None:
-    key, public = panel_key(app.instance_path)
+def test_each_server_has_a_key_of_its_own_made_once_0600(app: Flask) -> None:
+    key, public = server_key(app.instance_path, 1)
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and public.startswith("ssh-ed25519 ")
-    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
-    assert panel_key(app.instance_path) == (key, public)
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700 and stat.S_IMODE(key.parent.parent.stat().st_mode) == 0o700
+    assert server_key(app.instance_path, 1) == (key, public)
+    other_key, other_public = server_key(app.instance_path, 2)
+    assert other_key != key and other_public.split()[1] != public.split()[1]

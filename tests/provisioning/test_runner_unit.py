@@ -63,7 +63,7 @@ def test_a_failed_run_fails_the_job_with_that_message(app: Flask, seed, monkeypa
     provisioner.passwords.put(job_id, "pw")
     calls = []
 
-    def fake_run(app_, job_id_, server, playbook, *, password=None, cancel=None, observe=None):  # noqa: ANN001
+    def fake_run(app_, job_id_, server, playbook, *, password=None, cancel=None, observe=None, revoked=None):  # noqa: ANN001
         calls.append((playbook, password))
         return RunResult(status="failed", rc=2, failure=PREFLIGHT_MSG)
 
@@ -87,7 +87,7 @@ def test_success_stores_the_fingerprint_and_hands_over_to_the_heartbeat(
     provisioner.passwords.put(job_id, "pw")
     calls = []
 
-    def fake_run(app_, job_id_, server, playbook, *, password=None, cancel=None, observe=None):  # noqa: ANN001
+    def fake_run(app_, job_id_, server, playbook, *, password=None, cancel=None, observe=None, revoked=None):  # noqa: ANN001
         calls.append((playbook, password))
         facts = {"worker_agent_tls_fingerprint": "AB" * 32} if playbook == "worker.yml" else {}
         return RunResult(status="successful", rc=0, facts=facts)
@@ -108,10 +108,15 @@ def test_inventory_carries_port_key_ips_and_the_agent_key_but_no_password(app: F
     server_id, _ = _job(app, seed)
     with app.app_context():
         server = db.session.get(Server, server_id)
-        inventory = provision._inventory(server, Path("/k"), "ssh-ed25519 AAAA panel", {"exim_smarthost": "x"})
+        inventory = provision._inventory(server, "192.0.2.9", Path("/k"), "ssh-ed25519 AAAA panel",
+                                         ["ssh-ed25519 BBBB earlier"], {"exim_smarthost": "x"})
         host = inventory["mailfleet_workers"]["hosts"][f"server{server_id}"]
-        assert host["ansible_port"] == 2222 and host["ansible_user"] == "root"
+        assert host["ansible_port"] == 2222 and host["ansible_user"] == "root" and host["ansible_host"] == "192.0.2.9"
         assert host["ansible_ssh_private_key_file"] == "/k" and host["ssh_access_public_key"] == "ssh-ed25519 AAAA panel"
+        assert host["ssh_access_revoked_keys"] == ["ssh-ed25519 BBBB earlier"]
+        # The password run is given no key file at all.
+        password_run = provision._inventory(server, "192.0.2.9", None, "ssh-ed25519 AAAA panel", [], {})
+        assert "ansible_ssh_private_key_file" not in password_run["mailfleet_workers"]["hosts"][f"server{server_id}"]
         assert host["exim_source_ips"] == [{"ip": "192.0.2.9", "helo": "mx.example.net"}]
         # the role gets the key itself; the DB holds it sealed
         assert host["worker_agent_fernet_key"] == open_agent_key(server) != server.agent_key
