@@ -17,7 +17,7 @@ An attempt is checked, and counted as a failure, BEFORE its password is hashed (
 throttled attempt is answered at once without a hash (each hash costs 32 MiB and ~0.1 s of
 scrypt), so the form is no lever for a denial of service. A successful login hands its
 reservation back and clears its pair. Throttled attempts themselves are not counted. A count
-starts again after FORGET_AFTER without failures; older rows are pruned by each reservation.
+starts again after FORGET_AFTER without failures; older rows are pruned after each attempt.
 
 The address row is changed with a compare-and-set UPDATE (WHERE the values are those read, as
 in rate_limit.py), so concurrent attempts from one address cannot all pass one check. The
@@ -101,7 +101,6 @@ def reserve(email: str, address: str | None) -> float:
     `succeeded`), or the seconds this client must still wait, nothing counted."""
     keys = keys_for(email, address)
     now = time.time()
-    db.session.execute(delete(LoginThrottle).where(LoginThrottle.at < now - FORGET_AFTER))
     for key in (keys.pair, keys.address, keys.account):
         db.session.execute(insert_unless_present(db.session, LoginThrottle).values(key=key, failures=0, at=now))
     for _ in range(ATTEMPTS):
@@ -137,6 +136,13 @@ def reserve(email: str, address: str | None) -> float:
             db.session.flush()
             return 0.0
     return 1.0  # much contention on one address: ask it to come back shortly
+
+
+def prune() -> None:
+    """Forget rows quiet for FORGET_AFTER. Run in a transaction of its own after the attempt's: two
+    concurrent prunes may deadlock on PostgreSQL, and then one is simply rolled back."""
+    db.session.execute(delete(LoginThrottle).where(LoginThrottle.at < time.time() - FORGET_AFTER))
+    db.session.flush()
 
 
 def _count(key: str, now: float) -> None:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
+from sqlalchemy.exc import SQLAlchemyError
 
 from ...extensions import db, login_manager
 from ...services import login_throttle
@@ -45,6 +46,19 @@ def _safe_next(target: str | None) -> str | None:
     return target
 
 
+def reserve_attempt(email: str) -> float:
+    """Count a password check before it is made (login_throttle.reserve), committed so every worker
+    sees it; old counts are then pruned in a transaction of their own, whose failure is harmless."""
+    wait = login_throttle.reserve(email, request.remote_addr)
+    db.session.commit()
+    try:
+        login_throttle.prune()
+        db.session.commit()
+    except SQLAlchemyError:  # a deadlock with another prune: the next attempt prunes
+        db.session.rollback()
+    return wait
+
+
 def too_many_failures(template: str, wait: float, **context) -> tuple[str, int, dict[str, str]]:
     """The page again with a 429 and Retry-After, answered without checking any password."""
     seconds = login_throttle.retry_after(wait)
@@ -63,8 +77,7 @@ def login():
         return redirect(url_for("campaigns.index"))
     form = LoginForm()
     if form.validate_on_submit():
-        wait = login_throttle.reserve(form.email.data, request.remote_addr)
-        db.session.commit()  # counted before the hash, so every worker sees this attempt
+        wait = reserve_attempt(form.email.data)
         if wait:
             return too_many_failures("auth/login.html", wait, form=form)
         user = authenticate(form.email.data, form.password.data)

@@ -12,7 +12,7 @@ from ...models.base import utcnow
 from ...services import login_throttle
 from ...services.users import (UserError, change_password, create_api_token, get_api_token, revoke_api_token,
                                user_tokens)
-from . import bp, too_many_failures
+from . import bp, reserve_attempt, too_many_failures
 from .forms import PasswordForm, TokenForm
 
 
@@ -41,8 +41,7 @@ def account_password():
         return _page(password_form=form)
     user = current_user._get_current_object()
     # The current password is checked like a login: the same counts, so no guessing (nor hashing) spree here.
-    wait = login_throttle.reserve(user.email, request.remote_addr)
-    db.session.commit()
+    wait = reserve_attempt(user.email)
     if wait:
         return too_many_failures("auth/account.html", wait, **_context(password_form=form))
     try:
