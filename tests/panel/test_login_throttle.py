@@ -150,3 +150,27 @@ def test_the_password_change_form_is_throttled_too(browser, alice, hashes):
     response = browser.post("/account/password", {"current_password": "correct horse battery",
                                                   "new_password": "new password 1", "confirm": "new password 1"})
     assert response.status_code == 429 and len(hashes) == hashed
+
+
+def _hammer_logins(database_url: str, count: int, results) -> None:
+    """In a process of its own, like a gunicorn worker: its own app, engine and connections."""
+    from tests.panel.conftest import Browser, make_app
+
+    browser = Browser(make_app(database_url).test_client())
+    codes = [attempt(browser, "alice@example.com", f"guess {n}").status_code for n in range(count)]
+    results.put(codes)
+
+
+def test_workers_share_the_counts(database_url, alice):
+    """Four processes guessing at once: exactly the pair's free attempts are checked, no more."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_hammer_logins, args=(database_url, 8, results)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    codes = [code for _ in workers for code in results.get(timeout=120)]
+    for worker in workers:
+        worker.join(30)
+    assert codes.count(200) == login_throttle.PAIR.free and codes.count(429) == 32 - login_throttle.PAIR.free, codes
