@@ -33,6 +33,7 @@ bench: system-deps venv
 	$(PY) bench/pages.py
 	$(PY) bench/suppressions.py
 	$(PY) bench/clicks.py
+	$(PY) bench/fuzz.py
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache
