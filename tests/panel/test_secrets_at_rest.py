@@ -70,15 +70,21 @@ def test_the_migration_seals_plaintext_agent_keys_and_its_downgrade_opens_them(e
             "INSERT INTO servers (id, user_id, name, host, api_port, agent_key, cert_fingerprint, status, "
             "outcome_ack, created_at) VALUES (2, 1, 'p', 'p.example.net', 8443, NULL, NULL, 'provisioning', 0, "
             "CURRENT_TIMESTAMP)"))
+        db.session.execute(text("INSERT INTO server_ips (server_id, ip, helo, weight, active) "
+                                "VALUES (1, '192.0.2.1', 'w.example.net', 1, :yes)"), {"yes": True})
         db.session.commit()
         db.session.remove()
         upgrade(revision=SEALING_REVISION)
         stored = db.session.execute(text("SELECT agent_key FROM servers ORDER BY id")).scalars().all()
         assert stored[0] != plain and plain not in stored[0] and stored[1] is None
         assert secret_box.unseal(stored[0]) == plain
+        # the servers' other rows stay (no table copy dropping servers with cascades)
+        assert db.session.execute(text("SELECT count(*) FROM server_ips")).scalar() == 1
         db.session.remove()
         downgrade(revision=before)
         assert db.session.execute(text("SELECT agent_key FROM servers WHERE id = 1")).scalar() == plain
+        assert db.session.execute(text("SELECT count(*) FROM server_ips")).scalar() == 1
+        db.session.execute(text("DELETE FROM server_ips"))
         db.session.execute(text("DELETE FROM servers"))  # older downgrades need every server complete
         db.session.execute(text("DELETE FROM users"))
         db.session.commit()
