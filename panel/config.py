@@ -31,7 +31,11 @@ class Config:
     DAEMON_INTERVAL = 1.0  # seconds between daemon rounds when idle
     DISPATCH_BATCH_SIZE = 1000  # recipients per push to an agent
     DISPATCH_WINDOW = 10000  # letters pushed to one server and not yet handed to its Exim
-    AGENT_TIMEOUT = 30.0  # seconds for one agent request
+    # An agent is not trusted (its server's root may run anything there): each call is bounded (daemon/agent_client.py).
+    AGENT_TIMEOUT = 30.0  # seconds one agent request may take in all: connecting, sending, the whole reply
+    AGENT_CONNECT_TIMEOUT = 5.0  # seconds to connect to an agent
+    AGENT_REPLY_MAX_BYTES = 16 * 1024 * 1024  # bytes of one reply read; a longer one is refused
+    AGENT_REPLY_MAX_INFLATED = 32 * 1024 * 1024  # bytes one reply may inflate to (its JSON); more is refused
     API_RATE = 20.0  # API requests a second each token may make on average (a token bucket in the DB)
     API_BURST = 100  # requests a token may make at once before API_RATE applies
     API_MAX_ROWS = 100_000  # recipients one bulk add may carry; more is a 413

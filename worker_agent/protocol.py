@@ -54,8 +54,14 @@ def seal(key: bytes, path: str, data: Any, *, reply_to: str | None = None) -> tu
     return nonce, Fernet(key).encrypt(zlib.compress(raw, 1))
 
 
-def unseal(key: bytes, path: str, token: bytes, *, max_age: int = MAX_AGE, now: float | None = None) -> Opened:
-    """Decrypt and check a sealed message; raise ProtocolError with a plain reason."""
+def unseal(key: bytes, path: str, token: bytes, *, max_age: int = MAX_AGE, now: float | None = None,
+           max_inflated: int | None = None, max_values: int | None = None) -> Opened:
+    """Decrypt and check a sealed message; raise ProtocolError with a plain reason.
+
+    A receiver that does not trust the sender bounds what opening costs: ``max_inflated`` bytes
+    of JSON at most (a zlib bomb is refused after inflating that much, not all of it) and
+    ``max_values`` JSON values (a 32 MiB "[[],[],…" would become a gigabyte of Python lists).
+    """
     fernet = Fernet(key)
     try:
         sent_at = fernet.extract_timestamp(token)
@@ -68,12 +74,64 @@ def unseal(key: bytes, path: str, token: bytes, *, max_age: int = MAX_AGE, now: 
     if sent_at > now + CLOCK_SKEW:
         raise ProtocolError("message is dated in the future: check both clocks")
     try:
-        envelope = json.loads(zlib.decompress(plain))
-    except (zlib.error, ValueError):
+        raw = _inflate(plain, max_inflated)
+    except zlib.error:
         raise ProtocolError("message body is not compressed JSON") from None
+    if max_values is not None and _too_many_values(raw, max_values):
+        raise ProtocolError(f"message holds more than {max_values} JSON values")
+    try:
+        envelope = json.loads(raw)
+    except ValueError:
+        raise ProtocolError("message body is not compressed JSON") from None
+    except RecursionError:
+        raise ProtocolError("message body nests JSON too deeply") from None
     if not isinstance(envelope, dict) or envelope.get("path") != path:
         raise ProtocolError(f"message was not meant for {path}")
     nonce = envelope.get("nonce")
     if not isinstance(nonce, str) or not nonce:
         raise ProtocolError("message has no nonce")
     return Opened(nonce=nonce, sent_at=sent_at, data=envelope.get("data"), reply_to=envelope.get("reply_to"))
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n and n % (1 << 20) == 0 else f"{n} bytes"
+
+
+def _inflate(data: bytes, limit: int | None) -> bytes:
+    """zlib-inflate ``data``, refusing output past ``limit`` bytes without producing the rest."""
+    if limit is None:
+        return zlib.decompress(data)
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, limit + 1)
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise ProtocolError(f"message inflates to more than {_size(limit)}")
+    if not inflater.eof:
+        raise zlib.error("truncated")
+    return out
+
+
+_NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'",[{')))
+_WINDOW = 1 << 20
+
+
+def _too_many_values(raw: bytes, limit: int) -> bool:
+    """Whether the JSON text holds more than ``limit`` values, counting its commas, brackets and
+    braces outside strings (each about one Python object once parsed). A string's own commas do not
+    count, so bounces full of text pass. Read in windows: counting costs a few MiB at most."""
+    if raw.count(b",") + raw.count(b"[") + raw.count(b"{") <= limit:
+        return False  # even counting those inside strings
+    count, inside, start = 0, False, 0
+    while start < len(raw):
+        end = min(start + _WINDOW, len(raw))
+        window = raw[start:end]
+        end += (len(window) - len(window.rstrip(b"\\"))) % 2  # never end a window inside an escape
+        # Escaped backslashes, then escaped quotes, go first: neither ends a string.
+        marks = raw[start:end].replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
+        for at in range(0, len(marks), 1 << 16):
+            pieces = marks[at:at + (1 << 16)].split(b'"')
+            count += sum(map(len, pieces[1 if inside else 0::2]))
+            inside ^= len(pieces) % 2 == 0  # an odd number of quotes in this piece
+        if count > limit:
+            return True
+        start = end
+    return False

@@ -19,7 +19,7 @@ from ..models import Campaign, Server, ServerEvent
 from ..models.base import utcnow
 from ..services import domains, server_config
 from ..services.agent_keys import open_agent_key
-from .agent_client import AgentClient, AgentError, AgentUnreachable
+from .agent_client import AgentClient, AgentError, AgentUnreachable, Limits
 from .dispatch import dispatch_server
 from .outcomes import collect_outcomes, finish_campaigns
 
@@ -44,6 +44,8 @@ class DaemonState:
     # server id -> (config version the agent refused, when): not pushed again at once
     config_failed: dict[int, tuple[int, float]] = field(default_factory=dict)
     dns_looked: float = float("-inf")
+    # server id -> the error its last round ended with: the same error round after round is recorded once
+    failing: dict[int, str] = field(default_factory=dict)
 
     def client(self, server: Server) -> AgentClient:
         identity = (server.api_url, server.agent_key, server.cert_fingerprint)
@@ -53,7 +55,7 @@ class DaemonState:
                 known[1].close()
             # Opened once per client: the key is sealed in the DB (identity holds the sealed form).
             client = AgentClient(server.api_url, open_agent_key(server), server.cert_fingerprint,
-                                 timeout=current_app.config["AGENT_TIMEOUT"])
+                                 limits=Limits.from_config(current_app.config))
             self.clients[server.id] = (identity, client)
         return self.clients[server.id][1]
 
@@ -151,11 +153,14 @@ def serve_server(state: DaemonState, server: Server) -> bool:
         return False
     except AgentError as exc:
         db.session.rollback()
-        db.session.add(ServerEvent(server_id=server.id, kind="error", message=str(exc)))
+        if state.failing.get(server.id) != str(exc):  # an agent failing every round is not an event a round
+            db.session.add(ServerEvent(server_id=server.id, kind="error", message=str(exc)))
+            log.warning("server %s: %s", server.id, exc)
+        state.failing[server.id] = str(exc)
         server.last_error = str(exc)
         db.session.commit()
-        log.warning("server %s: %s", server.id, exc)
         return False
+    state.failing.pop(server.id, None)
     state.last_ping[server.id] = time.monotonic()  # it just answered: that is a heartbeat
     return pushed
 
@@ -173,7 +178,11 @@ def run_round(state: DaemonState) -> bool:
     busy = False
     # Servers being set up, taken down or whose setup failed have no agent to talk to.
     for server in db.session.scalars(select(Server).where(Server.ready).order_by(Server.id)).all():
-        busy = serve_server(state, server) or busy
+        try:
+            busy = serve_server(state, server) or busy
+        except Exception:  # whatever one agent made of this round, the other servers still get theirs
+            log.exception("server %s: round failed", server.id)
+            db.session.rollback()
     finish_campaigns()
     _publish_domains(state)
     db.session.remove()

@@ -3,24 +3,31 @@
 The agent keeps events until the panel acks their seq; the panel stores events and the
 new ack in one transaction. A daemon stopped before commit asks again from the old ack,
 and applying an event twice leaves the same state (transitions only move forward).
+
+An agent is not trusted: what it reports counts only for letters its server was given (its own,
+and pushed to it); anything else, or anything malformed, is acked and dropped, and said once per
+report in the log. A report with more items than an agent sends is refused whole, and what the
+agent says is kept cut and cleaned (agent_text).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from itertools import islice
 from typing import Iterable, Iterator
 
 from flask import current_app
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, insert, or_, select, update
 
 from ..extensions import db
-from ..models import BounceMessage, Campaign, Delivery, DeliveryEvent, Server
+from ..models import BounceMessage, Campaign, Delivery, DeliveryEvent, DispatchBatch, Server
 from ..models.base import is_row_id, utcnow
 from ..services.bounces.apply import process_bounce, process_pending_bounces, process_refusal
 from ..services.tokens import delivery_id_from_token
 from ..services.unsubscribe import apply_pending_unsubscribe_messages, apply_unsubscribe_message
-from .agent_client import AgentClient
+from .agent_client import AgentClient, AgentError
+from .agent_text import raw_message, reply_text, storable
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,10 @@ _REPLACES: dict[str, frozenset[str]] = {
     "cancelled": frozenset({"pending", "queued"}),
 }
 _CHUNK = 900  # ids per IN (...): under SQLite's bound-parameter limit
+# Items one report may hold: twice what an agent sends in one reply (worker_agent/queue.py).
+MAX_EVENTS_PER_REPORT = 10_000
+MAX_BOUNCES_PER_REPORT = 2_000
+MESSAGE_KINDS = ("bounce", "unsubscribe")
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -41,27 +52,53 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
+def given_to(server: Server) -> ColumnElement[bool]:
+    """Letters handed to this server: assigned to it, and pushed to it (or a push was tried: the agent
+    may hold them although the panel never heard its answer). About those only may it report."""
+    push_tried = (
+        select(DispatchBatch.id)
+        .where(DispatchBatch.id == Delivery.batch_id, DispatchBatch.server_id == server.id, DispatchBatch.attempts > 0)
+        .exists()
+    )
+    # Only a push moves a letter out of pending into a state an agent reports (cancelling it does not).
+    return and_(Delivery.server_id == server.id, or_(Delivery.status.not_in(("pending", "cancelled")), push_tried))
+
+
 def _current_states(server: Server, ids: list[int]) -> dict[int, str]:
     states: dict[int, str] = {}
     for chunk in _chunks(ids, _CHUNK):
         states.update(
-            db.session.execute(
-                select(Delivery.id, Delivery.status).where(Delivery.id.in_(chunk), Delivery.server_id == server.id)
-            ).all()
+            db.session.execute(select(Delivery.id, Delivery.status).where(Delivery.id.in_(chunk), given_to(server))).all()
         )
     return states
 
 
-def apply_events(server: Server, events: list[dict]) -> int:
-    """Store events and move deliveries forward; returns how many deliveries changed."""
-    states = _current_states(server, [e["id"] for e in events if is_row_id(e.get("id"))])
+def _is_code(value: object) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 999)
+
+
+def _well_formed(event: object) -> bool:
+    """An event as agents send them: a letter's id, a status this panel knows, an SMTP code and text."""
+    return (isinstance(event, dict) and is_row_id(event.get("id")) and isinstance(event.get("status"), str)
+            and event["status"] in _REPLACES and _is_code(event.get("code"))
+            and isinstance(event.get("text"), (str, type(None))))
+
+
+def apply_events(server: Server, events: list[dict], dropped: Counter | None = None) -> int:
+    """Store events and move deliveries forward; returns how many deliveries changed. Events about
+    letters the server was not given, and malformed ones, are counted in `dropped` and ignored."""
+    dropped = Counter() if dropped is None else dropped
+    wanted = [e for e in events if _well_formed(e)]
+    dropped["malformed items"] += len(events) - len(wanted)
+    states = _current_states(server, [e["id"] for e in wanted])
     now = utcnow()
     history, changes, refusals = [], {}, []
-    for event in events:
-        delivery_id, status = event.get("id"), event.get("status")
-        if delivery_id not in states or status not in _REPLACES:
-            continue  # not this server's letter, or a status this panel does not know: ignore
-        code, text = event.get("code"), event.get("text")
+    for event in wanted:
+        delivery_id, status = event["id"], event["status"]
+        if delivery_id not in states:
+            dropped["events"] += 1  # not a letter this server was given
+            continue
+        code, text = event.get("code"), reply_text(event.get("text"))
         history.append({"delivery_id": delivery_id, "status": status, "code": code, "text": text, "created_at": now})
         if status == "failed" and (code or text):
             refusals.append((delivery_id, code, text))
@@ -83,26 +120,74 @@ def apply_events(server: Server, events: list[dict]) -> int:
     return len(changes)
 
 
-def store_bounces(server: Server, bounces: list[dict]) -> None:
-    """Keep each returned message and, for bounces, classify and apply it in the same transaction."""
+def _was_given(server: Server, delivery_id: int) -> bool:
+    return db.session.scalar(select(Delivery.id).where(Delivery.id == delivery_id, given_to(server))) is not None
+
+
+def store_bounces(server: Server, bounces: list[dict], dropped: Counter | None = None) -> None:
+    """Keep each returned message (cut to agent_text.RAW_BYTES) and, for bounces, classify it as it
+    came and apply it in the same transaction. A message answering a letter the server was not
+    given, and a malformed one, is counted in `dropped` and not kept."""
+    dropped = Counter() if dropped is None else dropped
     secret = current_app.config["SECRET_KEY"]
     for bounce in bounces:
-        token = bounce.get("token") or None
+        if not isinstance(bounce, dict):
+            dropped["malformed items"] += 1
+            continue
+        kind, token, raw = bounce.get("kind") or "bounce", bounce.get("token") or None, bounce.get("raw", "")
+        if kind not in MESSAGE_KINDS or not isinstance(token, (str, type(None))) or not isinstance(raw, str):
+            dropped["malformed items"] += 1
+            continue
         delivery_id = delivery_id_from_token(secret, token) if token else None
-        if delivery_id is not None and db.session.get(Delivery, delivery_id) is None:
-            delivery_id = None  # a genuine token of a letter deleted since
+        if not is_row_id(delivery_id) or db.session.get(Delivery, delivery_id) is None:
+            delivery_id = None  # no genuine token, or one of a letter deleted since: kept, applied to nobody
+        elif not _was_given(server, delivery_id):
+            dropped["messages"] += 1
+            continue
+        raw = storable(raw)
         message = BounceMessage(
             server_id=server.id,
             delivery_id=delivery_id,
-            kind=bounce.get("kind") or "bounce",
+            kind=kind,
             token=token[:100] if token else None,
-            raw=str(bounce.get("raw", "")),
+            raw=raw_message(raw),
             received_at=utcnow(),
         )
         db.session.add(message)
         db.session.flush()
-        process_bounce(message)
+        process_bounce(message, raw)
         apply_unsubscribe_message(message)
+
+
+def _say_dropped(server: Server, dropped: Counter) -> None:
+    """One line in the log for what a report held that was not taken (nothing of it is kept)."""
+    parts = []
+    if dropped["events"] or dropped["messages"]:
+        parts.append(f"{dropped['events']} events and {dropped['messages']} messages about letters it was not given")
+    if dropped["malformed items"]:
+        parts.append(f"{dropped['malformed items']} malformed items")
+    if parts:
+        log.warning("server %s (%s) reported %s: ignored", server.id, server.name, " and ".join(parts))
+
+
+def _items(reply: object, name: str, limit: int) -> list:
+    """The reply's list of events or bounces, refused whole if it is no list or a longer one than agents send."""
+    if not isinstance(reply, dict):
+        raise AgentError("the agent's outcomes reply is malformed: not an object")
+    items = reply.get(name) or []
+    if not isinstance(items, list):
+        raise AgentError(f"the agent's outcomes reply is malformed: its {name} are not a list")
+    if len(items) > limit:
+        raise AgentError(f"the agent reported {len(items)} {name} in one reply; at most {limit} are taken, "
+                         "so none was (check the agent's version)")
+    return items
+
+
+def _with_seq(items: list, dropped: Counter) -> list[dict]:
+    """The items that carry a seq: one without cannot be acked, so it is not taken either."""
+    taken = [item for item in items if isinstance(item, dict) and is_row_id(item.get("seq"))]
+    dropped["malformed items"] += len(items) - len(taken)
+    return taken
 
 
 def collect_outcomes(client: AgentClient, server: Server) -> bool:
@@ -110,12 +195,16 @@ def collect_outcomes(client: AgentClient, server: Server) -> bool:
     arrived = False
     while True:
         reply = client.call("/v1/outcomes", {"ack": server.outcome_ack})
-        events, bounces = reply.get("events") or [], reply.get("bounces") or []
-        seqs = [item["seq"] for item in events + bounces if isinstance(item.get("seq"), int)]
+        dropped: Counter = Counter()
+        events = _with_seq(_items(reply, "events", MAX_EVENTS_PER_REPORT), dropped)
+        bounces = _with_seq(_items(reply, "bounces", MAX_BOUNCES_PER_REPORT), dropped)
+        seqs = [item["seq"] for item in events + bounces]
         if not seqs:
+            _say_dropped(server, dropped)
             return arrived
-        apply_events(server, events)
-        store_bounces(server, bounces)
+        apply_events(server, events, dropped)
+        store_bounces(server, bounces, dropped)
+        _say_dropped(server, dropped)
         server.outcome_ack = max(server.outcome_ack, max(seqs))
         db.session.commit()
         arrived = True

@@ -195,10 +195,14 @@ def bump_user_servers(user_id: int) -> None:
 def record_applied(server: Server, version: int, reply: Any) -> None:
     server.config_applied = version
     counts = reply if isinstance(reply, dict) else {}
+
+    def count(name: str) -> str:  # the agent's figures, shown only if they are figures
+        value = counts.get(name)
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9 else "?"
+
     db.session.add(ServerEvent(
         server_id=server.id, kind="config",
-        message=(f"configuration version {version} applied: {counts.get('rate_limits', '?')} rate limits, "
-                 f"{counts.get('helo', '?')} HELO names"),
+        message=f"configuration version {version} applied: {count('rate_limits')} rate limits, {count('helo')} HELO names",
     ))
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from panel.daemon.dispatch import dispatch_server
 from panel.daemon.outcomes import apply_events, finish_campaigns, store_bounces
 from panel.extensions import db
 from panel.models import BounceMessage, Campaign, Delivery, Server, Suppression, User
 from panel.services.sending import campaign_stats, start_campaign
 from panel.services.tokens import delivery_token
 from tests.helpers import BOUNCE_CORPUS
+from tests.panel.agents import TakingAgent
 
 CORPUS = BOUNCE_CORPUS
 PEOPLE = ["ann@example.org", "bob@example.org", "cat@example.org", "dan@example.org"]
@@ -59,11 +61,12 @@ class Mailing:
         self.server_id = seed.server(alice)
 
     def campaign(self) -> int:
-        """A campaign to the list, started: its letters are on their way."""
+        """A campaign to the list, started and pushed to the server: its letters are on their way."""
         campaign_id = self.seed.campaign(self.user_id, [self.list_id])
         with self.app.app_context():
             start_campaign(db.session.get(User, self.user_id), db.session.get(Campaign, campaign_id))
             db.session.commit()
+            dispatch_server(TakingAgent(), db.session.get(Server, self.server_id))
         return campaign_id
 
     def letter(self, campaign_id: int, email: str) -> int:

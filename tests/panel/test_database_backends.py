@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select, text
 
+from panel.daemon.dispatch import dispatch_server
 from panel.daemon.outcomes import apply_events
 from panel.extensions import db
 from panel.models import Campaign, Delivery, Server, User
 from panel.services.sending import start_campaign
+from tests.panel.agents import TakingAgent
 
 HUGE = 99_999_999_999  # past the INTEGER range of the ids, which PostgreSQL refuses to compare with
 
@@ -46,6 +48,7 @@ def test_an_agent_event_for_an_id_past_the_range_is_ignored_like_any_unknown_let
     with app.app_context():
         start_campaign(db.session.get(User, alice), db.session.get(Campaign, campaign_id))
         db.session.commit()
+        dispatch_server(TakingAgent(), db.session.get(Server, server_id))  # the letter is given to the server
         letter = db.session.scalar(select(Delivery.id))
         changed = apply_events(db.session.get(Server, server_id), [{"id": HUGE, "status": "sent"},
                                                                    {"id": letter, "status": "sent"}])

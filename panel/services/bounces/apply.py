@@ -114,12 +114,13 @@ def apply_verdict(delivery: Delivery, verdict: Verdict) -> str | None:
     return None
 
 
-def process_bounce(message: BounceMessage) -> None:
-    """Classify a stored bounce message and apply it to its letter; does nothing the second time."""
+def process_bounce(message: BounceMessage, raw: str | None = None) -> None:
+    """Classify a stored bounce message and apply it to its letter; does nothing the second time.
+    `raw` is the message as it came, when what is kept of it was cut."""
     if message.kind != "bounce" or message.classified_at is not None:
         return
     try:
-        verdicts = classify(read_message(message.raw.encode("utf-8", "surrogateescape")))
+        verdicts = classify(read_message((message.raw if raw is None else raw).encode("utf-8", "surrogateescape")))
     except NotAMessage:
         verdicts = [Verdict(recipient=None, reason="nofailure", kind="none")]
     delivery = db.session.get(Delivery, message.delivery_id) if message.delivery_id else None
