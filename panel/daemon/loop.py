@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from ..extensions import db
 from ..models import Campaign, Server, ServerEvent
-from ..models.base import utcnow
+from ..models.base import MAX_ROW_ID, utcnow
 from ..services import domains, server_config
 from ..services.agent_keys import open_agent_key
 from .agent_client import AgentClient, AgentError, AgentUnreachable, Limits
@@ -84,7 +84,7 @@ def _heartbeat(state: DaemonState, server: Server, client: AgentClient) -> bool:
         _mark(server, "offline", str(exc))
         return False
     held = reply.get("config_version") if isinstance(reply, dict) else None
-    if isinstance(held, int) and not isinstance(held, bool):
+    if isinstance(held, int) and not isinstance(held, bool) and 0 <= held <= MAX_ROW_ID:
         server.config_applied = held  # e.g. 0 again after a reinstall: pushed again below
     _mark(server, "online", "agent answered")
     return True
@@ -178,11 +178,12 @@ def run_round(state: DaemonState) -> bool:
     busy = False
     # Servers being set up, taken down or whose setup failed have no agent to talk to.
     for server in db.session.scalars(select(Server).where(Server.ready).order_by(Server.id)).all():
+        server_id = server.id
         try:
             busy = serve_server(state, server) or busy
         except Exception:  # whatever one agent made of this round, the other servers still get theirs
-            log.exception("server %s: round failed", server.id)
             db.session.rollback()
+            log.exception("server %s: round failed", server_id)
     finish_campaigns()
     _publish_domains(state)
     db.session.remove()

@@ -8,6 +8,7 @@ CONFIG holds port, cert_file, key_file, agent_key, mode, and for some modes targ
 report_file. `mode` says how /v1/ping is answered (every other path is answered honestly):
 
 - honest        the sealed {"config_version": 0} a fresh agent gives
+- odd-ping      the same with a config version past any integer column (2**40)
 - redirect      307 to `target`
 - redirect-huge 302 to `target` with 100 MB of body
 - huge          200 with 100 MB and no Content-Length (the body ends when the connection does)
@@ -53,6 +54,10 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         key = self.config["agent_key"].encode()
         mode = self.config["mode"] if self.path == "/v1/ping" else "honest"
+        if mode == "odd-ping":
+            opened = protocol.unseal(key, self.path, body)
+            _, sealed = protocol.seal(key, self.path, {"config_version": 2**40}, reply_to=opened.nonce)
+            return self._send(200, sealed, protocol.CONTENT_TYPE)
         try:
             if mode == "redirect":
                 return self._send(307, b"", "text/plain", Location=self.config["target"])

@@ -158,3 +158,12 @@ def test_an_agents_error_text_is_shown_short_and_escaped(app, seed, alice, agent
     assert len(page) < len(ERROR_TEXT) // 10
     assert "A" * 1000 not in page
     round_.assert_honest_served()
+
+
+def test_a_config_version_past_any_column_is_ignored(app, seed, alice, agents):
+    """A ping answered with a number PostgreSQL cannot store: not stored, and the round goes on."""
+    round_ = Round(app, seed, alice, agents, "odd-ping")
+    round_.run()
+    hostile = round_.server(round_.hostile_id)
+    assert (hostile.status, hostile.config_applied) == ("online", 0)
+    round_.assert_honest_served()
