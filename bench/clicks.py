@@ -143,7 +143,8 @@ def run(backend: str, seconds: int) -> dict:
         script.write_text(LUA % {"paths": ",\n".join(json.dumps(p) for p in paths)})
         port = free_port()
         env = {**os.environ, "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"], "MAILFLEET_SECRET_KEY": SECRET,
-               "MAILFLEET_INSTANCE_PATH": tmp, "PYTHONPATH": str(ROOT)}
+               "MAILFLEET_INSTANCE_PATH": tmp, "PYTHONPATH": str(ROOT),
+               "MAILFLEET_PUBLIC_URL": f"http://127.0.0.1:{port}"}  # the host the links name (wrk's Host)
         gunicorn = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", worker_class, "--threads", str(threads),
              "--keep-alive", "30",

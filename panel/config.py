@@ -25,6 +25,10 @@ class Config:
     PUBLIC_URL = "http://127.0.0.1:5000"
     # Scheme of masked links on a campaign's tracking domains (https://<domain>/c/…); without one they use PUBLIC_URL.
     TRACKING_SCHEME = "https"
+    # Tracking links (/c/, /o/, /u/) per client address, in each gunicorn worker's memory (services/click_limits.py):
+    TRACKING_FORGED_PER_MINUTE = 20  # refused tokens (forged, another host's) before the answer is 429
+    TRACKING_CLICKS_PER_MINUTE = 600  # genuine clicks and opens all counted; beyond, still redirected, and
+    TRACKING_REPEATS_PER_LETTER = 10  # … counted while one letter's repeats from the address stay within this an hour
     # Domain of VERP return paths and unsubscribe mailto: addresses; MX points at the workers.
     BOUNCE_DOMAIN = "bounces.mailfleet.test"
     BOUNCE_SOFT_LIMIT = 3  # soft bounces in a row (across a user's campaigns) that suppress an address

@@ -5,7 +5,9 @@ The agents mask every link of a letter (worker_agent/tracking.py, with the campa
 campaign, letter and link and is signed with the campaign's key, derived from the panel's secret:
 checking one needs no lookup, and the redirect target is the campaign's stored link of that number
 (``campaign_links``, kept when the draft is saved) or, for a URL built from a recipient's fields,
-the URL the signature covers. Nothing in a request can point the redirect anywhere else.
+the URL the signature covers. Nothing in a request can point the redirect anywhere else, and a
+token answers only on its campaign's tracking domains or the panel's public host
+(``tracking_hosts``); clicks and opens are counted within per-address limits (``click_limits``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from worker_agent.tracking import OPEN, campaign_key, read_token, template_links
 from ..extensions import db
 from ..models import Campaign, CampaignLink, Click, Open
 from ..models.base import utcnow
+from .click_limits import ClickLimits
+from .tracking_hosts import TrackingHosts
 
 T = TypeVar("T")
 PREVIEW_DELIVERY_ID = 0  # the preview's links lead to their target but are not counted
@@ -120,47 +124,93 @@ def _counted(work: Callable[[Connection], T]) -> T:
         return work(connection)
 
 
-def click(secret: str, token: str, count: bool = True, links: dict[tuple[int, int], str] | None = None) -> str | None:
-    """The URL a genuine click token leads to, the click counted and committed (unless `count` is
-    False: HEAD); None for a forged, altered or unknown one (a 404, never a redirect).
+@dataclass(frozen=True)
+class Visit:
+    """Who asks for a token and where: the request's Host header and client address; a GET counts,
+    a HEAD (link checkers, scanners) is answered uncounted."""
 
-    `links`, a dict the caller keeps (one per app), remembers the links of started campaigns: a
-    letter's token (any but the preview's) exists only once its campaign started, and a started
-    campaign's links never change (only a draft is saved)."""
+    host: str | None
+    address: str | None
+    count: bool = True
+
+
+class TrackingState:
+    """What one app remembers to answer tokens: the links of started campaigns (a letter's token,
+    any but the preview's, exists only once its campaign started, and a started campaign's links
+    never change: only a draft is saved), which hosts answer which campaign, and the per-address
+    limits."""
+
+    def __init__(self, public_url: str, limits: ClickLimits) -> None:
+        self.links: dict[tuple[int, int], str] = {}
+        self.hosts = TrackingHosts(public_url)
+        self.limits = limits
+
+
+def tracking_state(app: Flask) -> TrackingState:
+    state = app.extensions.get("mailfleet_tracking")
+    if state is None:
+        config = app.config
+        limits = ClickLimits(config["TRACKING_FORGED_PER_MINUTE"], config["TRACKING_CLICKS_PER_MINUTE"],
+                             config["TRACKING_REPEATS_PER_LETTER"])
+        state = app.extensions.setdefault("mailfleet_tracking", TrackingState(config["PUBLIC_URL"], limits))
+    return state
+
+
+def _counts(state: TrackingState, visit: Visit, delivery_id: int) -> bool:
+    return visit.count and delivery_id != PREVIEW_DELIVERY_ID and state.limits.counts(visit.address, delivery_id)
+
+
+def click(secret: str, token: str, visit: Visit, state: TrackingState) -> str | None:
+    """The URL a genuine click token leads to, the click counted and committed (unless the visit
+    is a HEAD, or one letter's repeats from one address went past the limits: services/click_limits);
+    None for a forged, altered or unknown one, or one asked of a host that is not its campaign's
+    (a 404, never a redirect)."""
     read = read_token(secret, token)
     if read is None or read[2] == OPEN:
         return None
     campaign_id, delivery_id, ref = read
+    letter = delivery_id != PREVIEW_DELIVERY_ID
+    links = state.links
 
     def work(connection: Connection) -> str | None:
+        if not state.hosts.allows(connection, campaign_id, visit.host, remember=letter):
+            return None
         if isinstance(ref, str):
             url, values = ref, {"link_idx": None, "url": ref}
         else:
-            url = links.get((campaign_id, ref)) if links is not None else None
+            url = links.get((campaign_id, ref))
             if url is None:
                 url = connection.execute(_LINK_URL, {"campaign_id": campaign_id, "idx": ref}).scalar()
                 if url is None:
                     return None
-                if links is not None and delivery_id != PREVIEW_DELIVERY_ID:
+                if letter:
                     if len(links) >= LINK_CACHE_SIZE:
                         links.clear()
                     links[(campaign_id, ref)] = url
             values = {"link_idx": ref}
-        if count:
+        if _counts(state, visit, delivery_id):
             _count(connection, Click, delivery_id, campaign_id, **values)
         return url
 
     return _counted(work)
 
 
-def open_pixel(secret: str, token: str, count: bool = True) -> bool:
-    """True for a genuine open token (the open counted and committed unless `count` is False); False otherwise."""
+def open_pixel(secret: str, token: str, visit: Visit, state: TrackingState) -> bool:
+    """True for a genuine open token asked of its campaign's host (the open counted and committed,
+    as a click is); False otherwise."""
     read = read_token(secret, token)
     if read is None or read[2] != OPEN:
         return False
-    if count:
-        _counted(lambda connection: _count(connection, Open, read[1], read[0]))
-    return True
+    campaign_id, delivery_id, _ = read
+
+    def work(connection: Connection) -> bool:
+        if not state.hosts.allows(connection, campaign_id, visit.host, remember=delivery_id != PREVIEW_DELIVERY_ID):
+            return False
+        if _counts(state, visit, delivery_id):
+            _count(connection, Open, delivery_id, campaign_id)
+        return True
+
+    return _counted(work)
 
 
 def tracking_counts(campaign_id: int) -> dict[str, int]:

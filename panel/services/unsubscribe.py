@@ -9,12 +9,18 @@ from ..models import BounceMessage, Campaign, Delivery, Suppression
 from ..models.base import insert_unless_present, utcnow
 from .bounces.apply import unprocessed_messages
 from .tokens import delivery_id_from_token
+from .tracking_hosts import TrackingHosts
 
 
-def delivery_for_token(secret: str, token: str) -> Delivery | None:
-    """The delivery a genuine token names; None for a forged token or a delivery gone since."""
+def delivery_for_token(secret: str, token: str, host: str | None, hosts: TrackingHosts) -> Delivery | None:
+    """The delivery a genuine token names, asked of a host that may answer it (the panel's public
+    host or the campaign's tracking domains); None for a forged token, a delivery gone since, or
+    another host (one tenant's letters never answer on another tenant's domain)."""
     delivery_id = delivery_id_from_token(secret, token)
-    return db.session.get(Delivery, delivery_id) if delivery_id is not None else None
+    delivery = db.session.get(Delivery, delivery_id) if delivery_id is not None else None
+    if delivery is None or not hosts.allows(db.session, delivery.campaign_id, host):
+        return None
+    return delivery
 
 
 def unsubscribe(delivery: Delivery) -> bool:

@@ -66,15 +66,17 @@ def started(app, seed, alice) -> int:
 
 
 def _path(url: str) -> str:
-    return url.replace("http://panel.example.com", "")
+    """The link as a recipient's browser asks for it: of the host the letter names (a token answers
+    only on its campaign's tracking domains and the panel's public host)."""
+    return url
 
 
 def test_letters_have_masked_links_and_the_unsubscribe_link_as_it_was(app, started):
     letters = _letters(app, started)
     text, html = letters["ann@example.org"]
     assert "shop.example.com" not in text and "shop.example.com" not in html and "blog.example.com" not in html
-    assert re.search(r"Bye: http://panel\.example\.com/u/\d+-[0-9a-f]{10}", text)
-    assert re.search(r'href="http://panel\.example\.com/u/\d+-[0-9a-f]{10}">unsubscribe', html)
+    assert re.search(r"Bye: http://panel\.example\.com/u/\d+-[0-9a-f]{16}\r?\n", text)
+    assert re.search(r'href="http://panel\.example\.com/u/\d+-[0-9a-f]{16}">unsubscribe', html)
     assert len(_links(text)) == 1 and len(_links(html)) == 3
     assert re.search(r'<img src="http://panel\.example\.com/o/[^"]+" width="1" height="1"', html)
 
@@ -110,7 +112,7 @@ def test_a_click_redirects_to_its_link_and_is_counted_per_link_and_recipient(app
 
 def test_forged_tampered_and_foreign_tokens_are_404_without_redirect(app, seed, alice, started, client):
     _text, html = _letters(app, started)["ann@example.org"]
-    sale, _blog, yours = (_path(url) for url in _links(html))
+    sale, _blog, yours = (url.removeprefix("http://panel.example.com") for url in _links(html))
     campaign_id, delivery, ref, mac = sale.removeprefix("/c/").split(".")
     other_list = seed.list(alice, "Other", [{"email": "cy@example.org"}])
     other = seed.campaign(alice, [other_list], subject="Other", text="Hi https://other.example.com/x\nBye: {{ unsubscribe_url }}\n")
@@ -133,7 +135,7 @@ def test_forged_tampered_and_foreign_tokens_are_404_without_redirect(app, seed, 
         "/c/nonsense", "/o/" + sale.removeprefix("/c/"),
     ]
     for path in bad:
-        response = client.get(path)
+        response = client.get("http://panel.example.com" + path)  # the host that answers genuine tokens
         assert response.status_code == 404, path
         assert "Location" not in response.headers
     assert seed.query(lambda s: s.scalar(select(func.count()).select_from(Click))) == 0
