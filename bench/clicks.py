@@ -8,6 +8,11 @@ exactly as many clicks as wrk sent requests (counted by the Lua script as it wri
 requests still in flight when wrk stops are answered and counted by the panel but not in wrk's own
 "requests" figure, which is printed too), with every letter's clicks per link adding up.
 
+wrk's requests all come from one address, as an office's would: past the address's click budget
+each click is counted on its letter's repeat budget (panel/services/click_limits.py: 10 an hour per
+letter in each worker), which 10,000 letters keep every click within for runs of up to a minute or
+so (at ~2,700 a second a letter is clicked about every 4 s, spread over the workers).
+
 Prints one JSON line per backend, then the headline:
 {"bench": "clicks", "sqlite_rps": …, "sqlite_counted": true, …, "load_avg": […]}
 Usage: .venv/bin/python bench/clicks.py [SECONDS] [sqlite] [postgresql]
