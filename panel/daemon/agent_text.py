@@ -14,9 +14,10 @@ EXCERPT_CHARS = 300  # of an agent's error text, quoted in the panel's own messa
 REPLY_CHARS = 2000  # of a receiving server's reply the agent reports for a letter
 RAW_BYTES = 64 * 1024  # of a returned message kept (its headers and the DSN part come first)
 
-# C0 and C1 controls, zero-width and bidirectional formatting marks, lone surrogates.
-_CONTROLS = "\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
-_UNSHOWABLE = re.compile(f"[{_CONTROLS}]+")
+# C1 controls, zero-width and bidirectional formatting marks, lone surrogates; and C0 controls.
+_FORMATTING = "\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+_UNSHOWABLE = re.compile(f"[\x00-\x1f{_FORMATTING}]+")
+_UNSHOWABLE_IN_BLOCK = re.compile(f"[\x00-\x08\x0b-\x1f{_FORMATTING}]+")  # tabs and line feeds stay
 # In a raw message only what no database or reader wants: NULs and lone surrogates.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
@@ -24,6 +25,12 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 def one_line(text: str, limit: int) -> str:
     """The text on one line, controls turned to spaces, cut to `limit` characters (… marks a cut)."""
     text = " ".join(_UNSHOWABLE.sub(" ", text[: limit * 4]).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def text_block(text: str, limit: int) -> str:
+    """The text with its lines kept but every other control removed, cut to `limit` characters."""
+    text = _UNSHOWABLE_IN_BLOCK.sub("", text[: limit * 4])
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

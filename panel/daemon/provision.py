@@ -43,6 +43,7 @@ from ..services.provisioning import (
 )
 from ..services.agent_keys import open_agent_key
 from ..services.servers import ServerError
+from .agent_text import text_block
 from .password_channel import PasswordChannel, PasswordStore, socket_path
 
 log = logging.getLogger("panel.daemon.provision")
@@ -65,6 +66,7 @@ PASSWORD_ONLY = ("-o PubkeyAuthentication=no -o PreferredAuthentications=passwor
 # A password job whose password never arrived (the view died between commit and send).
 PASSWORD_WAIT = timedelta(seconds=60)
 LOG_LIMIT = 2_000_000  # characters of job log kept (the tail)
+MESSAGE_CHARS = 2000  # of what a failed task (or the playbook's last line) said, shown and kept
 
 
 class JobFailed(Exception):
@@ -148,6 +150,11 @@ class EventRecorder:
 
 
 def _message(res: dict) -> str:
+    """A failed task's message: the worker's root may print anything there, so it is cut and cleaned."""
+    return text_block(_task_message(res), MESSAGE_CHARS)
+
+
+def _task_message(res: dict) -> str:
     msg = res.get("msg") or res.get("stderr") or res.get("reason") or ""
     if isinstance(msg, (list, dict)):
         msg = str(msg)
@@ -263,7 +270,7 @@ def run_playbook(
         failure = recorder.failure
         if runner.status != "successful" and not failure:
             try:
-                tail = [line for line in runner.stdout.read().splitlines() if line.strip()][-15:]
+                tail = [text_block(line, MESSAGE_CHARS) for line in runner.stdout.read().splitlines() if line.strip()][-15:]
             except (OSError, AttributeError):
                 tail = []
             if tail:

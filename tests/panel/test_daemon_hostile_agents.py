@@ -16,7 +16,9 @@ import pytest
 from sqlalchemy import select
 
 from panel.daemon.loop import PING_TIMEOUT
-from panel.models import Server, ServerEvent
+from panel.daemon.provision import EventRecorder
+from panel.extensions import db
+from panel.models import ProvisionJob, Server, ServerEvent
 from tests.panel.agents import Agents, CountingServer, daemon_round, peak_growth_mib
 from tests.panel.fake_agent import ERROR_TEXT
 
@@ -167,3 +169,21 @@ def test_a_config_version_past_any_column_is_ignored(app, seed, alice, agents):
     hostile = round_.server(round_.hostile_id)
     assert (hostile.status, hostile.config_applied) == ("online", 0)
     round_.assert_honest_served()
+
+
+def test_a_workers_failure_text_in_a_setup_run_is_kept_short_and_clean(app, seed, alice):
+    """While a server is set up, its root may print anything a task reports: a failing task's message
+    reaches the job's log, its error and the server's page cut and without control characters."""
+    server_id = seed.server(alice)
+    with app.app_context():
+        job = ProvisionJob(server_id=server_id, kind="add", status="running", log="")
+        db.session.add(job)
+        db.session.commit()
+        recorder = EventRecorder(job.id, "site.yml")
+        recorder({"event": "runner_on_failed", "event_data": {"host": "worker", "res": {"msg": ERROR_TEXT}}})
+        job_id = job.id
+    failure = recorder.failure
+    job = seed.get(ProvisionJob, job_id)
+    assert len(failure) <= 2000 and "\x00" not in failure and "\x1b" not in failure
+    assert failure.startswith("<script>alert('agent')</script>")  # what it said, escaped where shown
+    assert len(job.log) < 3000 and "\x00" not in job.log
