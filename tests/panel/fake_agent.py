@@ -9,6 +9,8 @@ report_file. `mode` says how /v1/ping is answered (every other path is answered 
 
 - honest        the sealed {"config_version": 0} a fresh agent gives
 - odd-ping      the same with a config version past any integer column (2**40)
+- many-values   a sealed reply whose data is 3 million empty lists (9 MB of JSON, a few KB sealed)
+- deep          a sealed reply whose data nests 100,000 lists deep
 - redirect      307 to `target`
 - redirect-huge 302 to `target` with 100 MB of body
 - huge          200 with 100 MB and no Content-Length (the body ends when the connection does)
@@ -29,6 +31,7 @@ import json
 import ssl
 import sys
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -54,6 +57,12 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         key = self.config["agent_key"].encode()
         mode = self.config["mode"] if self.path == "/v1/ping" else "honest"
+        if mode in ("many-values", "deep"):
+            opened = protocol.unseal(key, self.path, body)
+            data = b"[" + b"[]," * 3_000_000 + b"[]]" if mode == "many-values" else b"[" * 100_000 + b"]" * 100_000
+            envelope = b'{"path":"%s","nonce":"n","reply_to":"%s","data":%s}' % (
+                self.path.encode(), opened.nonce.encode(), data)
+            return self._send(200, Fernet(key).encrypt(zlib.compress(envelope)), protocol.CONTENT_TYPE)
         if mode == "odd-ping":
             opened = protocol.unseal(key, self.path, body)
             _, sealed = protocol.seal(key, self.path, {"config_version": 2**40}, reply_to=opened.nonce)

@@ -120,6 +120,20 @@ def test_a_zlib_bomb_is_refused_without_inflating_it(app, seed, alice, agents, z
     round_.assert_honest_served()
 
 
+@pytest.mark.parametrize(("mode", "refusal"), [("many-values", "holds more than 200000 JSON values"),
+                                               ("deep", "nests JSON too deeply")])
+def test_json_that_would_swell_or_nest_without_end_is_refused(app, seed, alice, agents, mode, refusal):
+    """Small when sealed, but 3 million values would be some 250 MB of Python lists; 100,000 levels
+    of nesting would end the round with a RecursionError."""
+    round_ = Round(app, seed, alice, agents, mode)
+    growth = peak_growth_mib(round_.run)
+    assert growth < MEMORY_BOUND_MIB, f"the daemon's memory grew by {growth:.0f} MiB parsing a reply"
+    hostile = round_.server(round_.hostile_id)
+    assert hostile.status == "offline"
+    assert refusal in hostile.last_error, hostile.last_error
+    round_.assert_honest_served()
+
+
 @pytest.mark.parametrize("where", ["headers", "body"])
 def test_a_reply_dripping_a_byte_a_second_is_cut_at_the_deadline(app, seed, alice, agents, where):
     round_ = Round(app, seed, alice, agents, f"drip-{where}")
