@@ -13,10 +13,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.fernet import Fernet
 from flask import Flask, Response, request
 
 from . import __version__, protocol, remote_config, render
 from .config import AgentConfig, load_config
+from .keyring import KeyRing
 from .queue import CAMPAIGN_STATES, QueueDB, QueueError
 
 log = logging.getLogger("worker_agent.api")
@@ -36,41 +38,43 @@ def create_app(config: AgentConfig | None = None) -> Flask:
     config = config or load_config()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-    key = config.read_key()
+    keys = KeyRing(config.key_file, config.key_grace)
     queue = QueueDB(config.queue_db)
-    _register_endpoints(app, key, queue, config)
+    _register_endpoints(app, keys, queue, config)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return app
 
 
-def _register_endpoints(app: Flask, key: bytes, queue: QueueDB, config: AgentConfig) -> None:
+def _register_endpoints(app: Flask, keys: KeyRing, queue: QueueDB, config: AgentConfig) -> None:
     handlers: dict[str, Handler] = {
         "/v1/ping": lambda data: _ping(queue, data),
         "/v1/batches": lambda data: _batches(queue, data),
         "/v1/outcomes": lambda data: _outcomes(queue, data),
         "/v1/campaigns/state": lambda data: _campaign_state(queue, data),
         "/v1/config": lambda data: _config(queue, config, data),
+        "/v1/key": lambda data: _new_key(keys, data),
     }
     for path, handler in handlers.items():
-        app.add_url_rule(path, path, _sealed_view(path, handler, key, queue), methods=["POST"])
+        app.add_url_rule(path, path, _sealed_view(path, handler, keys, queue), methods=["POST"])
 
 
-def _sealed_view(path: str, handler: Handler, key: bytes, queue: QueueDB) -> Callable[[], Response]:
+def _sealed_view(path: str, handler: Handler, keys: KeyRing, queue: QueueDB) -> Callable[[], Response]:
     def view() -> Response:
         try:
-            opened = protocol.unseal(key, path, request.get_data(cache=False))
+            key, opened = protocol.unseal_any(keys.keys(), path, request.get_data(cache=False))
             if not queue.remember_nonce(opened.nonce, max(time.time(), opened.sent_at) + protocol.MAX_AGE):
                 raise protocol.ProtocolError("message was replayed (nonce already seen)")
         except protocol.ProtocolError as exc:
             # only the reason and who asked: never the body or the key
             log.warning("refused %s from %s: %s", path, request.remote_addr, exc.reason)
             return Response(f"refused: {exc.reason}", status=403, mimetype="text/plain")
+        keys.used(key)
         try:
             reply, status = handler(opened.data), 200
         except (RequestError, QueueError, render.CampaignError, remote_config.RemoteConfigError) as exc:
             reply, status = {"error": str(exc)}, 400
-        _, body = protocol.seal(key, path, reply, reply_to=opened.nonce)
+        _, body = protocol.seal(key, path, reply, reply_to=opened.nonce)  # the key the panel used
         return Response(body, status=status, content_type=protocol.CONTENT_TYPE)
 
     view.__name__ = "sealed_" + path.strip("/").replace("/", "_")
@@ -137,3 +141,15 @@ def _config(queue: QueueDB, config: AgentConfig, data: Any) -> dict[str, Any]:
     log.info("config version %d applied: %d rate limits, %d HELO names, %d DKIM keys, %d bounce domains",
              remote.version, len(remote.rate_limits), len(remote.helo), len(remote.dkim), len(remote.bounce_domains))
     return {"config_version": remote.version, "rate_limits": len(remote.rate_limits), "helo": len(remote.helo)}
+
+
+def _new_key(keys: KeyRing, data: Any) -> dict[str, Any]:
+    """The panel's next key, handed in a message sealed with a current one (keyring.py)."""
+    key = _object(data).get("key")
+    try:
+        Fernet(key.encode() if isinstance(key, str) else b"")
+    except ValueError:
+        raise RequestError("key must be a Fernet key (32 url-safe base64-encoded bytes)") from None
+    keys.add(key.encode())
+    log.info("a new key from the panel: both open messages until the panel uses the new one")
+    return {"ok": True}

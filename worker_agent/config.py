@@ -45,6 +45,7 @@ class AgentConfig:
     rate_limits: tuple[RateLimit, ...] = ()
     hostname: str = field(default_factory=socket.gethostname)
     max_attempts: int = 5  # submissions tried per letter before it is reported failed
+    key_grace: int = 300  # seconds an old key still opens after the panel first used a new one (keyring.py)
     path: Path | None = None  # the file this came from, so `serve` can hand it on
 
     @property
@@ -57,8 +58,9 @@ class AgentConfig:
         return host.strip("[]"), int(port)
 
     def read_key(self) -> bytes:
+        """The newest key (the file may hold older ones while the panel replaces it: keyring.py)."""
         try:
-            return self.key_file.read_bytes().strip()
+            return (self.key_file.read_bytes().split() or [b""])[0]
         except OSError as exc:
             raise ConfigError(f"cannot read key_file {self.key_file}: {exc.strerror}; run `python -m worker_agent init`") from None
 
@@ -106,6 +108,7 @@ _KNOWN = {
     "data_dir", "key_file", "cert_file", "cert_key_file", "bounce_spool", "exim_mainlog", "helo_map", "dkim_dir",
     "bounce_domains_file", "listen",
     "smtp_host", "smtp_port", "smtp_connections", "source_ips", "rate_limits", "hostname", "max_attempts",
+    "key_grace",
 }
 
 
@@ -168,6 +171,7 @@ def parse_config(raw: dict[str, Any], *, base: Path, path: Path | None = None) -
         rate_limits=_rate_limits(raw.get("rate_limits")),
         hostname=hostname,
         max_attempts=an_int("max_attempts", 5, 1, 100),
+        key_grace=an_int("key_grace", 300, 0, 86400),
         path=path,
     )
 

@@ -54,6 +54,19 @@ def seal(key: bytes, path: str, data: Any, *, reply_to: str | None = None) -> tu
     return nonce, Fernet(key).encrypt(zlib.compress(raw, 1))
 
 
+def unseal_any(keys: list[bytes], path: str, token: bytes, **limits: Any) -> tuple[bytes, Opened]:
+    """Like ``unseal`` (same keyword limits) with the first of ``keys`` (newest first) whose signature
+    matches; returns it too, so the reply is sealed with the key the sender used (while the key is
+    being replaced)."""
+    for key in keys:
+        try:
+            Fernet(key).extract_timestamp(token)  # checks the signature only
+        except InvalidToken:
+            continue
+        return key, unseal(key, path, token, **limits)
+    raise ProtocolError("message is not sealed with this worker's key or was altered")
+
+
 def unseal(key: bytes, path: str, token: bytes, *, max_age: int = MAX_AGE, now: float | None = None,
            max_inflated: int | None = None, max_values: int | None = None) -> Opened:
     """Decrypt and check a sealed message; raise ProtocolError with a plain reason.

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from ..extensions import db
 from ..models import Campaign, Server, ServerEvent
 from ..models.base import MAX_ROW_ID, utcnow
-from ..services import domains, server_config
+from ..services import agent_keys, domains, server_config
 from ..services.agent_keys import open_agent_key
 from .agent_client import AgentClient, AgentError, AgentUnreachable, Limits
 from .dispatch import dispatch_server
@@ -122,6 +122,27 @@ def _push_config(state: DaemonState, server: Server, client: AgentClient) -> Non
     log.info("server %s: configuration version %d applied", server.id, version)
 
 
+def _hand_over_key(server: Server, client: AgentClient) -> None:
+    """A new agent key was asked for (`servers rotate-key`): it goes to the agent sealed with the
+    current key; once the agent answered, the panel uses only the new one (the next round makes
+    a new client). The rest of this round still uses the old key, which the agent keeps opening."""
+    if not server.agent_key_next:
+        return
+    try:
+        client.call("/v1/key", {"key": agent_keys.open_next_key(server)})
+    except AgentUnreachable:
+        raise
+    except AgentError as exc:
+        db.session.rollback()
+        agent_keys.hand_over_refused(server, str(exc))
+        db.session.commit()
+        log.warning("server %s: the agent did not take a new key: %s", server.id, exc)
+        return
+    agent_keys.handed_over(server)
+    db.session.commit()
+    log.info("server %s: agent key replaced", server.id)
+
+
 def _tell_campaign_states(state: DaemonState, server: Server, client: AgentClient) -> None:
     campaigns = db.session.execute(
         select(Campaign.id, Campaign.status).where(
@@ -144,6 +165,7 @@ def serve_server(state: DaemonState, server: Server) -> bool:
         return False
     try:
         _push_config(state, server, client)
+        _hand_over_key(server, client)
         _tell_campaign_states(state, server, client)
         pushed = dispatch_server(client, server)
         collect_outcomes(client, server)

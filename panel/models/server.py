@@ -34,6 +34,9 @@ class Server(db.Model):
     # TLS certificate fingerprint (SHA-256 hex), pinned. Empty while the panel is still setting the
     # server up (filled when setup succeeds).
     agent_key: Mapped[str | None] = mapped_column(Text)
+    # A new key (sealed) the daemon is to hand to the agent in a message sealed with the current one
+    # (POST /v1/key); it becomes agent_key once the agent took it (`flask servers rotate-key`).
+    agent_key_next: Mapped[str | None] = mapped_column(Text)
     cert_fingerprint: Mapped[str | None] = mapped_column(String(64))
     # new | online | offline, and provisioning | failed | removed while the panel sets it up or takes it down
     status: Mapped[str] = mapped_column(String(20), default="new", index=True)

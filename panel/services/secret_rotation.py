@@ -17,7 +17,8 @@ from ..models import Domain, Server
 from . import secret_box
 
 # Every column holding a secret sealed by secret_box.
-SEALED_COLUMNS = ((Domain, "tsig_secret"), (Domain, "dkim_private_key"), (Server, "agent_key"))
+SEALED_COLUMNS = ((Domain, "tsig_secret"), (Domain, "dkim_private_key"), (Server, "agent_key"),
+                  (Server, "agent_key_next"))
 
 
 class RotationError(RuntimeError):
