@@ -1,29 +1,29 @@
 """Letters from the campaign and recipient JSON of docs/agent-protocol.md: pure, no I/O.
 
-Templates run in Jinja2's sandbox (the panel's users write them), are compiled once per
-campaign and cached; the HTML part autoescapes field values, the subject and text do not.
-A template that fails for one recipient fails only that letter (``RenderError``).
+Templates run in Jinja2's sandbox (the panel's users write them) with limits on loops, output,
+numbers, text built and CPU time (template_limits.py), are compiled once per campaign and cached;
+the HTML part autoescapes field values, the subject and text do not. A template that fails for
+one recipient, or goes past a limit, fails only that letter (``RenderError``, naming the line).
 With the campaign's optional ``tracking`` object, the rendered parts' links are masked and the
 HTML gets the open pixel (``tracking.Rewriter``), the unsubscribe link left as it is.
 """
 
 from __future__ import annotations
 
-import operator
 import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 
 from jinja2 import TemplateSyntaxError
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import SandboxedEnvironment
 
 from . import mime, tracking
+from .template_limits import Budget, LimitedSandbox, LimitExceeded, render_part
 from .mime import CRLF
 
 CAMPAIGN_FIELDS = ("id", "subject", "from_email", "encoding", "message_id_domain", "bounce_domain", "unsubscribe_url")
@@ -32,7 +32,6 @@ RECIPIENT_FIELDS = ("id", "email", "source_ip", "token")
 TOKEN = re.compile(r"[A-Za-z0-9._=-]{1,128}\Z")
 _DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\Z")
 _URL = re.compile(r"[!-~]+\Z")  # printable ASCII, no spaces: it goes between < > in a header
-_MAX_REPEAT = 100_000  # longest string/list a template may build with * (a memory bomb otherwise)
 _CACHE_SIZE = 64
 
 
@@ -55,24 +54,8 @@ class Letter:
     data: bytes  # the RFC 5322 message, CRLF lines, ASCII only
 
 
-class _Sandbox(SandboxedEnvironment):
-    """Jinja2's sandbox, plus a cap on ``*`` and ``**`` that could otherwise eat all memory/CPU."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Any, op: str, left: Any, right: Any) -> Any:
-        if op == "**":
-            if isinstance(right, (int, float)) and abs(right) > 64:
-                raise SecurityError("exponent too large")
-            return operator.pow(left, right)
-        for seq, count in ((left, right), (right, left)):
-            if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and len(seq) * count > _MAX_REPEAT:
-                raise SecurityError("repeated sequence too long")
-        return operator.mul(left, right)
-
-
-def _environment(autoescape: bool) -> _Sandbox:
-    env = _Sandbox(autoescape=autoescape, keep_trailing_newline=True, auto_reload=False)
+def _environment(autoescape: bool) -> LimitedSandbox:
+    env = LimitedSandbox(autoescape=autoescape, keep_trailing_newline=True, auto_reload=False)
     for name in ("lipsum", "cycler", "joiner"):  # helpers no letter needs: less surface
         env.globals.pop(name, None)
     return env
@@ -202,9 +185,10 @@ class CompiledCampaign:
         context = dict(fields)
         context["email"] = email
         context["unsubscribe_url"] = unsubscribe
-        subject = _run(self.subject, context, "subject")
-        text = _run(self.text, context, "text") if self.text is not None else None
-        html = _run(self.html, context, "html") if self.html is not None else None
+        budget = Budget()  # loops, text built and CPU time: one allowance for the letter's parts
+        subject = _run(self.subject, context, "subject", budget)
+        text = _run(self.text, context, "text", budget) if self.text is not None else None
+        html = _run(self.html, context, "html", budget) if self.html is not None else None
         if self.tracker is not None:  # masked links (not the unsubscribe link) and the open pixel
             if text is not None:
                 text = self.tracker.text(recipient["id"], text)
@@ -244,20 +228,43 @@ class CompiledCampaign:
         return Letter(f"bounce+{token}@{bounce_domain}", email, message.encode("ascii"))
 
 
-def _compile(env: _Sandbox, source: str, part: str) -> Any:
+def _compile(env: LimitedSandbox, source: str, part: str) -> Any:
     try:
         return env.from_string(source)
     except TemplateSyntaxError as exc:
         raise CampaignError(f"{part} template, line {exc.lineno}: {exc.message}") from None
 
 
-def _run(template: Any, context: dict[str, Any], part: str) -> str:
+def _run(template: Any, context: dict[str, Any], part: str, budget: Budget) -> str:
     try:
-        return template.render(context)
+        return render_part(template, context, budget, part)
+    except LimitExceeded as exc:
+        raise RenderError(f"{part} template, {exc}") from None
     except SecurityError as exc:
         raise RenderError(f"{part} template tried something the sandbox forbids: {exc}") from None
     except Exception as exc:  # any template bug fails this one letter, never the sender
         raise RenderError(f"{part} template failed: {type(exc).__name__}: {exc}") from None
+
+
+def limit_problems(parts: Mapping[str, str | None], variables: Iterable[str]) -> list[tuple[str, int, str]]:
+    """(part, line, message) for each part that goes past a limit when rendered once with every
+    variable an empty text (``email`` and ``unsubscribe_url`` made up): what the panel refuses to
+    save, because it would fail every letter. Other errors depend on the recipients' data and are
+    left to the letters. Part names: subject, text, html."""
+    context: dict[str, Any] = dict.fromkeys(variables, "")
+    context.update(email="someone@example.org", unsubscribe_url="https://example.org/u/0")
+    problems = []
+    for part, source in parts.items():
+        if not source:
+            continue
+        try:
+            template = (_HTML_ENV if part == "html" else _TEXT_ENV).from_string(source)
+            render_part(template, context, Budget(), part)
+        except LimitExceeded as exc:
+            problems.append((part, exc.line, exc.message))
+        except Exception:  # noqa: BLE001 (a fault of the placeholder data, not of the template's size)
+            continue
+    return problems
 
 
 _date_cache: tuple[int, str] = (0, "")

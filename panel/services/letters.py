@@ -6,8 +6,6 @@ The daemon pushes the same payloads these functions return.
 
 from __future__ import annotations
 
-import email
-import email.policy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,8 +115,9 @@ def preview_letter(
     tracking_scheme: str = "https",
 ) -> Preview:
     """The letter the first recipient of the campaign's lists (or the one with this address)
-    would get, built by the worker agent's renderer and taken apart for display."""
-    from worker_agent.render import CampaignError, Renderer, RenderError
+    would get, built by the worker agent's renderer in a separate process with memory and CPU
+    limits (worker_agent/jail.py: a user's template never runs in the panel's web process)."""
+    from worker_agent import jail
 
     recipient = find_recipient(campaign.lists, recipient_email)
     if recipient is None:
@@ -130,18 +129,13 @@ def preview_letter(
     )
     preview = Preview(recipient=recipient.email, campaign=payload, payload=person)
     try:
-        letter = Renderer().render(payload, person)
-    except (CampaignError, RenderError) as exc:
-        preview.error = f"The letter cannot be built: {exc}"
+        letter = jail.run("letter", {"campaign": payload, "recipient": person})
+    except jail.JailError as exc:
+        preview.error = f"The letter cannot be built: the renderer stopped: {exc}."
         return preview
-    preview.raw = letter.data.decode("ascii")
-    message = email.message_from_bytes(letter.data, policy=email.policy.default)
-    preview.headers = [(name, str(value)) for name, value in message.items()]
-    for part in message.walk():
-        if part.is_multipart():
-            continue
-        if part.get_content_type() == "text/plain" and preview.text is None:
-            preview.text = part.get_content()
-        elif part.get_content_type() == "text/html" and preview.html is None:
-            preview.html = part.get_content()
+    if "error" in letter:
+        preview.error = f"The letter cannot be built: {letter['error']}"
+        return preview
+    preview.raw, preview.text, preview.html = letter["raw"], letter["text"], letter["html"]
+    preview.headers = [(name, value) for name, value in letter["headers"]]
     return preview

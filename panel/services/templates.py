@@ -6,6 +6,12 @@ sandbox; a syntax error, an unknown tag, an unknown variable or a reach for priv
 attributes (`''.__class__`) is refused with the part and the line it is on, so a campaign
 never fails letter by letter on the workers. Every body must show the unsubscribe link
 (`{{ unsubscribe_url }}`): a body without it is refused saying what to add.
+
+Nothing is evaluated here (no constant folding: `{{ "x" * 10**10 }}` costs nothing to check).
+Then each part is rendered once with empty fields in a separate, limited process
+(worker_agent/jail.py): a template that goes past a render limit even so (too many loop turns,
+too long a text, too big a number: worker_agent/template_limits.py) would fail every letter and
+is refused naming the limit and the line.
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ from functools import cache
 from pathlib import Path
 from typing import Iterable
 
-from jinja2 import TemplateSyntaxError, meta, nodes
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import TemplateSyntaxError, nodes
+
+from worker_agent import jail
+from worker_agent.template_limits import LimitedSandbox
 
 BUILTIN_VARIABLES = ("email", "unsubscribe_url")
 PARTS = ("subject", "text", "html")
 
-_env = SandboxedEnvironment()
+_env = LimitedSandbox()  # parses, and finds the variables read without folding any constant
 
 # The letter a new campaign's form starts from (panel/letters/): a newsletter as HTML and the same
 # words as plain text, each with the unsubscribe link, using only the built-in variables so it
@@ -91,7 +99,7 @@ def _checked(part: str, source: str, variables: set[str]) -> tuple[nodes.Templat
         attr = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
         if isinstance(attr, str) and attr.startswith("_"):
             problems.append(TemplateProblem(part, node.lineno, f"{attr!r} is not allowed: private attributes are off limits"))
-    for name in meta.find_undeclared_variables(tree):
+    for name in _env.undeclared_variables(tree):
         if name not in variables:
             known = ", ".join(sorted(variables))
             problems.append(
@@ -102,7 +110,19 @@ def _checked(part: str, source: str, variables: set[str]) -> tuple[nodes.Templat
 
 def check_template(part: str, source: str, variables: set[str]) -> list[TemplateProblem]:
     """Every problem of one part, in line order; empty when it may be saved."""
-    return _checked(part, source, variables)[1]
+    problems = _checked(part, source, variables)[1]
+    return problems or _past_limits({part: source}, variables)
+
+
+def _past_limits(parts: dict[str, str], variables: set[str]) -> list[TemplateProblem]:
+    """The parts that go past a render limit with empty fields, rendered in the limited process."""
+    try:
+        answer = jail.run("limits", {"parts": parts, "variables": sorted(variables)})
+    except jail.JailError as exc:
+        first = next(iter(parts))
+        return [TemplateProblem(first, 0, f"the template could not be checked, the renderer stopped: {exc}; "
+                                          "make its loops and texts smaller")]
+    return [TemplateProblem(part, line, message) for part, line, message in answer["problems"]]
 
 
 def _unsubscribe_link_missing(part: str) -> TemplateProblem:
@@ -123,4 +143,6 @@ def check_templates(parts: dict[str, str | None], variables: set[str]) -> list[T
             # Every letter must carry a visible way out. (A body that does not parse is reported above.)
             if part in UNSUBSCRIBE_HINTS and tree is not None and _loaded_at(tree, "unsubscribe_url") is None:
                 problems.append(_unsubscribe_link_missing(part))
+    if not problems:
+        problems = _past_limits({part: parts[part] for part in PARTS if parts.get(part)}, variables)
     return problems

@@ -164,4 +164,6 @@ def preview(campaign_id: int):
         public_url=config["PUBLIC_URL"], bounce_domain=config["BOUNCE_DOMAIN"], secret=config["SECRET_KEY"],
         tracking_scheme=config["TRACKING_SCHEME"],
     )
-    return render_template("campaigns/preview.html", campaign=campaign, form=form, letter=letter)
+    # A letter that cannot be built (a template error or limit) is the request's fault: 422, said on the page.
+    status = 422 if letter.error and letter.campaign is not None else 200
+    return render_template("campaigns/preview.html", campaign=campaign, form=form, letter=letter), status

@@ -1,0 +1,65 @@
+"""Limits on rendering (issue 12, point 2): a template past a limit fails its own letter with the
+limit and the line named, quickly and without eating the agent's memory; the next letter renders."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import resource
+import time
+
+import pytest
+
+from tests.template_bombs import BOMBS, DATA_LOOPS
+from worker_agent.render import Renderer, RenderError
+
+from .conftest import make_campaign, make_recipient
+
+BYE = "\nUnsubscribe: {{ unsubscribe_url }}\n"
+
+
+@pytest.mark.parametrize("name", BOMBS)
+def test_a_template_past_a_limit_fails_its_letter_naming_the_limit_and_line(name: str) -> None:
+    line, limit = BOMBS[name]
+    renderer = Renderer()
+    bomb = make_campaign(id=1, text="Hello {{ name }},\n" + line + BYE, html=None)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(RenderError) as caught:
+        renderer.render(bomb, make_recipient(1))
+    assert time.perf_counter() - start < 1.0
+    reason = caught.value.reason
+    assert reason.startswith("text template, line 2: "), reason
+    assert limit in reason, reason
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100_000  # KiB: no big allocation
+    letter = renderer.render(make_campaign(id=2), make_recipient(2))  # the next letter is built as ever
+    assert b"Ann 2" in letter.data
+
+
+def test_loops_sized_by_a_field_fail_only_the_letter_that_asks_for_too_many() -> None:
+    renderer = Renderer()
+    campaign = make_campaign(text="Hi\n" + DATA_LOOPS + BYE, html="<p>" + DATA_LOOPS + "</p>" + BYE)
+    with pytest.raises(RenderError) as caught:
+        renderer.render(campaign, make_recipient(1, fields={"n": "100000"}))
+    assert caught.value.reason.startswith("text template, line 2: the template repeats loops more than 100,000 times")
+    letter = renderer.render(campaign, make_recipient(2, fields={"n": "3"}))
+    assert b"xxxxxxxxx" in letter.data
+
+
+def test_a_letter_past_its_cpu_time_stops_at_one_second() -> None:
+    burn = '{% set big = "x" * 1000000 %}{% for a in range(100000) %}{% if "y" in big %}!{% endif %}{% endfor %}'
+    start = time.thread_time()
+    with pytest.raises(RenderError) as caught:
+        Renderer().render(make_campaign(text="Hi\n" + burn + BYE, html=None), make_recipient(1))
+    assert "line 2: the letter took more than 1 s of CPU time" in caught.value.reason
+    assert time.thread_time() - start < 1.5
+
+
+def test_ordinary_loops_and_arithmetic_stay_allowed() -> None:
+    text = ("{% for a in range(300) %}{% for b in range(300) %}{% endfor %}{% endfor %}"
+            "{{ 2**4000 > 1 }} {{ ('ab' * 1000) | length }} {{ 10**10**10 == 10**100 }} {{ (10 ** 20) * (10 ** 20) }}"
+            "{% set ns = namespace(total=0) %}{% for a in range(1000) %}{% set ns.total = ns.total + a %}{% endfor %}"
+            "{{ ns.total }} {{ [1, 2] * 3 }} {{ '%05d' % 42 }} {{ 'x'.ljust(20) | length }}" + BYE)
+    letter = Renderer().render(make_campaign(text=text, html=None), make_recipient(1))
+    shown = email.message_from_bytes(letter.data, policy=email.policy.default).get_content()
+    assert f"True 2000 True {10 ** 40}499500 [1, 2, 1, 2, 1, 2] 00042 20" in shown
