@@ -17,6 +17,7 @@ from panel.extensions import db
 from panel.models import Server, ServerEvent, User
 from panel.services.agent_keys import open_agent_key
 from panel.services.servers import SourceIP, register_server
+from tests.panel.conftest import FERNET_KEY
 from tests.panel.test_panel_daemon_config import Agent, round_
 from worker_agent import protocol
 
@@ -79,3 +80,17 @@ def test_rotate_key_of_an_unknown_server_says_so(runner) -> None:
     result = runner.invoke(args=["servers", "rotate-key", "4242"])
     assert result.exit_code == 1
     assert "no server 4242" in result.output and "Traceback" not in result.output
+
+
+def test_the_server_page_asks_for_a_new_key_and_only_its_owner_may(app, seed, alice, bob, as_alice) -> None:
+    server_id = seed.server(alice)
+    page = as_alice.get(f"/servers/{server_id}").get_data(as_text=True)
+    assert f"/servers/{server_id}/rotate-key" in page
+    answer = as_alice.post(f"/servers/{server_id}/rotate-key", follow_redirects=True)
+    assert answer.status_code == 200 and "new agent key" in answer.get_data(as_text=True)
+    with app.app_context():
+        server = db.session.get(Server, server_id)
+        assert server.agent_key_next and open_agent_key(server) == FERNET_KEY  # the old key until handed over
+    bobs = seed.server(bob, name="bob's")
+    assert as_alice.post(f"/servers/{bobs}/rotate-key").status_code == 404
+    assert seed.get(Server, bobs).agent_key_next is None

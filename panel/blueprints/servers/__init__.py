@@ -122,7 +122,7 @@ def run_job(server_id: int, kind: str):
     return redirect(url_for("servers.view", server_id=server.id))
 
 
-from . import settings  # noqa: E402,F401  (registers the settings views on bp)
+from . import keys, settings  # noqa: E402,F401  (register their views on bp)
 
 
 @bp.post("/<int:server_id>/delete")
