@@ -23,7 +23,7 @@ import time
 from contextvars import ContextVar
 from functools import wraps
 from types import TracebackType
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
@@ -295,6 +295,20 @@ class _Codegen(CodeGenerator):
         self.write(").__class__ is str else environment.printable(_printed))")
         super()._output_child_post(node, frame, finalize)
 
+    def visit_Getitem(self, node: nodes.Getitem, frame: Frame) -> None:
+        if not isinstance(node.arg, nodes.Slice):  # Jinja writes slices as plain Python: no hook
+            return super().visit_Getitem(node, frame)
+        self.write("environment.sliced(")
+        self.visit(node.node, frame)
+        self.write(", slice(")
+        for n, bound in enumerate((node.arg.start, node.arg.stop, node.arg.step)):
+            self.write(", " if n else "")
+            if bound is None:
+                self.write("None")
+            else:
+                self.visit(bound, frame)
+        self.write("))")
+
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         self.write("environment.joined((")
         for arg in node.nodes:
@@ -401,9 +415,27 @@ class LimitedSandbox(SandboxedEnvironment):
         args = _guard_method(__obj, args, kwargs)
         return _checked(super().call(__context, __obj, *args, **kwargs))
 
-    def getitem(self, obj: Any, argument: Any) -> Any:
-        value = super().getitem(obj, argument)
-        return _checked(value) if isinstance(argument, slice) else value
+    @staticmethod
+    def sliced(obj: Any, bounds: slice) -> Any:
+        _tick()
+        return _checked(obj[bounds])
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """``"…".format(…)``: the sandbox hands out its own safe wrapper; it gets our size check too."""
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        fmt, name = str(value.__self__), value.__name__
+
+        @wraps(wrapped)
+        def checked(*args: Any, **kwargs: Any) -> str:
+            values = list(args) + list(kwargs.values())
+            if name == "format_map" and args and isinstance(args[0], Mapping):
+                values += list(args[0].values())
+            _guard_format(fmt, values)
+            return wrapped(*args, **kwargs)
+
+        return checked
 
     def undeclared_variables(self, tree: nodes.Template) -> set[str]:
         """The variables a parsed template reads, like jinja2.meta's, but never folding a constant."""
