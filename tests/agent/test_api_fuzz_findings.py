@@ -3,11 +3,27 @@ a traceback, or changing the queue although refused: each is now refused in plai
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
+from cryptography.fernet import Fernet
 
 from worker_agent.config import AgentConfig
 
 from .test_api import Panel, panel, snapshot  # noqa: F401  (the fixture)
+
+
+def sealed_text(key: bytes, text: str) -> bytes:
+    return Fernet(key).encrypt(zlib.compress(text.encode(), 1))
+
+
+def test_a_sealed_body_nested_too_deeply_is_refused_not_a_500(panel: Panel, agent_config: AgentConfig) -> None:
+    """A sealed message whose JSON nests 100,000 arrays deep made json.loads raise RecursionError (a 500)."""
+    before = snapshot(agent_config.queue_db)
+    body = sealed_text(panel.key, '{"path":"/v1/ping","nonce":"n1","data":' + "[" * 100_000 + "]" * 100_000 + "}")
+    status, reply = panel.post_raw("/v1/ping", body)
+    assert status == 403 and reply.startswith(b"refused: message body ") and b"deep" in reply
+    assert snapshot(agent_config.queue_db) == before
 
 
 @pytest.mark.parametrize("path, data, message", [
@@ -23,4 +39,5 @@ def test_numbers_past_sqlite_integers_are_a_400(panel: Panel, agent_config: Agen
     status, reply = panel.call(path, data)
     assert status == 400 and message in reply["error"]
     after = snapshot(agent_config.queue_db)
-    assert {t: rows for t, rows in after.items() if t != "nonces"} == {t: rows for t, rows in before.items() if t != "nonces"}
+    del before["nonces"], after["nonces"]  # the request's own nonce is kept (a replay is refused)
+    assert after == before
