@@ -50,7 +50,8 @@ def test_the_panel_sets_up_a_bare_host_from_its_root_password(
     # The daemon runs with the settings of the web app it serves.
     env = dict(os.environ, MAILFLEET_INSTANCE_PATH=str(instance),
                DATABASE_URL=app.config["SQLALCHEMY_DATABASE_URI"],
-               **{f"MAILFLEET_{name}": app.config[name] for name in ("SECRET_KEY", "PUBLIC_URL", "BOUNCE_DOMAIN")},
+               **{f"MAILFLEET_{name}": app.config[name] for name in ("SECRET_KEY", "PUBLIC_URL", "BOUNCE_DOMAIN",
+                                                                            "ALLOWED_HOST_NETWORKS")},
                # What a test host lacks and a real server has: a resolver (no route out; its own
                # name is in its /etc/hosts) and a running time sync (none in a container); and
                # MX records for the recipients' domains, so Exim sends them all to the capture.

@@ -104,6 +104,18 @@ def test_add_form_errors_do_not_echo_the_password(app: Flask, browser, seed) -> 
     assert seed.query(lambda s: s.query(Server).count()) == 0
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "169.254.10.20", "::1"])
+def test_the_form_refuses_internal_hosts_and_sends_no_password(app: Flask, channel: Provisioner, browser, seed,
+                                                                host: str) -> None:
+    seed.user("a@example.com")
+    browser.login("a@example.com")
+    response = browser.post("/servers/", add_form(host=host, root_password=PW))
+    page = response.get_data(as_text=True)
+    assert response.status_code == 400 and "a network the panel does not probe" in page and "ask the admin" in page
+    assert PW not in page
+    assert seed.query(lambda s: s.query(Server).count()) == 0 and not channel.passwords._passwords
+
+
 def test_another_users_server_and_jobs_are_404(app: Flask, channel: Provisioner, browser, seed) -> None:
     owner = seed.user("a@example.com")
     job_id = _queued_job(app, owner)
