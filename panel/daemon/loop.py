@@ -19,6 +19,8 @@ from ..models import Campaign, Server, ServerEvent
 from ..models.base import MAX_ROW_ID, utcnow
 from ..services import agent_keys, domains, server_config
 from ..services.agent_keys import open_agent_key
+from ..services.imports.jobs import imports_dir, prune_files
+from ..services.imports.sources import ImportLimits
 from .agent_client import AgentClient, AgentError, AgentUnreachable, Limits
 from .dispatch import dispatch_server
 from .outcomes import collect_outcomes, finish_campaigns
@@ -30,6 +32,7 @@ PING_TIMEOUT = 5.0  # an unreachable server must not hold up the others for long
 CONFIG_RETRY = 60.0  # seconds before a configuration the agent refused is pushed again
 DNS_INTERVAL = 5.0  # seconds between looks at whether a domain's DNS records need publishing again
 AGENT_STATES = {"running": "running", "paused": "paused", "cancelled": "cancelled"}
+PRUNE_INTERVAL = 3600.0  # seconds between prunes of old import reports (imports also prune when they start)
 
 
 @dataclass
@@ -44,6 +47,7 @@ class DaemonState:
     # server id -> (config version the agent refused, when): not pushed again at once
     config_failed: dict[int, tuple[int, float]] = field(default_factory=dict)
     dns_looked: float = float("-inf")
+    pruned: float = float("-inf")
     # server id -> the error its last round ended with: the same error round after round is recorded once
     failing: dict[int, str] = field(default_factory=dict)
 
@@ -196,6 +200,15 @@ def _publish_domains(state: DaemonState) -> None:
     db.session.commit()
 
 
+def _prune_imports(state: DaemonState) -> None:
+    """Reports of rejected rows older than IMPORT_REPORT_DAYS go, even when nobody imports."""
+    if time.monotonic() - state.pruned < PRUNE_INTERVAL:
+        return
+    state.pruned = time.monotonic()
+    app = current_app._get_current_object()
+    prune_files(imports_dir(app), ImportLimits.from_config(app.config).report_days)
+
+
 def run_round(state: DaemonState) -> bool:
     busy = False
     # Servers being set up, taken down or whose setup failed have no agent to talk to.
@@ -208,6 +221,7 @@ def run_round(state: DaemonState) -> bool:
             log.exception("server %s: round failed", server_id)
     finish_campaigns()
     _publish_domains(state)
+    _prune_imports(state)
     db.session.remove()
     return busy
 

@@ -103,3 +103,17 @@ def test_the_imports_folder_and_its_files_are_private(app, seed, alice, as_alice
     assert files
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+
+
+def test_the_daemon_prunes_old_reports_too(app, imports) -> None:
+    from panel.daemon.loop import DaemonState, run_round
+
+    imports.mkdir(parents=True, exist_ok=True)
+    old, recent = imports / "7.rejected.jsonl", imports / "8.rejected.jsonl"
+    for path in (old, recent):
+        path.write_text('{"row": 2}\n')
+    long_ago = time.time() - 31 * DAY
+    os.utime(old, (long_ago, long_ago))
+    with app.app_context():
+        run_round(DaemonState())
+    assert not old.exists() and recent.exists()
