@@ -63,3 +63,31 @@ def test_ordinary_loops_and_arithmetic_stay_allowed() -> None:
     letter = Renderer().render(make_campaign(text=text, html=None), make_recipient(1))
     shown = email.message_from_bytes(letter.data, policy=email.policy.default).get_content()
     assert f"True 2000 True {10 ** 40}499500 [1, 2, 1, 2, 1, 2] 00042 20" in shown
+
+
+# Found by trying to get around the limits: each is refused quickly, with little memory.
+BIG = '{% set big = "x" * 1000000 %}'
+DETOURS = {
+    "slices kept in a list": BIG + "{% set ns = namespace(l=[]) %}{% for i in range(100000) %}"
+                                   "{% set _ = ns.l.append(big[i:]) %}{% endfor %}{{ ns.l | length }}",
+    "format width": '{{ "{:>999999999}".format(1) }}',
+    "printf width": '{{ "%0999999999d" % 1 }}',
+    "one text joined a million times": BIG + '{{ (range(100000) | map(attribute="x", default=big) | list) | join }}',
+    "a dict of long texts printed": BIG + "{{ dict.fromkeys(range(100000), big) }}",
+    "doubling with ~": '{% set ns = namespace(s="x") %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}',
+    "ljust": '{{ "x".ljust(10**9) }}',
+    "to_bytes": '{{ (2).to_bytes(10**9, "big") }}',
+    "batch fill": '{{ range(10) | batch(1000000000, "x") | list }}',
+    "macro recursion": "{% macro m(n) %}{% if n > 0 %}{{ m(n-1) }}{{ m(n-1) }}{% endif %}{% endmacro %}{{ m(40) }}",
+}
+
+
+@pytest.mark.parametrize("name", DETOURS)
+def test_detours_around_the_limits_are_refused_with_little_memory(name: str) -> None:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.thread_time()
+    with pytest.raises(RenderError) as caught:
+        Renderer().render(make_campaign(text="Hi\n" + DETOURS[name] + BYE, html=None), make_recipient(1))
+    assert caught.value.reason.startswith("text template, line 2: "), caught.value.reason
+    assert time.thread_time() - start < 1.5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100_000  # KiB
