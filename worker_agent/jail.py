@@ -93,8 +93,10 @@ def _read_all(sock: socket.socket, limit: int) -> bytes:
 
 
 def _child(conn: socket.socket) -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-    resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS + 1))
+    for kind, limit in ((resource.RLIMIT_AS, MEMORY_LIMIT), (resource.RLIMIT_CPU, CPU_SECONDS)):
+        hard = resource.getrlimit(kind)[1]  # never above what the panel itself was given
+        hard = limit + (kind == resource.RLIMIT_CPU) if hard == resource.RLIM_INFINITY else min(hard, limit + 1)
+        resource.setrlimit(kind, (min(limit, hard), hard))
     signal.alarm(int(WALL_SECONDS) + 2)  # a child the caller forgot still ends
     conn.sendall(f"{os.getpid()}\n".encode())
     try:
@@ -109,7 +111,10 @@ def _child(conn: socket.socket) -> None:
 
 def serve(control_fd: int) -> None:
     """The fork server: a child per socket the caller passes over ``control_fd``; ends with it."""
-    from . import render  # noqa: F401  (loaded once here, shared by every child)
+    import email.policy  # noqa: F401  (loaded once here, shared by every child)
+
+    from . import render  # noqa: F401
+    email.message_from_bytes(b"Subject: warm\r\n\r\nup\r\n", policy=email.policy.default).items()
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     control = socket.socket(fileno=control_fd)
