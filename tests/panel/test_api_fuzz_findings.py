@@ -25,3 +25,22 @@ def test_json_nested_too_deeply_is_a_400(client, headers, seed, url) -> None:
     error = error_of(client.post(url, data=body, content_type="application/json", headers=headers), 400)
     assert "nested too deeply" in error
     assert seed.query(lambda s: s.query(MailingList).count()) == 0
+
+
+@pytest.mark.parametrize("method, url, body", [
+    ("GET", "/api/v1/suppressions?after=%00", None),
+    ("GET", "/api/v1/suppressions?q=a%00b", None),
+    ("GET", "/api/v1/lists/{list}/recipients/ann%00@example.org", None),
+    ("DELETE", "/api/v1/suppressions/%00", None),
+    ("POST", "/api/v1/lists", {"name": "News\u0000letter"}),
+    ("POST", "/api/v1/suppressions", {"email": "ann@example.org", "reason": "\u0000"}),
+    ("POST", "/api/v1/lists/{list}/recipients", [{"email": "bob@example.org", "city": "Os\u0000lo"}]),
+    ("PATCH", "/api/v1/lists/{list}/recipients/ann@example.org", {"name\u0000": "Ann"}),
+])
+def test_text_with_a_nul_character_is_a_400(client, headers, seed, alice, method, url, body) -> None:
+    """PostgreSQL's text cannot hold NUL: GET /suppressions?after=%00 answered 500 (psycopg DataError)."""
+    list_id = seed.list(alice, "Mine", [{"email": "ann@example.org", "name": "Ann"}])
+    lists_before = seed.query(lambda s: [(x.name, x.recipient_count) for x in s.query(MailingList)])
+    response = client.open(url.format(list=list_id), method=method, json=body, headers=headers)
+    assert "NUL" in error_of(response, 400)
+    assert seed.query(lambda s: [(x.name, x.recipient_count) for x in s.query(MailingList)]) == lists_before

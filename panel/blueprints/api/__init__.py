@@ -99,6 +99,33 @@ def _too_large(_error):
                                     "send fewer rows a request"))
 
 
+NUL_ERROR = "text may not hold the NUL character (\\u0000 or %00), which the database cannot store: remove it"
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether any string in a JSON value (keys too) holds NUL; a loop, not recursion (deep JSON)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+@bp.before_request
+def _no_nul_in_url() -> None:
+    """PostgreSQL's text cannot hold NUL (a query with one fails): refuse it where it comes in."""
+    texts = [text for pair in request.args.items(multi=True) for text in pair]
+    if _has_nul(texts + list((request.view_args or {}).values())):
+        raise ApiError(400, NUL_ERROR)
+
+
 def _json_body() -> Any:
     if not request.is_json:
         raise ApiError(415, "send JSON with Content-Type: application/json")
@@ -108,6 +135,8 @@ def _json_body() -> Any:
         raise ApiError(400, "the JSON is nested too deeply: send a flat object or array") from None
     if data is None:
         raise ApiError(400, "the body is not valid JSON")
+    if _has_nul(data):
+        raise ApiError(400, NUL_ERROR)
     return data
 
 
