@@ -70,7 +70,8 @@ def install_change_counter(db_path: Path, skip: dict[str, set[str] | None]) -> N
                 continue
             column = "nonces" if table == "nonces" else "n"
             bump = f'BEGIN UPDATE {COUNTER} SET {column} = {column} + 1; END'
-            columns = [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")') if r[1] not in (skip.get(table) or ())]
+            skipped = skip.get(table) or ()
+            columns = [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")') if r[1] not in skipped]
             changed = " OR ".join(f'OLD."{c}" IS NOT NEW."{c}"' for c in columns) or "0"
             conn.execute(f'CREATE TRIGGER "fuzz_ins_{table}" AFTER INSERT ON "{table}" {bump}')
             if table != "nonces":  # expired nonces are pruned by whichever request comes next
@@ -95,6 +96,94 @@ class ChangeCounter:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+class SqliteStore:
+    """The panel's database as an SQLite file: its counter, and a pristine copy to go back to."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.path = workdir / "panel.db"
+        self.pristine = workdir / "panel.pristine.db"
+        self.url = f"sqlite:///{self.path}"
+        self.counter = ChangeCounter(self.path)
+
+    def prepare(self, skip: dict[str, set[str] | None]) -> None:
+        """Once the app's connections are closed: add the counter, keep the seeded copy."""
+        install_change_counter(self.path, skip)
+        shutil.copyfile(self.path, self.pristine)
+
+    def read(self) -> tuple[int, int]:
+        return self.counter.read()
+
+    def restore(self) -> None:
+        self.counter.close()
+        for suffix in ("-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(self.pristine, self.path)
+
+    def close(self) -> None:
+        self.counter.close()
+
+
+PG_BUMP = """
+CREATE TABLE fuzz_changes (n bigint NOT NULL, nonces bigint NOT NULL);
+INSERT INTO fuzz_changes VALUES (0, 0);
+CREATE FUNCTION fuzz_bump() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND to_jsonb(NEW) - TG_ARGV = to_jsonb(OLD) - TG_ARGV THEN
+        RETURN NULL;  -- only the skipped columns changed, or nothing did
+    END IF;
+    UPDATE fuzz_changes SET n = n + 1;
+    RETURN NULL;
+END $$;
+"""
+
+
+class PostgresStore:
+    """The panel's database on a PostgreSQL server (devserver/postgres.py): the same counter made
+    by a PL/pgSQL trigger on every table, and a pristine copy kept as a template database."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.name = f"fuzz_{secrets.token_hex(4)}"
+        self.pristine = self.name + "_pristine"
+        self.url = server.create_database(self.name)
+        self.conn: Any = None
+
+    def prepare(self, skip: dict[str, set[str] | None]) -> None:
+        from psycopg import sql
+
+        with self.server.connect(self.name) as conn:
+            conn.execute(PG_BUMP)
+            tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                                                 "AND tablename <> 'fuzz_changes'")]
+            for table in tables:
+                if table in skip and skip[table] is None:
+                    continue
+                args = sql.SQL(", ").join(sql.Literal(c) for c in sorted(skip.get(table) or {"-"}))
+                conn.execute(sql.SQL("CREATE TRIGGER fuzz_bump AFTER INSERT OR UPDATE OR DELETE ON {} "
+                                     "FOR EACH ROW EXECUTE FUNCTION fuzz_bump({})").format(sql.Identifier(table), args))
+        self.server.create_database(self.pristine, self.name)
+
+    def read(self) -> tuple[int, int]:
+        if self.conn is None:
+            self.conn = self.server.connect(self.name)
+        return self.conn.execute("SELECT n, nonces FROM fuzz_changes").fetchone()
+
+    def restore(self) -> None:
+        self.close()
+        self.server.drop_database(self.name)
+        self.server.create_database(self.name, self.pristine)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def drop(self) -> None:
+        self.close()
+        self.server.drop_database(self.name)
+        self.server.drop_database(self.pristine)
 
 
 class _ExceptionLog:
@@ -139,7 +228,8 @@ class PanelTarget:
     who owns one of each. `reset()` puts the seeded database back (the run's own creations make
     pages longer and longer otherwise)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, postgres: Any = None) -> None:
+        """`postgres`: a devserver.postgres.PostgresServer to use instead of an SQLite file."""
         from flask_migrate import upgrade
 
         from panel import create_app
@@ -147,10 +237,9 @@ class PanelTarget:
         from tests.panel.conftest import preserved_logging
 
         workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir = workdir
-        self.db_path = workdir / "panel.db"
+        self.store = PostgresStore(postgres) if postgres is not None else SqliteStore(workdir)
         self.app = create_app({
-            "TESTING": False, "SECRET_KEY": secrets.token_hex(16), "SQLALCHEMY_DATABASE_URI": f"sqlite:///{self.db_path}",
+            "TESTING": False, "SECRET_KEY": secrets.token_hex(16), "SQLALCHEMY_DATABASE_URI": self.store.url,
             "PUBLIC_URL": "http://panel.example.com", "BOUNCE_DOMAIN": "bounces.example.com",
             "SECRETS_KEY": Fernet.generate_key().decode(), "API_RATE": 1e9, "API_BURST": 10**9,
             # the domains' DNS server is a closed port on loopback: refused at once, never a wait
@@ -159,15 +248,20 @@ class PanelTarget:
         with self.app.app_context(), preserved_logging():
             upgrade()
             self.ids, self.token, self.other_token = self._seed()
-            db.session.remove()
-            db.engine.dispose()
-        install_change_counter(self.db_path, PANEL_SKIP)
-        self.pristine = workdir / "panel.pristine.db"
-        shutil.copyfile(self.db_path, self.pristine)
-        self.counter = ChangeCounter(self.db_path)
+        self._close_connections()
+        self.store.prepare(PANEL_SKIP)
         self.exceptions = _ExceptionLog(self.app)
         self.client = self.app.test_client()
         self.rules = api_rules(self.app)
+
+    def _close_connections(self) -> None:
+        from panel.extensions import db
+        from panel.services.tracking import dispose_counting_engine
+
+        with self.app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+            dispose_counting_engine(self.app)
 
     def _seed(self) -> tuple[PanelIds, str, str]:
         from panel.extensions import db
@@ -214,30 +308,25 @@ class PanelTarget:
 
     def send(self, request: PanelRequest) -> Outcome:
         headers = {} if request.auth is None else {"Authorization": request.auth}
-        before = self.counter.read()
+        before = self.store.read()
         response = self.client.open(request.path, method=request.method, data=request.body_bytes(), headers=headers,
                                     content_type=request.content_type)
         try:
             body = response.get_data()
         finally:
             response.close()
-        return _judge(request.route, response.status_code, body, before, self.counter.read(), False,
+        return _judge(request.route, response.status_code, body, before, self.store.read(), False,
                       self.exceptions.take())
 
     def reset(self) -> None:
-        from panel.extensions import db
-
-        with self.app.app_context():
-            db.session.remove()
-            db.engine.dispose()
-        self.counter.close()
-        for suffix in ("-wal", "-shm"):
-            Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
-        shutil.copyfile(self.pristine, self.db_path)
+        self._close_connections()
+        self.store.restore()
 
     def close(self) -> None:
-        self.reset()
-        self.counter.close()
+        self._close_connections()
+        self.store.close()
+        if isinstance(self.store, PostgresStore):
+            self.store.drop()
 
 
 def api_rules(app: Flask) -> list[tuple[str, str, tuple[tuple[str, str, str], ...]]]:
@@ -369,10 +458,11 @@ class Fuzzer:
     """Sends `count` drawn requests, a share of them to the panel and the rest to the agent, and
     calls `report(request, outcome)` for each (it may raise to stop the run: the test does)."""
 
-    def __init__(self, workdir: Path, panel_share: float = 0.6, reset_every: int = 500, pool: int = 1000) -> None:
+    def __init__(self, workdir: Path, panel_share: float = 0.6, reset_every: int = 500, pool: int = 1000,
+                 postgres: Any = None) -> None:
         build_value_pool(pool)
         logging.getLogger("worker_agent").setLevel(logging.ERROR)  # each refusal is logged: 100,000 lines
-        self.panel = PanelTarget(workdir / "panel")
+        self.panel = PanelTarget(workdir / "panel", postgres)
         self.agent = AgentTarget(workdir / "agent")
         self.panel_share = panel_share
         self.reset_every = reset_every
@@ -391,19 +481,23 @@ class Fuzzer:
         self.tally.add(outcome)
         return outcome
 
-    def run(self, count: int, report: Callable[[Any, Outcome], None], *, seed: int = 0, shrink: bool = False) -> Tally:
-        """Send `count` more requests (Hypothesis may end a round short of its max_examples: rounds
-        go on, the next with the next seed, until they are all sent)."""
+    def run(self, count: int, report: Callable[[Any, Outcome], None], *, seed: int = 0, shrink: bool = False,
+            batch: int = 1) -> Tally:
+        """Send `count` more requests, `batch` to one Hypothesis example (the engine's own cost, ~1 ms
+        an example, then counts once for them all). Hypothesis may end a round short of its
+        max_examples: rounds go on, the next with the next seed, until they are all sent."""
         target = self.tally.requests + count
+        requests = st.lists(self.strategy(), min_size=batch, max_size=batch)
         while self.tally.requests < target:
-            @settings(max_examples=target - self.tally.requests, database=None, deadline=None,
+            @settings(max_examples=-(-(target - self.tally.requests) // batch), database=None, deadline=None,
                       verbosity=Verbosity.quiet, phases=[Phase.generate, Phase.shrink] if shrink else [Phase.generate],
                       suppress_health_check=list(HealthCheck))
-            @given(self.strategy())
-            def one(request: PanelRequest | AgentRequest) -> None:
-                report(request, self.send(request))
+            @given(requests)
+            def some(drawn: list[PanelRequest | AgentRequest]) -> None:
+                for request in drawn[:target - self.tally.requests]:
+                    report(request, self.send(request))
 
-            hypothesis_seed(seed)(one)()
+            hypothesis_seed(seed)(some)()
             seed += 1
         return self.tally
 
