@@ -213,7 +213,7 @@ def _guard_method(obj: Any, args: tuple, kwargs: dict) -> tuple:
 
 
 # Filters whose result can be much larger than their input, with what to check first.
-# A guard raises LimitExceeded, or returns the arguments to call the filter with instead.
+# A guard raises LimitExceeded, or returns the value to filter instead (a generator read into a list).
 def _filter_guards() -> dict[str, Callable[..., Any]]:
     def replace(value: Any, old: Any, new: Any, count: Any = None, *_: Any, **__: Any) -> None:
         if isinstance(value, str) or hasattr(value, "__html__"):
@@ -226,10 +226,10 @@ def _filter_guards() -> dict[str, Callable[..., Any]]:
         step = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
         _guard_size(_weight(value) + (str(value).count("\n") + 1) * step)
 
-    def join(value: Any, d: Any = "", *rest: Any, **kwargs: Any) -> tuple:
-        items = list(value) if not isinstance(value, str) else value  # a generator is read once, here
+    def join(value: Any, d: Any = "", *_: Any, **__: Any) -> list:
+        items = list(value)  # a generator is read once, here
         _guard_size(sum(_weight(item) for item in items) + _weight(d) * len(items))
-        return (items, d, *rest)
+        return items
 
     def counted(value: Any, count: Any = 1, *_: Any, **__: Any) -> None:
         _guard_width(count)
@@ -268,10 +268,10 @@ def _bounded_filter(func: Callable[..., Any], guard: Callable[..., Any] | None) 
     def bounded(*args: Any, **kwargs: Any) -> Any:
         _tick()
         if guard is not None:
-            given = args[1:] if passes else args
-            replaced = guard(*given, **kwargs)
+            first = 1 if passes else 0
+            replaced = guard(*args[first:], **kwargs)
             if replaced is not None:
-                args = args[:1] + replaced if passes else replaced
+                args = args[:first] + (replaced,) + args[first + 1:]
         return _checked(func(*args, **kwargs))
 
     return bounded

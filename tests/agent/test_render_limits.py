@@ -91,3 +91,12 @@ def test_detours_around_the_limits_are_refused_with_little_memory(name: str) -> 
     assert caught.value.reason.startswith("text template, line 2: "), caught.value.reason
     assert time.thread_time() - start < 1.5
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100_000  # KiB
+
+
+def test_checked_filters_and_methods_keep_their_meaning() -> None:
+    text = ('{{ range(3) | join(d="-") }} {{ range(3) | map("string") | join(",") }} {{ "abc" | join(".") }} '
+            '{{ [{"a": 1}, {"a": 2}] | join("/", attribute="a") }} {{ "{}-{}".format(1, name) }} {{ name[1:3] }} '
+            '{{ "%(a)s" | format(a=1) }} {{ name | center(9) }}|{{ "a b" | replace(" ", "_") }}' + BYE)
+    letter = Renderer().render(make_campaign(text=text, html=None), make_recipient(1, fields={"name": "Annie"}))
+    shown = email.message_from_bytes(letter.data, policy=email.policy.default).get_content()
+    assert shown.splitlines()[0] == "0-1-2 0,1,2 a.b.c 1/2 1-Annie nn 1   Annie  |a_b", shown
