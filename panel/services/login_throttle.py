@@ -93,7 +93,8 @@ def _counted(row: tuple[int, float] | None, now: float) -> tuple[int, float]:
 
 
 def _remaining(rule: Rule, failures: int, since: float, now: float) -> float:
-    return max(0.0, since + rule.wait(failures) - now)
+    wait = rule.wait(failures)
+    return max(0.0, since + wait - now) if wait else 0.0  # no wait, even if another host's clock runs ahead
 
 
 def reserve(email: str, address: str | None) -> float:
