@@ -46,9 +46,9 @@ def account_password():
         return too_many_failures("auth/account.html", wait, **_context(password_form=form))
     try:
         change_password(user, form.current_password.data, form.new_password.data)
-    except UserError as exc:
-        db.session.commit()  # the counted failure stays
-        form.current_password.errors = [str(exc)[0].upper() + str(exc)[1:] + "."]
+    except UserError as exc:  # nothing changed; the attempt stays counted as a failure
+        message = str(exc)
+        form.current_password.errors = [message[:1].upper() + message[1:] + "."]
         return _page(password_form=form)
     login_throttle.succeeded(user.email, request.remote_addr)
     db.session.commit()
