@@ -88,5 +88,5 @@ class ClickLimits:
 
     def counts(self, address: str | None, delivery_id: int) -> bool:
         """Whether a genuine click or open from the address is counted (it is answered anyway)."""
-        key = client_key(address)
-        return self.genuine.take(key) or self.repeats.take((key, delivery_id))
+        key, now = client_key(address), time.monotonic()
+        return self.genuine.take(key, now) or self.repeats.take((key, delivery_id), now)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from flask import Flask, current_app
 from sqlalchemy import bindparam, create_engine, delete, func, insert, select
@@ -124,8 +124,7 @@ def _counted(work: Callable[[Connection], T]) -> T:
         return work(connection)
 
 
-@dataclass(frozen=True)
-class Visit:
+class Visit(NamedTuple):  # a tuple: made for every click (a frozen dataclass took a microsecond)
     """Who asks for a token and where: the request's Host header and client address; a GET counts,
     a HEAD (link checkers, scanners) is answered uncounted."""
 
