@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
+from alembic.script import ScriptDirectory
 from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
+from panel import MIGRATIONS_DIR
 from panel.extensions import db
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,3 +56,35 @@ def test_every_migration_downgrades_to_an_empty_database_and_upgrades_again(empt
         upgrade()
         db.engine.dispose()
     assert TABLES <= _tables(url)
+
+
+ACCOUNTS_REVISION = "c3f1a7e9d2b4"  # users.session_generation, api_tokens scope / expiry / revocation
+
+
+def test_the_accounts_migration_keeps_every_users_rows_both_ways(empty_app, migrating):
+    """Adding and dropping the users' and tokens' columns must not copy those tables: on SQLite a
+    batch copy drops the old table with foreign keys on, deleting the users' lists by cascade."""
+    before = ScriptDirectory(MIGRATIONS_DIR).get_revision(ACCOUNTS_REVISION).down_revision
+    with empty_app.app_context(), migrating():
+        upgrade(revision=before)
+        db.session.execute(text("INSERT INTO users (id, email, password_hash, created_at) "
+                                "VALUES (1, 'a@example.com', 'x', CURRENT_TIMESTAMP)"))
+        db.session.execute(text("INSERT INTO api_tokens (id, user_id, name, token_hash, created_at) "
+                                "VALUES (1, 1, 't', :hash, CURRENT_TIMESTAMP)"), {"hash": "ab" * 32})
+        db.session.execute(text("INSERT INTO lists (id, user_id, name, fields, recipient_count, created_at) "
+                                "VALUES (1, 1, 'l', '[]', 0, CURRENT_TIMESTAMP)"))
+        db.session.commit()
+        db.session.remove()
+        upgrade(revision=ACCOUNTS_REVISION)
+        assert db.session.execute(text("SELECT count(*) FROM lists")).scalar() == 1
+        assert db.session.execute(text("SELECT count(*) FROM api_tokens")).scalar() == 1
+        db.session.remove()
+        downgrade(revision=before)
+        assert db.session.execute(text("SELECT count(*) FROM lists")).scalar() == 1
+        assert db.session.execute(text("SELECT count(*) FROM api_tokens")).scalar() == 1
+        db.session.execute(text("DELETE FROM lists"))
+        db.session.execute(text("DELETE FROM api_tokens"))
+        db.session.execute(text("DELETE FROM users"))
+        db.session.commit()
+        db.session.remove()
+        db.engine.dispose()

@@ -40,9 +40,8 @@ def upgrade():
 def downgrade():
     op.drop_index('ix_login_throttles_at', table_name='login_throttles')
     op.drop_table('login_throttles')
-    with op.batch_alter_table('api_tokens', schema=None) as batch_op:
-        batch_op.drop_column('revoked_at')
-        batch_op.drop_column('expires_at')
-        batch_op.drop_column('scope')
-    with op.batch_alter_table('users', schema=None) as batch_op:
-        batch_op.drop_column('session_generation')
+    # Plain ALTER TABLE … DROP COLUMN (SQLite 3.35+), not a batch copy: on SQLite a copy drops the
+    # old table with foreign keys on, and every user's lists, tokens and servers go by cascade.
+    for column in ('revoked_at', 'expires_at', 'scope'):
+        op.drop_column('api_tokens', column)
+    op.drop_column('users', 'session_generation')
