@@ -135,19 +135,24 @@ class _WatchedPool(HTTPSConnectionPool):
 class _PinnedAdapter(HTTPAdapter):
     """Accept exactly the certificate whose SHA-256 fingerprint the panel recorded (self-signed)."""
 
-    def __init__(self, fingerprint: str) -> None:
+    def __init__(self, fingerprint: str, server_hostname: str | None = None) -> None:
         self._fingerprint = fingerprint
+        self._server_hostname = server_hostname
         super().__init__(max_retries=0)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["assert_fingerprint"] = self._fingerprint
+        if self._server_hostname:  # the URL holds the checked address; TLS still names the host (SNI)
+            kwargs["server_hostname"] = self._server_hostname
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {**self.poolmanager.pool_classes_by_scheme, "https": _WatchedPool}
 
 
 class AgentClient:
     def __init__(self, base_url: str, key: str | bytes, fingerprint: str, timeout: float | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, server_hostname: str | None = None) -> None:
+        """`base_url` may hold the address to connect to, and `server_hostname` the name it was
+        checked for (sent in TLS's SNI)."""
         self.base_url = base_url.rstrip("/")
         self._key = key.encode() if isinstance(key, str) else key
         self.limits = limits or Limits()
@@ -156,7 +161,7 @@ class AgentClient:
         # Requests go straight to the adapter, not through a requests Session: a Session reads a
         # redirect's whole body even when told not to follow it, and would take proxies and CA bundles
         # from the environment. Trust comes from the pinned fingerprint alone (verify=False: no CA).
-        self._adapter = _PinnedAdapter(fingerprint.replace(":", "").lower())
+        self._adapter = _PinnedAdapter(fingerprint.replace(":", "").lower(), server_hostname)
 
     def close(self) -> None:
         self._adapter.close()

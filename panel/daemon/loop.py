@@ -17,7 +17,7 @@ from sqlalchemy import select
 from ..extensions import db
 from ..models import Campaign, Server, ServerEvent
 from ..models.base import MAX_ROW_ID, utcnow
-from ..services import agent_keys, domains, server_config
+from ..services import agent_keys, domains, network_policy, server_config
 from ..services.agent_keys import open_agent_key
 from ..services.imports.jobs import imports_dir, prune_files
 from ..services.imports.sources import ImportLimits
@@ -56,10 +56,15 @@ class DaemonState:
         known = self.clients.get(server.id)
         if known is None or known[0] != identity:
             if known:
-                known[1].close()
+                self.clients.pop(server.id)[1].close()
+            # The host is resolved and checked once per client (network_policy.HostRefused if the panel
+            # may not call it) and the client connects to that address: a later lookup cannot move it.
+            address = network_policy.check(server.host, server.api_port)
+            url = f"https://[{address}]:{server.api_port}" if ":" in address else f"https://{address}:{server.api_port}"
+            name = None if address == server.host else server.host
             # Opened once per client: the key is sealed in the DB (identity holds the sealed form).
-            client = AgentClient(server.api_url, open_agent_key(server), server.cert_fingerprint,
-                                 limits=Limits.from_config(current_app.config))
+            client = AgentClient(url, open_agent_key(server), server.cert_fingerprint,
+                                 limits=Limits.from_config(current_app.config), server_hostname=name)
             self.clients[server.id] = (identity, client)
         return self.clients[server.id][1]
 
@@ -160,11 +165,27 @@ def _tell_campaign_states(state: DaemonState, server: Server, client: AgentClien
         state.told[(campaign_id, server.id)] = status
 
 
+def _refused(state: DaemonState, server: Server, message: str) -> None:
+    """Its host is one the panel may not call (e.g. the admin narrowed ALLOWED_HOST_NETWORKS): said
+    once, in an event and last_error, while it stays so; the host is checked again each round."""
+    if state.failing.get(server.id) != message:
+        db.session.add(ServerEvent(server_id=server.id, kind="refused", message=message))
+        log.warning("server %s: %s", server.id, message)
+    state.failing[server.id] = message
+    server.status = "offline"
+    server.last_error = message
+    db.session.commit()
+
+
 def serve_server(state: DaemonState, server: Server) -> bool:
     """One round for one server; True if it pushed a batch (so the next round comes at once,
     to fill the server's window). Outcomes alone wait for the next tick: fetching them in
     bigger, rarer replies costs the agent and the panel less CPU than a tight polling loop."""
-    client = state.client(server)
+    try:
+        client = state.client(server)
+    except network_policy.HostRefused as exc:
+        _refused(state, server, f"not contacted: {exc}")
+        return False
     if not _heartbeat(state, server, client):
         return False
     try:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from ..extensions import db
 from ..models import Server, ServerEvent, ServerIP, User
+from . import network_policy
 from .agent_keys import seal_agent_key
 
 HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
@@ -96,8 +97,22 @@ def register_server(
     fingerprint = fingerprint.strip().replace(":", "").lower()
     if not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
         raise ServerError("the fingerprint must be the SHA-256 of the agent's certificate: 64 hex digits")
+    check_agent_address(_check_host(host), port)
     return new_server(user, name=name, host=host, ips=ips, api_port=port, agent_key=agent_key,
                       cert_fingerprint=fingerprint, status="new")
+
+
+def check_agent_address(host: str, port: int) -> None:
+    """Refuse an agent address the panel may not call (network_policy): the daemon would call it every
+    round. A name that does not resolve yet is kept: the daemon checks again whenever it connects."""
+    try:
+        network_policy.resolve(host)
+    except network_policy.HostRefused:
+        return
+    try:
+        network_policy.check(host, port)
+    except network_policy.HostRefused as exc:
+        raise ServerError(str(exc)) from None
 
 
 def new_server(user: User, *, name: str, host: str, ips: list[SourceIP], **columns: object) -> Server:

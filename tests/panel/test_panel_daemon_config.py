@@ -71,6 +71,11 @@ class Agent:
 
 
 @pytest.fixture
+def app_config() -> dict:
+    return {"ALLOWED_HOST_NETWORKS": "127.0.0.0/8"}  # the agent listens on loopback
+
+
+@pytest.fixture
 def agent(tmp_path: Path) -> Iterator[Agent]:
     running = Agent(tmp_path / "agent")
     running.start()
