@@ -30,14 +30,19 @@ from ..models import ProvisionJob, Server, ServerEvent
 from ..models.base import utcnow
 from ..services.provisioning import (
     PASSWORD_LOST,
+    begin_own_key,
     fail_job,
     known_hosts_path,
     legacy_public_key,
     move_host,
+    on_shared_key,
     other_owners,
+    own_key_in_place,
     scan_host_key,
     server_key,
     server_public_key,
+    shared_key_left,
+    shared_key_revoked,
     ssh_address,
     write_known_hosts,
 )
@@ -214,13 +219,15 @@ def run_playbook(
         _append(job_id, f"Refused: {exc}\n")
         return RunResult(status="failed", rc=None, failure=str(exc))
     legacy = legacy_public_key(instance)
-    if password is None and legacy and server.cert_fingerprint and server_public_key(instance, server.id) is None:
-        # Set up (by a proven password) before keys were per server: the old shared key reaches
-        # it until it is added again with its root password.
-        key_file, public_key = instance / "ssh" / "id_ed25519", legacy
+    if password is None and on_shared_key(instance, server):
+        # Set up before keys were per server: the shared key logs this run in, so it is not revoked
+        # here; the ssh_access role (bootstrap.yml) installs the server's own key (Provisioner._to_own_key).
+        key_file, keep = instance / "ssh" / "id_ed25519", legacy
+        public_key = begin_own_key(instance, server.id) if playbook == "bootstrap.yml" else legacy
     else:
         key_file, public_key = server_key(instance, server.id)
-    revoked = [key for key in (revoked or []) + ([legacy] if legacy else []) if key and key != public_key]
+        keep = public_key
+    revoked = [key for key in (revoked or []) + ([legacy] if legacy else []) if key and key not in (keep, public_key)]
     known_hosts = known_hosts_path(instance)
     private_dir = Path(tempfile.mkdtemp(prefix="mailfleet-run-"))
     os.chmod(private_dir, 0o700)
@@ -417,6 +424,10 @@ class Provisioner:
         revoked = [key for key in (server_public_key(self.app.instance_path, sid) for sid in previous) if key]
         if previous:
             _append(job_id, "Another user registered this host: it moves to you once the root password is proven\n")
+        instance = self.app.instance_path
+        moving = on_shared_key(instance, server) or shared_key_left(instance, server_id)
+        if kind in ("reprovision", "reconfigure") and moving:
+            self._to_own_key(job_id, server_id)
         facts: dict = {}
         for playbook in PLAYBOOKS[kind]:
             use_password = password if playbook == "bootstrap.yml" else None
@@ -438,6 +449,29 @@ class Provisioner:
                 _append(job_id, f"Root password proven: the host moved here from {len(previous)} earlier registration(s)\n")
             facts.update(result.facts)
         self._finish(job_id, kind, facts)
+
+    def _to_own_key(self, job_id: int, server_id: int) -> None:
+        """Move a server off the shared key, in an order that keeps it reachable if a run fails:
+        install its own key (logged in with the shared one), use only its own key from then on, and
+        revoke the shared key with a run logged in by the new one (if that fails, the next key job tries again)."""
+        steps = ["Removing the shared key from the server (logged in with its own key)"]
+        if on_shared_key(self.app.instance_path, db.session.get(Server, server_id)):
+            steps.insert(0, "Installing this server's own SSH key (logged in with the key once shared by all servers)")
+        for step in steps:
+            _append(job_id, step + "\n")
+            server = db.session.get(Server, server_id)
+            result = run_playbook(self.app, job_id, server, "bootstrap.yml", cancel=self.stop_event.is_set,
+                                  observe=self.observe)
+            db.session.remove()
+            if result.status != "successful":
+                if self.stop_event.is_set():
+                    raise JobFailed("the panel daemon stopped during the run; start the job again")
+                raise JobFailed(result.failure
+                                or f"bootstrap.yml ended with status {result.status} (exit code {result.rc})")
+            if step is steps[-1]:
+                shared_key_revoked(self.app.instance_path, server_id)
+            else:
+                own_key_in_place(self.app.instance_path, server_id)
 
     def _finish(self, job_id: int, kind: str, facts: dict) -> None:
         job = db.session.get(ProvisionJob, job_id)

@@ -80,6 +80,47 @@ def legacy_public_key(instance_path: str | os.PathLike) -> str | None:
     return pub.read_text().strip() if pub.exists() else None
 
 
+_SHARED_MARK = "on-shared-key"  # in a server's key folder: its own key is made but not yet the one in use
+_SHARED_LEFT = "shared-key-left"  # its own key is in use, the shared one not yet removed from the host
+
+
+def on_shared_key(instance_path: str | os.PathLike, server: Server) -> bool:
+    """Set up (by a proven password) before keys were per server: the shared key still reaches it,
+    until a key run installs its own key (begin_own_key, own_key_in_place)."""
+    if legacy_public_key(instance_path) is None or not server.cert_fingerprint:
+        return False
+    folder = _key_dir(instance_path, server.id)
+    return server_public_key(instance_path, server.id) is None or (folder / _SHARED_MARK).exists()
+
+
+def begin_own_key(instance_path: str | os.PathLike, server_id: int) -> str:
+    """The public key a server on the shared key is moving to. Marked as not yet in use before it is
+    made: a run that fails before it is installed leaves the panel on the shared key."""
+    folder = _key_dir(instance_path, server_id)
+    if server_public_key(instance_path, server_id) is None:
+        folder.parent.mkdir(mode=0o700, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        (folder / _SHARED_MARK).touch()
+    return server_key(instance_path, server_id)[1]
+
+
+def own_key_in_place(instance_path: str | os.PathLike, server_id: int) -> None:
+    """Its own key is on the host: from now on the panel logs in with it alone (the shared key is
+    marked as still to be removed from the host, until shared_key_revoked)."""
+    folder = _key_dir(instance_path, server_id)
+    if (folder / _SHARED_MARK).exists():
+        (folder / _SHARED_LEFT).touch()
+        (folder / _SHARED_MARK).unlink()
+
+
+def shared_key_left(instance_path: str | os.PathLike, server_id: int) -> bool:
+    return (_key_dir(instance_path, server_id) / _SHARED_LEFT).exists()
+
+
+def shared_key_revoked(instance_path: str | os.PathLike, server_id: int) -> None:
+    (_key_dir(instance_path, server_id) / _SHARED_LEFT).unlink(missing_ok=True)
+
+
 def forget_server_key(instance_path: str | os.PathLike, server_id: int) -> None:
     shutil.rmtree(_key_dir(instance_path, server_id), ignore_errors=True)
 

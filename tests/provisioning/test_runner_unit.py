@@ -3,7 +3,11 @@ the user (preflight's own words), the agent's fingerprint from the facts, one jo
 
 from __future__ import annotations
 
+import io
+import json
+import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography.fernet import Fernet
@@ -14,7 +18,7 @@ from panel.daemon.provision import EventRecorder, Provisioner, RunResult
 from panel.extensions import db
 from panel.models import ProvisionJob, Server, ServerEvent, User
 from panel.services.agent_keys import open_agent_key
-from panel.services.provisioning import add_server, parse_ip_lines
+from panel.services.provisioning import add_server, parse_ip_lines, start_job
 
 PREFLIGHT_MSG = ("Port 25 is taken by another program (postfix/master). Only Exim may listen there. "
                  "What to do: stop and remove it (apt-get purge postfix), then run the setup again.")
@@ -123,3 +127,83 @@ def test_inventory_carries_port_key_ips_and_the_agent_key_but_no_password(app: F
         Fernet(host["worker_agent_fernet_key"].encode())
         assert host["exim_smarthost"] == "x"
         assert not any("pass" in key for key in host)
+
+
+class KeyedHost:
+    """root's authorized_keys on a worker, as the runs see it: a run logs in only with a key the host
+    holds, and the ssh_access role (bootstrap.yml) installs the given key and removes the revoked ones."""
+
+    def __init__(self, keys: set[str]) -> None:
+        self.keys = keys
+        self.logins: list[tuple[str, str]] = []  # (playbook, the public key it logged in with)
+        self.fail_after_install: list[bool] = []  # per bootstrap.yml run: fail once the key task ran
+
+    def run(self, *, playbook: str, inventory: str, **_: object) -> SimpleNamespace:
+        host = next(iter(json.loads(Path(inventory).read_text())["mailfleet_workers"]["hosts"].values()))
+        login = Path(host["ansible_ssh_private_key_file"]).with_suffix(".pub").read_text().strip()
+        name = Path(playbook).name
+        self.logins.append((name, login))
+        if login not in self.keys:
+            return SimpleNamespace(status="failed", rc=4, stdout=io.StringIO("Permission denied (publickey)."))
+        if name == "bootstrap.yml":
+            self.keys.add(host["ssh_access_public_key"])
+            if self.fail_after_install and self.fail_after_install.pop(0):  # e.g. the connection dropped
+                return SimpleNamespace(status="failed", rc=2, stdout=io.StringIO("connection lost"))
+            self.keys -= set(host["ssh_access_revoked_keys"])
+        return SimpleNamespace(status="successful", rc=0, stdout=io.StringIO(""))
+
+
+@pytest.mark.parametrize("with_failures", [False, True], ids=["at-once", "runs-failing-midway"])
+def test_a_server_on_the_shared_key_moves_to_its_own_key_on_the_next_key_run(
+    app: Flask, seed, monkeypatch: pytest.MonkeyPatch, instance: Path, with_failures: bool,
+) -> None:
+    """Set up before keys were per server: the next key-based job installs its own key (logged in
+    with the shared one), switches to it, then revokes the shared key; a run failing midway leaves
+    it reachable by the key the panel uses."""
+    import ansible_runner
+
+    app.instance_path = str(instance)
+    shared = instance / "ssh" / "id_ed25519"
+    shared.parent.mkdir(mode=0o700)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(shared)], check=True)
+    shared_pub = shared.with_suffix(".pub").read_text().strip()
+    server_id, add_job = _job(app, seed)
+    with app.app_context():
+        db.session.get(ProvisionJob, add_job).status = "succeeded"
+        server = db.session.get(Server, server_id)
+        server.cert_fingerprint, server.status = "ab" * 32, "online"
+        db.session.commit()
+    host = KeyedHost({shared_pub})
+    monkeypatch.setattr(ansible_runner, "run", host.run)
+
+    def reconfigure() -> ProvisionJob:
+        with app.app_context():
+            user = db.session.get(User, seed.get(Server, server_id).user_id)
+            job_id = start_job(user, db.session.get(Server, server_id), "reconfigure").id
+            db.session.commit()
+            Provisioner(app).run_next()
+        return seed.get(ProvisionJob, job_id)
+
+    if not with_failures:
+        job = reconfigure()
+        assert job.status == "succeeded", job.log
+        own = (instance / "ssh" / "servers" / str(server_id) / "id_ed25519.pub").read_text().strip()
+        assert host.logins == [("bootstrap.yml", shared_pub), ("bootstrap.yml", own), ("reconfigure.yml", own)]
+        assert host.keys == {own}
+        return
+    host.fail_after_install = [True]
+    assert reconfigure().status == "failed"
+    own = (instance / "ssh" / "servers" / str(server_id) / "id_ed25519.pub").read_text().strip()
+    assert host.keys == {shared_pub, own}  # installed, but the panel still logs in with the shared key
+    host.logins.clear()
+    host.fail_after_install = [False, True]  # now the removal of the shared key fails
+    assert reconfigure().status == "failed"
+    assert host.logins == [("bootstrap.yml", shared_pub), ("bootstrap.yml", own)]
+    assert host.keys == {shared_pub, own}
+    host.logins.clear()
+    job = reconfigure()
+    assert job.status == "succeeded", job.log
+    assert host.logins == [("bootstrap.yml", own), ("reconfigure.yml", own)]  # the removal is tried again
+    assert host.keys == {own}  # the shared key is gone from root's authorized_keys
+    host.logins.clear()
+    assert reconfigure().status == "succeeded" and host.logins == [("reconfigure.yml", own)]
