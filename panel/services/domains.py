@@ -39,7 +39,7 @@ import dns.tsigkeyring
 import dns.update
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ..extensions import db
 from ..models import DMARC_POLICIES, DOMAIN_KINDS, TSIG_ALGORITHMS, Domain, Server, ServerIP, User
@@ -60,7 +60,7 @@ class DomainError(Exception):
 
 
 class DomainTaken(DomainError):
-    """The user already has a domain of that name."""
+    """The user already has a domain of that name (or another account has it as a tracking domain)."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +185,12 @@ def add_domain(user: User, data: DomainInput) -> Domain:
     values = _check_input(user, data)
     if db.session.scalar(select(Domain.id).where(Domain.user_id == user.id, Domain.name == values["name"])):
         raise DomainTaken(f"you already have the domain {values['name']}")
+    if values["kind"] == "tracking" and _tracking_elsewhere(user.id, values["name"]):
+        raise DomainTaken(
+            f"{values['name']} is already a tracking domain of another account on this panel, and a tracking "
+            "domain answers the links of one account only. If the name is yours, ask the panel's administrator "
+            "to remove it from the other account; otherwise choose a name under a domain of your own "
+            "(e.g. click.<your domain>)")
     values["tsig_secret"] = secret_box.seal(values["tsig_secret"])
     domain = Domain(user_id=user.id, **values)
     if domain.kind == "sending":
@@ -198,6 +204,14 @@ def add_domain(user: User, data: DomainInput) -> Domain:
         server_config.bump_user_servers(user.id)  # the workers get its DKIM key and bounce domain
     db.session.flush()
     return domain
+
+
+def _tracking_elsewhere(user_id: int, name: str) -> bool:
+    """Whether another account holds `name` (normal form) as a tracking domain. Its tokens answer on
+    the hosts of the name, so a second holder would answer on a host the first pointed at the panel.
+    Two adds racing past this check are caught when answering: tracking_hosts serves neither."""
+    return db.session.scalar(select(Domain.id).where(
+        func.lower(Domain.name) == name, Domain.kind == "tracking", Domain.user_id != user_id).limit(1)) is not None
 
 
 def dkim_private_key(domain: Domain) -> str | None:

@@ -6,6 +6,10 @@ tracking domain, a name pointed at the panel by a stranger — is refused like a
 tenant's letters never redirect from another tenant's domain. Hosts compare without case and
 without a trailing dot; the links carry no port (tracking domains) or PUBLIC_URL's, so a port is
 ignored only when it is the scheme's default (80, 443), as a client may name it or not.
+
+A tracking domain name belongs to one account (services.domains refuses it to the others). Rows
+from before that rule, or two adds that raced, may give two accounts the same name: who pointed it
+at the panel cannot be told, so it answers neither account's tokens (their public-host links still do).
 """
 
 from __future__ import annotations
@@ -13,17 +17,23 @@ from __future__ import annotations
 import time
 from urllib.parse import urlsplit
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import and_, bindparam, exists, func, select
 
 from ..models import Domain, campaign_tracking_domains
 
 REMEMBER_FOR = 60.0  # seconds a campaign's hosts are kept (a domain deleted meanwhile answers that much longer)
 CACHE_SIZE = 10_000
 
+# A name another account also holds as a tracking domain is left out. No index on lower(name): the
+# domains table holds a few rows per account and this runs once per campaign a minute (cached below).
+_domain = Domain.__table__
+_other = _domain.alias("other")
 _CAMPAIGN_HOSTS = (
-    select(Domain.__table__.c.name)
-    .join(campaign_tracking_domains, campaign_tracking_domains.c.domain_id == Domain.__table__.c.id)
+    select(_domain.c.name)
+    .join(campaign_tracking_domains, campaign_tracking_domains.c.domain_id == _domain.c.id)
     .where(campaign_tracking_domains.c.campaign_id == bindparam("campaign_id"))
+    .where(~exists().where(and_(func.lower(_other.c.name) == func.lower(_domain.c.name),
+                                _other.c.kind == "tracking", _other.c.user_id != _domain.c.user_id)))
 )
 
 

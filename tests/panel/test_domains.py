@@ -19,6 +19,8 @@ from panel.models import Domain, Server, User
 from panel.services import domains as domain_service
 from panel.services.provisioning import delete_server
 
+from tests.panel.conftest import Browser
+
 ZONE = "example.test"
 REVERSE_ZONE = "2.0.192.in-addr.arpa"
 SECRETS_KEY = Fernet.generate_key().decode()
@@ -413,3 +415,30 @@ def test_the_api_says_when_the_dns_server_refuses(alice, seed, bind, app, client
     assert seed.get(Domain, shown["id"]) is not None
     assert client.delete(f"/api/v1/domains/{shown['id']}?keep_records=true", headers=headers).status_code == 204
     assert seed.get(Domain, shown["id"]) is None
+
+
+def test_another_accounts_tracking_domain_cannot_be_added(as_alice, alice, seed, bob, bind, app, client) -> None:
+    """Bob adding Alice's tracking domain (any case, a trailing dot) would let his tokens answer on
+    the name she pointed at the panel: refused, on the page and by the API, and nothing stored."""
+    tracking = f"click.{ZONE}"
+    add(as_alice, bind, name=tracking, zone=ZONE, kind="tracking")
+    bob_browser = Browser(app.test_client())
+    bob_browser.login("bob@example.com")
+    headers = {"Authorization": f"Bearer {seed.token(bob)}"}
+    words = f"{tracking} is already a tracking domain of another account on this panel"
+    for name in (tracking, tracking.upper(), tracking + "."):
+        page = bob_browser.post("/domains/", domain_form(bind, name=name, zone=ZONE, kind="tracking"))
+        assert page.status_code == 400 and words in page.get_data(as_text=True), name
+        response = client.post("/api/v1/domains", json=api_domain(bind, name=name, zone=ZONE, kind="tracking"),
+                               headers=headers)
+        assert response.status_code == 409 and words in response.get_json()["error"], name
+        assert "ask the panel's administrator" in response.get_json()["error"]
+    assert seed.query(lambda s: [(d.user_id, d.name) for d in s.query(Domain)]) == [(alice, tracking)]
+    # Bob's own tracking names are not held back; a sending domain of that name answers no tokens,
+    # so it is his to add (campaigns take only tracking domains as tracking hosts)
+    assert client.post("/api/v1/domains", json=api_domain(bind, name=f"t.{ZONE}", zone=ZONE, kind="tracking"),
+                       headers=headers).status_code == 201
+    assert client.post("/api/v1/domains", json=api_domain(bind, name=tracking, zone=ZONE),
+                       headers=headers).status_code == 201
+    assert seed.query(lambda s: sorted((d.user_id, d.name, d.kind) for d in s.query(Domain))) == sorted(
+        [(alice, tracking, "tracking"), (bob, f"t.{ZONE}", "tracking"), (bob, tracking, "sending")])

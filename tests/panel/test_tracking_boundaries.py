@@ -166,6 +166,28 @@ def test_unsubscribe_answers_on_the_public_host_and_the_campaigns_own_domains_on
     assert _suppressed(seed) == ["ann@example.org"]
 
 
+def test_a_tracking_domain_two_accounts_hold_answers_neither_of_them(client, seed, app, alice, bob):
+    """Rows from before one account's tracking domain name was refused to the others: who pointed
+    the name at the panel cannot be told, so neither campaign's tokens answer on it."""
+    alice_domain = _tracking_domain(app, alice, "click.alice.example")
+    bob_domain = _tracking_domain(app, bob, "Click.Alice.Example")  # as an old row may hold it
+    alice = _letters(app, _started(app, seed, alice, [{"email": "ann@example.org", "name": "Ann"}], (alice_domain,),
+                                   "worker-alice.example.net"))["ann@example.org"]
+    bob = _letters(app, _started(app, seed, bob, [{"email": "bea@example.org", "name": "Bea"}], (bob_domain,),
+                                 "worker-bob.example.net"))["bea@example.org"]
+    for letter in (alice, bob):
+        for url in (_on(letter["link"], "click.alice.example"), _on(letter["pixel"], "click.alice.example"),
+                    _on(letter["unsubscribe"], "click.alice.example")):
+            response = client.get(url)
+            assert response.status_code == 404 and "Location" not in response.headers, url
+    assert (_count(seed, Click), _count(seed, Open), _suppressed(seed)) == (0, 0, [])
+    for letter in (alice, bob):  # both still answer on the panel's public host
+        response = client.get(_on(letter["link"], "panel.example.com"))
+        assert response.headers["Location"] == "https://shop.example.com/sale"
+        assert client.get(_on(letter["pixel"], "panel.example.com")).status_code == 200
+    assert (_count(seed, Click), _count(seed, Open)) == (2, 2)
+
+
 # --- token strength ----------------------------------------------------------------------------
 
 
