@@ -17,6 +17,7 @@ A fork costs about a millisecond or two; the fork server's first start about 0.1
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import resource
@@ -142,6 +143,22 @@ class _Server:
         self.control: socket.socket | None = None
         self.process: subprocess.Popen | None = None
         self.pid = 0  # the process that started it: a forked web worker starts its own
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        """End this process's fork server (closing the control socket ends it) and reap it."""
+        with self.lock:
+            control, process = self.control, self.process
+            self.control = self.process = None
+            if control is None or self.pid != os.getpid():
+                return  # not started, or started by the process this one was forked from
+            control.close()
+            if process is not None:
+                try:
+                    process.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
     def _start(self) -> socket.socket:
         ours, theirs = socket.socketpair()
