@@ -29,6 +29,7 @@ from panel.services.lists import create_list
 from panel.services.servers import SourceIP, register_server
 from panel.services.tracking import dispose_counting_engine
 from tests.conftest import Databases
+from tests.panel.agents import Agents
 
 SECRET = "test-secret-key"
 PASSWORD = "correct horse battery"
@@ -128,6 +129,14 @@ def migrating():
             yield
 
     return guard
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[Agents]:
+    """Fake agents (tests/panel/agents.py), each a process of its own, stopped at teardown."""
+    started = Agents(tmp_path / "agents")
+    yield started
+    started.stop()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from panel.extensions import db
 from panel.models import Server, ServerEvent, ServerIP, User
 from panel.services.agent_keys import seal_agent_key
 from panel.services.servers import ServerError, SourceIP, register_server
-from tests.panel.agents import Agents, daemon_round
+from tests.panel.agents import daemon_round
 from tests.panel.test_network_policy import Listener, _own_address
 
 REFUSED = [("127.0.0.1", "loopback"), ("169.254.1.1", "link-local"), ("localhost", "loopback")]
@@ -89,13 +89,6 @@ def test_the_daemon_never_contacts_a_stored_agent_on_a_refused_address(app, alic
     events = seed.query(lambda s: [(e.kind, e.message) for e in s.scalars(
         select(ServerEvent).where(ServerEvent.server_id == server_id))])
     assert len(events) == 1 and "127.0.0.1 is a loopback address" in events[0][1]
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Agents]:
-    started = Agents(tmp_path / "agents")
-    yield started
-    started.stop()
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])

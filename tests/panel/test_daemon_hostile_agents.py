@@ -35,13 +35,6 @@ def app_config() -> dict:
 
 
 @pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Agents]:
-    started = Agents(tmp_path / "agents")
-    yield started
-    started.stop()
-
-
-@pytest.fixture
 def redirect_target() -> Iterator[CountingServer]:
     target = CountingServer()
     yield target

@@ -50,13 +50,6 @@ def app_config() -> dict:
     return {"ALLOWED_HOST_NETWORKS": "127.0.0.0/8"}  # the fake agents listen on loopback
 
 
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Agents]:
-    started = Agents(tmp_path / "agents")
-    yield started
-    started.stop()
-
-
 class Tenants:
     """Alice's campaign on her server, Bob's running campaign and his paused one on his; one daemon
     round has pushed what may be pushed."""
