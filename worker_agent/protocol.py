@@ -98,12 +98,24 @@ def unseal(key: bytes, path: str, token: bytes, *, max_age: int = MAX_AGE, now: 
         raise ProtocolError("message body is not compressed JSON") from None
     except RecursionError:
         raise ProtocolError("message body nests JSON too deeply") from None
+    if b"\\u" in raw and _lone_surrogate(envelope):
+        raise ProtocolError("message body holds text that is not Unicode (a lone surrogate escape)")
     if not isinstance(envelope, dict) or envelope.get("path") != path:
         raise ProtocolError(f"message was not meant for {path}")
     nonce = envelope.get("nonce")
     if not isinstance(nonce, str) or not nonce:
         raise ProtocolError("message has no nonce")
     return Opened(nonce=nonce, sent_at=sent_at, data=envelope.get("data"), reply_to=envelope.get("reply_to"))
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether JSON's \\uD800-style escapes left half a character in a string (no UTF-8 holds one:
+    SQLite and every encoder downstream would fail on it). Only looked at when escapes are present."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _size(n: int) -> str:

@@ -233,6 +233,8 @@ def _compile(env: LimitedSandbox, source: str, part: str) -> Any:
         return env.from_string(source)
     except TemplateSyntaxError as exc:
         raise CampaignError(f"{part} template, line {exc.lineno}: {exc.message}") from None
+    except RecursionError:
+        raise CampaignError(f"{part} template nests expressions too deeply to be read") from None
 
 
 def _run(template: Any, context: dict[str, Any], part: str, budget: Budget) -> str:

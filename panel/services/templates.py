@@ -87,8 +87,18 @@ def _loaded_at(tree: nodes.Template, name: str) -> int | None:
     return None
 
 
+TOO_DEEP = "the template nests expressions too deeply to be read: simplify it"
+
+
 def _checked(part: str, source: str, variables: set[str]) -> tuple[nodes.Template | None, list[TemplateProblem]]:
     """The parsed part (None if it does not parse) and its problems, in line order."""
+    try:
+        return _analysed(part, source, variables)
+    except RecursionError:  # Jinja's parser and tree walks recurse per nested expression ("{{{{{{…")
+        return None, [TemplateProblem(part, 1, TOO_DEEP)]
+
+
+def _analysed(part: str, source: str, variables: set[str]) -> tuple[nodes.Template | None, list[TemplateProblem]]:
     try:
         tree = _env.parse(source)
     except TemplateSyntaxError as exc:
@@ -123,12 +133,11 @@ _PLAIN_FILTERS = {"e", "escape", "upper", "lower", "title", "capitalize", "trim"
 
 def _plain(source: str) -> bool:
     try:
-        tree = _env.parse(source)
-    except TemplateSyntaxError:
+        return all(isinstance(node, _PLAIN_NODES) or (isinstance(node, nodes.Filter) and node.name in _PLAIN_FILTERS
+                                                      and not node.args and not node.kwargs)
+                   for node in _env.parse(source).find_all(nodes.Node))
+    except (TemplateSyntaxError, RecursionError):
         return False
-    return all(isinstance(node, _PLAIN_NODES) or (isinstance(node, nodes.Filter) and node.name in _PLAIN_FILTERS
-                                                  and not node.args and not node.kwargs)
-               for node in tree.find_all(nodes.Node))
 
 
 def _past_limits(parts: dict[str, str], variables: set[str]) -> list[TemplateProblem]:

@@ -41,3 +41,16 @@ def test_numbers_past_sqlite_integers_are_a_400(panel: Panel, agent_config: Agen
     after = snapshot(agent_config.queue_db)
     del before["nonces"], after["nonces"]  # the request's own nonce is kept (a replay is refused)
     assert after == before
+
+
+def test_a_lone_surrogate_escape_is_refused_not_a_500(panel: Panel, agent_config: AgentConfig) -> None:
+    """A batch id written as the JSON escape \\ud800 (half a character) made SQLite's UTF-8 encoding
+    raise UnicodeEncodeError: a 500. A pair of escapes that makes one character stays fine."""
+    before = snapshot(agent_config.queue_db)
+    body = sealed_text(panel.key, '{"path":"/v1/batches","nonce":"n2","data":{"batch_id":"\\ud800"}}')
+    status, reply = panel.post_raw("/v1/batches", body)
+    assert status == 403 and b"lone surrogate" in reply
+    assert snapshot(agent_config.queue_db) == before
+    pair = '{"path":"/v1/ping","nonce":"n3","data":{"x":"\\ud83d\\ude00"}}'
+    status, _ = panel.post_raw("/v1/ping", sealed_text(panel.key, pair))
+    assert status == 200

@@ -44,3 +44,23 @@ def test_text_with_a_nul_character_is_a_400(client, headers, seed, alice, method
     response = client.open(url.format(list=list_id), method=method, json=body, headers=headers)
     assert "NUL" in error_of(response, 400)
     assert seed.query(lambda s: [(x.name, x.recipient_count) for x in s.query(MailingList)]) == lists_before
+
+
+def test_a_limit_of_a_unicode_digit_is_a_400(client, headers) -> None:
+    """'¹' passes str.isdigit() but not int(): GET /suppressions?limit=¹ answered 500."""
+    assert "limit must be a whole number" in error_of(client.get("/api/v1/suppressions?limit=%C2%B9", headers=headers),
+                                                      400)
+
+
+@pytest.mark.parametrize("part", ["text", "html", "subject"])
+def test_a_template_nested_too_deeply_for_the_parser_is_a_400(client, headers, seed, alice, part) -> None:
+    """'{{{{{{…' made Jinja's parser raise RecursionError while the campaign was checked: a 500."""
+    from panel.models import Campaign
+
+    list_id = seed.list(alice, "News", [{"email": "ann@example.org"}])
+    body = {"name": "Deep", "subject": "Hi", "from_email": "news@example.com", "lists": [list_id],
+            "text": "Hello {{ unsubscribe_url }}"}
+    body[part] = "{" * 20_000 + (body[part] if part in body else "")
+    error = error_of(client.post("/api/v1/campaigns", json=body, headers=headers), 400)
+    assert "too deeply" in error
+    assert seed.query(lambda s: s.query(Campaign).count()) == 0

@@ -348,7 +348,7 @@ def suppressions_index():
     """?q= an address prefix or a domain (@example.org), ?after= the last address of the previous
     page, ?limit= (default 50, at most 1000) → {"items": […], "next_after": address or null}."""
     limit = request.args.get("limit", str(PAGE_SIZE))
-    if not limit.isdigit() or not 1 <= int(limit) <= MAX_PAGE_SIZE:
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= MAX_PAGE_SIZE:  # '¹' is a digit
         raise ApiError(400, f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
     page = search_suppressions(g.api_user, request.args.get("q"), request.args.get("after"), int(limit))
     return jsonify({"items": [_suppression_json(x) for x in page.items], "next_after": page.next_after})
