@@ -35,6 +35,8 @@ class Config:
     DAEMON_INTERVAL = 1.0  # seconds between daemon rounds when idle
     DISPATCH_BATCH_SIZE = 1000  # recipients per push to an agent
     DISPATCH_WINDOW = 10000  # letters pushed to one server and not yet handed to its Exim
+    # Seconds a server may be silent before the letters never pushed to it go to the other servers.
+    SERVER_FAILOVER_AFTER = 60.0
     # An agent is not trusted (its server's root may run anything there): each call is bounded (daemon/agent_client.py).
     AGENT_TIMEOUT = 30.0  # seconds one agent request may take in all: connecting, sending, the whole reply
     AGENT_CONNECT_TIMEOUT = 5.0  # seconds to connect to an agent

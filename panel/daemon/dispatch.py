@@ -1,4 +1,10 @@
-"""Pushing campaign letters to the agents, in batches persisted before they are pushed.
+"""Handing campaign letters to the agents, in batches persisted before they are pushed.
+
+A letter belongs to its campaign until a server with room takes it (`_claim`): only then are its
+server, source IP (by the IPs' weights) and sending domain chosen, so a faster server takes more,
+a server added mid-campaign joins at once and an unreachable one takes nothing. Each server's
+window is shared among the running campaigns it serves: evenly between users, by priority
+between one user's campaigns.
 
 A batch row and its deliveries' batch_id are committed first, then the batch is pushed;
 only the agent's answer turns them into `queued`. A daemon stopped in between pushes the
@@ -10,7 +16,10 @@ from __future__ import annotations
 import logging
 
 from flask import current_app
-from sqlalchemy import func, select, update
+from itertools import islice
+from typing import Iterable, Iterator
+
+from sqlalchemy import Select, and_, func, or_, select, update
 
 from ..extensions import db
 from ..models import Campaign, Delivery, DispatchBatch, Recipient, Server, Suppression
@@ -22,40 +31,80 @@ from .agent_client import AgentClient
 log = logging.getLogger(__name__)
 
 SENDABLE = ("running",)
+_CHUNK = 900  # ids per IN (...): under SQLite's bound-parameter limit
 # Why a letter of a running campaign was not sent: its address was suppressed after the start.
 SUPPRESSED_REPLY = ("not sent: the address went on your suppression list (unsubscribed, bounced or complained) "
                     "after the campaign started")
 
 
-def _in_flight(server: Server) -> int:
-    """Letters pushed to this server that its Exim has not taken yet (the flow-control window)."""
-    return db.session.scalar(
-        select(func.count()).where(Delivery.server_id == server.id, Delivery.status == "queued")
-    ) or 0
-
-
-def _open_batch(campaign: Campaign, server: Server, size: int) -> DispatchBatch | None:
-    ids = list(
-        db.session.scalars(
-            select(Delivery.id)
-            .where(
-                Delivery.campaign_id == campaign.id,
-                Delivery.server_id == server.id,
-                Delivery.status == "pending",
-                Delivery.batch_id.is_(None),
-            )
-            .order_by(Delivery.id)
-            .limit(size)
-        )
+def sendable_campaigns(server: Server) -> Select:
+    """Running campaigns whose letters this server may take: those that chose it, and its owner's
+    campaigns that chose no server (the whole fleet, including servers added after the start)."""
+    return select(Campaign).where(
+        Campaign.status.in_(SENDABLE),
+        or_(
+            Campaign.servers.any(Server.id == server.id),
+            and_(Campaign.user_id == server.user_id, ~Campaign.servers.any()),
+        ),
     )
+
+
+def _slots(server: Server, domains: list[str]) -> list[tuple[str, str | None]]:
+    """(source IP, sending domain) pairs, each active IP repeated by its weight and paired with
+    every sending domain of the campaign in turn: a batch's letters take them round in order."""
+    return [
+        (ip.ip, domain)
+        for ip in server.ips
+        if ip.active
+        for _ in range(max(ip.weight, 1))
+        for domain in (domains or [None])
+    ]
+
+
+def _claim(campaign: Campaign, server: Server, size: int) -> DispatchBatch | None:
+    """Take up to `size` of the campaign's letters that no server holds yet into a new batch of this
+    server, choosing each one's IP and sending domain now; committed before any push. None: no
+    letter left to take (or no active IP)."""
+    slots = _slots(server, [domain.name for domain in campaign.domains])
+    if not slots:
+        return None
+    free = (
+        select(Delivery.id)
+        .where(Delivery.campaign_id == campaign.id, Delivery.server_id.is_(None), Delivery.status == "pending")
+        .order_by(Delivery.id)
+        .limit(size)
+    )
+    if db.session.get_bind().dialect.name == "postgresql":
+        free = free.with_for_update(skip_locked=True)  # another daemon's claim takes other letters
+    ids = list(db.session.scalars(free))
     if not ids:
+        db.session.rollback()
         return None
     batch = DispatchBatch(campaign_id=campaign.id, server_id=server.id, size=len(ids))
     db.session.add(batch)
     db.session.flush()
-    db.session.execute(update(Delivery).where(Delivery.id.in_(ids)).values(batch_id=batch.id))
+    # Successive batches start at another slot, so small batches do not all favour the first IP.
+    offset = batch.id % len(slots)
+    by_slot: dict[int, list[int]] = {}
+    for position, delivery_id in enumerate(ids):
+        by_slot.setdefault((offset + position) % len(slots), []).append(delivery_id)
+    for index, chosen in by_slot.items():
+        ip, domain = slots[index]
+        for chunk in _chunks(chosen, _CHUNK):
+            db.session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(chunk))
+                .values(server_id=server.id, source_ip=ip, sending_domain=domain, batch_id=batch.id)
+                .execution_options(synchronize_session=False)
+            )
     db.session.commit()
     return batch
+
+
+def _chunks(items: Iterable[int], size: int) -> Iterator[list[int]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 def batch_payload(batch: DispatchBatch, campaign: Campaign) -> dict:
@@ -115,33 +164,81 @@ def push_batch(client: AgentClient, batch: DispatchBatch) -> None:
     db.session.commit()
 
 
-def dispatch_server(client: AgentClient, server: Server) -> bool:
-    """Push what this server may take now; True if anything was pushed."""
-    config = current_app.config
-    pushed = False
-    # Batches left open by an earlier round or an earlier daemon go first, in order.
-    for batch in db.session.scalars(
+def _open_batches(server: Server) -> list[DispatchBatch]:
+    return list(db.session.scalars(
         select(DispatchBatch)
         .join(Campaign, Campaign.id == DispatchBatch.campaign_id)
         .where(DispatchBatch.server_id == server.id, DispatchBatch.status == "open", Campaign.status.in_(SENDABLE))
         .order_by(DispatchBatch.id)
-    ).all():
+    ))
+
+
+def fair_shares(campaigns: list[Campaign]) -> dict[int, float]:
+    """Each campaign's share of a server's window: users share evenly, and a user's campaigns
+    share that user's part by their priority."""
+    by_user: dict[int, list[Campaign]] = {}
+    for campaign in campaigns:
+        by_user.setdefault(campaign.user_id, []).append(campaign)
+    shares: dict[int, float] = {}
+    for own in by_user.values():
+        weight = sum(max(campaign.priority, 1) for campaign in own)
+        for campaign in own:
+            shares[campaign.id] = max(campaign.priority, 1) / weight / len(by_user)
+    return shares
+
+
+def _in_flight(server: Server) -> dict[int, int]:
+    """Letters on this server's agent that its Exim has not taken yet, per campaign (the window)."""
+    return dict(db.session.execute(
+        select(Delivery.campaign_id, func.count())
+        .where(Delivery.server_id == server.id, Delivery.status == "queued")
+        .group_by(Delivery.campaign_id)
+    ).all())
+
+
+def dispatch_server(client: AgentClient, server: Server) -> bool:
+    """Push what this server may take now, its window shared fairly among the running campaigns it
+    serves; True if anything was pushed."""
+    config = current_app.config
+    pushed = False
+    # Batches left open by an earlier round or an earlier daemon go first, in order.
+    for batch in _open_batches(server):
         push_batch(client, batch)
         pushed = True
-    size = min(config["DISPATCH_BATCH_SIZE"], config["DISPATCH_WINDOW"])
-    room = config["DISPATCH_WINDOW"] - _in_flight(server)
-    campaigns = db.session.scalars(
-        select(Campaign)
-        .where(Campaign.status.in_(SENDABLE), Campaign.servers.any(Server.id == server.id))
-        .order_by(Campaign.id)
-    ).all()
-    for campaign in campaigns:
-        # Only whole batches: topping the window up letter by letter would mean many tiny pushes.
-        while room >= size:
-            batch = _open_batch(campaign, server, size)
-            if batch is None:
-                break
-            push_batch(client, batch)
-            room -= batch.size
-            pushed = True
+    window = config["DISPATCH_WINDOW"]
+    size = min(config["DISPATCH_BATCH_SIZE"], window)
+    # Smaller pushes than this wait for more room: topping the window up letter by letter would
+    # mean many tiny pushes.
+    least = max(1, size // 10)
+    campaigns = list(db.session.scalars(sendable_campaigns(server).order_by(Campaign.id)))
+    if not campaigns:
+        return pushed
+    in_flight = _in_flight(server)
+    room = window - sum(in_flight.values())
+    shares = fair_shares(campaigns)
+    # The campaign furthest below its share first; first up to each one's share, then whatever is
+    # left to any campaign with letters still to go (a campaign short of letters leaves its share).
+    campaigns.sort(key=lambda c: (in_flight.get(c.id, 0) / (shares[c.id] * window), c.id))
+    drained: set[int] = set()
+    for up_to_share in (True, False):
+        for campaign in campaigns:
+            if campaign.id in drained:
+                continue
+            limit = room
+            if up_to_share:
+                limit = min(room, round(shares[campaign.id] * window) - in_flight.get(campaign.id, 0))
+            while limit >= least and room >= least:
+                want = min(limit, size)
+                batch = _claim(campaign, server, want)
+                if batch is None:
+                    drained.add(campaign.id)
+                    break
+                push_batch(client, batch)
+                pushed = True
+                room -= batch.size
+                limit -= batch.size
+                in_flight[campaign.id] = in_flight.get(campaign.id, 0) + batch.size
+                if batch.size < want:
+                    drained.add(campaign.id)
+                    break
     return pushed

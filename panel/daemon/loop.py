@@ -15,9 +15,9 @@ from flask import Flask, current_app
 from sqlalchemy import select
 
 from ..extensions import db
-from ..models import Campaign, Server, ServerEvent
+from ..models import Campaign, DispatchBatch, Server, ServerEvent
 from ..models.base import MAX_ROW_ID, utcnow
-from ..services import agent_keys, domains, network_policy, server_config
+from ..services import agent_keys, domains, failover, network_policy, server_config
 from ..services.agent_keys import open_agent_key
 from ..services.imports.jobs import imports_dir, prune_files
 from ..services.imports.sources import ImportLimits
@@ -153,10 +153,10 @@ def _hand_over_key(server: Server, client: AgentClient) -> None:
 
 
 def _tell_campaign_states(state: DaemonState, server: Server, client: AgentClient) -> None:
+    # The campaigns this agent was given letters of (a server takes letters only when it has room).
+    given = select(DispatchBatch.id).where(DispatchBatch.campaign_id == Campaign.id, DispatchBatch.server_id == server.id)
     campaigns = db.session.execute(
-        select(Campaign.id, Campaign.status).where(
-            Campaign.status.in_(tuple(AGENT_STATES)), Campaign.servers.any(Server.id == server.id)
-        )
+        select(Campaign.id, Campaign.status).where(Campaign.status.in_(tuple(AGENT_STATES)), given.exists())
     ).all()
     for campaign_id, status in campaigns:
         if state.told.get((campaign_id, server.id)) == status:
@@ -212,6 +212,13 @@ def serve_server(state: DaemonState, server: Server) -> bool:
     return pushed
 
 
+def _fail_over() -> None:
+    """Letters never pushed to a server silent for SERVER_FAILOVER_AFTER go to the other servers."""
+    for server_id, count in failover.release_stranded(current_app.config["SERVER_FAILOVER_AFTER"]).items():
+        log.warning("server %s: silent; %d letters never pushed to it went back to their campaigns", server_id, count)
+    db.session.commit()
+
+
 def _publish_domains(state: DaemonState) -> None:
     """Domains whose records changed (a new domain, an IP added or removed) are published again."""
     if time.monotonic() - state.dns_looked < DNS_INTERVAL:
@@ -240,6 +247,7 @@ def run_round(state: DaemonState) -> bool:
         except Exception:  # whatever one agent made of this round, the other servers still get theirs
             db.session.rollback()
             log.exception("server %s: round failed", server_id)
+    _fail_over()
     finish_campaigns()
     _publish_domains(state)
     _prune_imports(state)

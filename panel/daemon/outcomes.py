@@ -219,7 +219,8 @@ def finish_campaigns() -> None:
     """
     if process_pending_bounces() + apply_pending_unsubscribe_messages():
         db.session.commit()
-    waiting = ("pending", "queued", "sent")
+    # A deferred letter is still Exim's to retry: the campaign goes on until Exim delivers or gives up.
+    waiting = ("pending", "queued", "sent", "deferred")
     for campaign in db.session.scalars(select(Campaign).where(Campaign.status == "running")).all():
         busy = db.session.scalar(
             select(Delivery.id).where(Delivery.campaign_id == campaign.id, Delivery.status.in_(waiting)).limit(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 
 from sqlalchemy import Column, ForeignKey, Index, Integer, String, Table, Text
@@ -21,6 +22,8 @@ CAMPAIGN_STATES = ("draft", "running", "paused", "cancelled", "finished")
 # Delivery states; the last four are what the recipient's server said (deferred may still change).
 DELIVERY_STATES = ("pending", "queued", "sent", "delivered", "deferred", "failed", "cancelled")
 FINAL_STATES = frozenset({"delivered", "failed", "cancelled"})
+PRIORITIES = range(1, 11)
+DEFAULT_PRIORITY = 5
 
 campaign_lists = Table(
     "campaign_lists",
@@ -70,6 +73,8 @@ class Campaign(db.Model):
     html: Mapped[str | None] = mapped_column(Text)
     encoding: Mapped[str] = mapped_column(String(20), default="quoted-printable")
     status: Mapped[str] = mapped_column(String(20), default="draft", index=True)
+    # Its weight among the same user's running campaigns on a server (1-10; users share evenly).
+    priority: Mapped[int] = mapped_column(default=DEFAULT_PRIORITY, server_default=str(DEFAULT_PRIORITY))
     total: Mapped[int] = mapped_column(default=0)  # recipients resolved at start
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
@@ -100,7 +105,11 @@ class Delivery(db.Model):
     __table_args__ = (
         # A campaign's letters in one state, newest change first (the page's latest failures).
         Index("ix_deliveries_campaign_status_updated", "campaign_id", "status", "updated_at", "id"),
+        # Letters not yet taken by a server (server_id NULL) in id order: what a server's claim reads.
         Index("ix_deliveries_dispatch", "campaign_id", "server_id", "status", "id"),
+        # A server's window (letters on its agent, not yet in its Exim), per campaign: only those rows.
+        Index("ix_deliveries_server_queued", "server_id", "campaign_id",
+              postgresql_where=sql_text("status = 'queued'"), sqlite_where=sql_text("status = 'queued'")),
         Index("ix_deliveries_email", "email"),  # a recipient's history across campaigns (soft bounces)
         # A batch's letters. Letters start without one: leaving the NULLs out spares a campaign's
         # start an index entry per letter that no query reads (migration 54b964245abc).
@@ -116,6 +125,8 @@ class Delivery(db.Model):
     # (services/recipients.delete_recipient, services/provisioning.delete_server).
     recipient_id: Mapped[int | None]
     email: Mapped[str] = mapped_column(String(320))
+    # The server, IP and sending domain are chosen when a server takes the letter (daemon/dispatch.py),
+    # not at start: until then the letter belongs to the campaign and any server of it may take it.
     server_id: Mapped[int | None]
     source_ip: Mapped[str | None] = mapped_column(String(45))
     sending_domain: Mapped[str | None] = mapped_column(String(253))  # the campaign domain this letter goes out for
@@ -148,9 +159,15 @@ class DispatchBatch(db.Model):
     restarted mid-push pushes the same batch again (the agent queues it once)."""
 
     __tablename__ = "dispatch_batches"
-    __table_args__ = (Index("ix_dispatch_batches_status", "status", "server_id"),)
+    __table_args__ = (
+        Index("ix_dispatch_batches_status", "status", "server_id"),
+        Index("ix_dispatch_batches_server_campaign", "server_id", "campaign_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    # The batch's name on the agent: random, not the row id, which a panel database restored from a
+    # backup would hand out again (the agent would take a new batch for one it has seen).
+    token: Mapped[str] = mapped_column(String(40), default=lambda: secrets.token_hex(12))
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
     server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(20), default="open")  # open | pushed
@@ -162,7 +179,7 @@ class DispatchBatch(db.Model):
 
     @property
     def agent_batch_id(self) -> str:
-        return f"c{self.campaign_id}-b{self.id}"
+        return f"c{self.campaign_id}-{self.token}"
 
 
 class BounceMessage(db.Model):

@@ -21,6 +21,7 @@ from ..extensions import db
 from ..models import FINAL_STATES, JOB_KINDS, Delivery, ProvisionJob, Server, ServerEvent, User
 from ..models.base import utcnow
 from . import network_policy
+from .failover import release_unsent
 from .servers import ServerError, SourceIP, _check_host, new_server, parse_source_ip
 
 ACTIVE_JOB_STATES = ("queued", "running")
@@ -305,8 +306,9 @@ def delete_server(user: User, server: Server) -> int:
     """Forget a server the panel no longer uses: its row, IPs, settings, jobs and events go;
     the campaigns' history stays (deliveries keep their outcome and lose only the server).
 
-    Letters still assigned to it without a final outcome can no longer be followed: they are
-    marked failed saying so, and the count is returned. Refused while it may still be sending.
+    Letters in batches never pushed to it go back to their campaigns; letters handed to it without
+    a final outcome can no longer be followed: they are marked failed saying so, and the count is
+    returned. Refused while it may still be sending.
     """
     if server.user_id != user.id:
         raise ServerError("there is no such server")
@@ -315,6 +317,8 @@ def delete_server(user: User, server: Server) -> int:
     if server.status == "online":
         raise ServerError("it is online and may still be sending: remove it first (Remove uninstalls the agent), "
                           "or delete it once it is offline")
+    # Letters it was never sent go to the campaigns' other servers; the rest may be on its agent.
+    release_unsent(server)
     lost = db.session.execute(
         update(Delivery)
         .where(Delivery.server_id == server.id, Delivery.status.not_in(FINAL_STATES))

@@ -1,13 +1,13 @@
 """Starting, pausing, resuming and cancelling campaigns.
 
 Starting resolves the recipients (allow lists − deny lists − suppressions, each address once)
-and spreads them over the chosen servers' IPs by weight, all in the database with set
-operations, so a list of millions never passes through Python.
+in the database with set operations, so a list of millions never passes through Python; which
+server and IP send each letter is chosen later, when a server takes it (daemon/dispatch.py).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import String, Subquery, and_, case, delete, exists, func, insert, literal, select, text, update
+from sqlalchemy import Subquery, and_, delete, exists, func, insert, literal, select, text, update
 
 from ..extensions import db
 from ..models import (
@@ -15,8 +15,6 @@ from ..models import (
     CampaignCount,
     Delivery,
     Recipient,
-    Server,
-    ServerIP,
     Suppression,
     User,
 )
@@ -27,18 +25,6 @@ from .tracking import tracking_counts
 
 class SendingError(Exception):
     """A request that cannot be carried out; the message says why and what to do."""
-
-
-def _slots(servers: list[Server], domains: list[str] | None = None) -> list[tuple[int, str, str | None]]:
-    """(server id, source IP, sending domain) triples, each IP repeated by its weight and paired
-    with every sending domain in turn: recipient n takes slot n mod len."""
-    slots: list[tuple[int, str, str | None]] = []
-    for server in servers:
-        for ip in server.ips:
-            if ip.active:
-                for _ in range(max(ip.weight, 1)):
-                    slots.extend((server.id, ip.ip, domain) for domain in (domains or [None]))
-    return slots
 
 
 def _chosen_recipients(user: User, campaign: Campaign) -> Subquery:
@@ -64,7 +50,11 @@ def _chosen_recipients(user: User, campaign: Campaign) -> Subquery:
 
 
 def start_campaign(user: User, campaign: Campaign) -> int:
-    """Resolve recipients into deliveries and mark the campaign running; returns the count."""
+    """Resolve recipients into letters and mark the campaign running; returns the count.
+
+    The letters belong to the campaign: no server, IP or sending domain is fixed here. The daemon
+    hands them to the campaign's servers (its chosen ones, or all of the user's, including servers
+    added later) as each has room (daemon/dispatch.py)."""
     if campaign.user_id != user.id:
         raise SendingError("campaign not found")
     if campaign.status != "draft":
@@ -76,18 +66,10 @@ def start_campaign(user: User, campaign: Campaign) -> int:
         names = ", ".join(f"{server.name} ({server.status})" for server in not_ready)
         raise SendingError(f"chosen servers cannot send yet: {names}; wait until they are set up or choose others")
     servers = campaign.servers or [server for server in user_servers(user) if server.ready]
-    slots = _slots(servers, [domain.name for domain in campaign.domains])
-    if not slots:
+    if not any(ip.active for server in servers for ip in server.ips):
         raise SendingError("no server with an active IP address to send from: add a server first")
 
     chosen = _chosen_recipients(user, campaign)
-    # Spread by the recipient's id modulo the number of weighted slots, in the same INSERT (no
-    # UPDATE of a million fresh rows afterwards): even, deterministic.
-    slot = chosen.c.recipient_id % len(slots)
-    server_of = case({index: server_id for index, (server_id, _ip, _domain) in enumerate(slots)}, value=slot)
-    ip_of = case({index: ip for index, (_server_id, ip, _domain) in enumerate(slots)}, value=slot)
-    domain_of = (case({index: domain for index, (_server_id, _ip, domain) in enumerate(slots)}, value=slot)
-                 if campaign.domains else literal(None, String))
     postgresql = db.session.get_bind().dialect.name == "postgresql"
     if postgresql:
         # Each new letter's foreign keys are checked by a prepared statement; with the panel's
@@ -101,11 +83,9 @@ def start_campaign(user: User, campaign: Campaign) -> int:
     # to random pages of that index, evicting and re-reading them (PostgreSQL: a third of the time).
     inserted = db.session.execute(
         insert(Delivery).from_select(
-            ["campaign_id", "recipient_id", "email", "status", "updated_at", "server_id", "source_ip",
-             "sending_domain"],
+            ["campaign_id", "recipient_id", "email", "status", "updated_at"],
             select(
-                literal(campaign.id), chosen.c.recipient_id, chosen.c.email,
-                literal("pending"), literal(utcnow()), server_of, ip_of, domain_of,
+                literal(campaign.id), chosen.c.recipient_id, chosen.c.email, literal("pending"), literal(utcnow()),
             ).order_by(chosen.c.email),
         )
     )
@@ -118,8 +98,6 @@ def start_campaign(user: User, campaign: Campaign) -> int:
     if total == 0:
         db.session.execute(delete(Delivery).where(Delivery.campaign_id == campaign.id))
         raise SendingError("the chosen lists hold no recipient who may be mailed")
-    if not campaign.servers:
-        campaign.servers = servers
     campaign.total = total
     campaign.status = "running"
     campaign.started_at = utcnow()

@@ -137,3 +137,29 @@ class TakingAgent:
 
     def call(self, path: str, payload: dict, **_: object) -> dict:
         return {}
+
+
+class RecordingAgent(TakingAgent):
+    """A TakingAgent that keeps every batch pushed to it."""
+
+    def __init__(self) -> None:
+        self.batches: list[dict] = []
+
+    def call(self, path: str, payload: dict, **_: object) -> dict:
+        if path == "/v1/batches":
+            self.batches.append(payload)
+        return {}
+
+
+def hand_over(server_id: int) -> RecordingAgent:
+    """What a daemon round does for a server that answers (call inside an app context): it takes
+    letters of its running campaigns, choosing their IPs, and pushes them (to a RecordingAgent)."""
+    from panel.daemon.dispatch import dispatch_server
+    from panel.models import Server
+
+    server = db.session.get(Server, server_id)
+    server.status = "online"
+    db.session.commit()
+    agent = RecordingAgent()
+    dispatch_server(agent, db.session.get(Server, server_id))
+    return agent

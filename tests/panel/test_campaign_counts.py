@@ -58,7 +58,7 @@ def test_counts_follow_every_change(app, seed, alice, bob):
         assert check(first) == {"status:pending": 40}
         ids = list(db.session.scalars(select(Delivery.id).where(Delivery.campaign_id == first).order_by(Delivery.id)))
         # Pushed (the daemon's bulk UPDATE), then the agent's outcomes (an executemany UPDATE).
-        db.session.execute(update(Delivery).where(Delivery.id.in_(ids[:30])).values(status="queued"))
+        db.session.execute(update(Delivery).where(Delivery.id.in_(ids[:30])).values(status="queued", server_id=server_id))
         check(first)
         server = db.session.get(Server, server_id)
         events = [{"id": i, "status": "delivered"} for i in ids[:10]]

@@ -19,6 +19,7 @@ from panel.models import Domain, Server, User
 from panel.services import domains as domain_service
 from panel.services.provisioning import delete_server
 
+from tests.panel.agents import hand_over
 from tests.panel.conftest import Browser
 
 ZONE = "example.test"
@@ -280,7 +281,7 @@ def test_a_campaigns_letters_rotate_through_its_domains_and_ips(as_alice, alice,
     from panel.services.letters import recipient_payload
     from panel.services.sending import start_campaign
 
-    seed.server(alice, ips=("192.0.2.10", "192.0.2.11"))
+    server_id = seed.server(alice, ips=("192.0.2.10", "192.0.2.11"))
     first = add(as_alice, bind)
     second = add(as_alice, bind, name="other.test")
     list_id = seed.list(alice, "readers", [{"email": f"r{n}@example.org", "name": f"R{n}"} for n in range(40)])
@@ -290,6 +291,7 @@ def test_a_campaigns_letters_rotate_through_its_domains_and_ips(as_alice, alice,
         assert [d.name for d in campaign.domains] == ["example.test", "other.test"]
         assert start_campaign(db.session.get(User, alice), campaign) == 40
         db.session.commit()
+        hand_over(server_id)  # the server takes them, choosing each one's IP and domain
         deliveries = db.session.scalars(db.select(Delivery).where(Delivery.campaign_id == campaign_id)).all()
         pairs = Counter((d.source_ip, d.sending_domain) for d in deliveries)
         assert pairs == {(ip, domain): 10 for ip in ("192.0.2.10", "192.0.2.11")

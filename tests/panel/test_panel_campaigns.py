@@ -11,6 +11,8 @@ from sqlalchemy import select
 from panel.models import Campaign, Delivery, Server, Suppression
 from panel.services.templates import allowed_variables, check_template, starter_letter
 
+from tests.panel.agents import hand_over
+
 PEOPLE = [
     {"email": "ann@example.org", "name": "Ann", "city": "Oslo"},
     {"email": "bob@example.org", "name": "Bob <b>", "city": "Rome"},
@@ -250,12 +252,16 @@ def _set_server_status(seed, server_id: int, status: str) -> None:
         db.session.commit()
 
 
-def test_start_uses_only_servers_that_can_send(as_alice, seed, alice, lists):
+def test_letters_go_only_to_servers_that_can_send(as_alice, seed, alice, lists):
     ready = seed.server(alice, name="ready", ips=("192.0.2.10",))
     busy = seed.server(alice, name="still provisioning", ips=("192.0.2.20",))
     _set_server_status(seed, busy, "provisioning")
     campaign_id = seed.campaign(alice, [lists["people"], lists["vips"]])
     as_alice.post(f"/campaigns/{campaign_id}/start")
+    used = seed.query(lambda s: {row.server_id for row in s.query(Delivery).filter_by(campaign_id=campaign_id)})
+    assert used == {None}  # started: the letters wait for a server with room
+    with seed.app.app_context():
+        hand_over(ready)  # a round in which the ready server answers: it takes them all
     used = seed.query(lambda s: {row.server_id for row in s.query(Delivery).filter_by(campaign_id=campaign_id)})
     assert used == {ready}
 

@@ -14,6 +14,8 @@ from panel.services.letters import PREVIEW_DELIVERY_ID, campaign_payload, recipi
 from panel.services.sending import start_campaign
 from panel.services.tokens import delivery_id_from_token, delivery_token
 
+from tests.panel.agents import hand_over
+
 PEOPLE = [
     {"email": "ann@example.org", "name": "Ann", "city": "Oslo"},
     {"email": "bob@example.org", "name": "Bob", "city": "Rome"},
@@ -55,13 +57,14 @@ def test_campaign_payload_nulls_the_missing_part(app, seed, alice):
 
 def test_recipient_payload_for_a_delivery_and_for_a_preview(app, seed, alice):
     list_id = seed.list(alice, "People", PEOPLE)
-    seed.server(alice)
+    server_id = seed.server(alice)
     campaign_id = seed.campaign(alice, [list_id])
     with app.app_context():
         from panel.models import User
 
         start_campaign(db.session.get(User, alice), db.session.get(Campaign, campaign_id))
         db.session.commit()
+        hand_over(server_id)  # the server takes the letters and chooses their IPs
         delivery = db.session.scalars(select(Delivery).where(Delivery.email == "ann@example.org")).one()
         token = delivery_token("s3cret", delivery.id)
         payload = recipient_payload(delivery, token, delivery.source_ip)
