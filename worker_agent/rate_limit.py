@@ -1,22 +1,77 @@
-"""Token buckets per (source IP, recipient domain): letters wait by a due time, never a sleep."""
+"""Token buckets per (source IP, recipient domain) and per (source IP, provider group): letters wait
+by a due time, never a sleep.
+
+A letter goes when every bucket it falls under has a token: its domain's (the ``rate_limits``
+rules, per minute) and its provider group's (``provider_limits``, per minute and per hour; a
+domain outside the provider table is its own group). A bucket that holds it back counts it in
+its backlog, so the letters turned away in one round come back one by one at its pace.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+from .providers import ProviderLimit, ProviderResolver, limit_for
+
+
+class _Window:
+    """``rate`` tokens a second, at most ``capacity`` at once."""
+
+    __slots__ = ("rate", "capacity", "tokens")
+
+    def __init__(self, rate: float, capacity: float) -> None:
+        self.rate, self.capacity, self.tokens = rate, capacity, capacity
+
+
+def _minute_window(per_minute: float) -> _Window:
+    # at most one second's worth (and at least one) at once: a minute never holds more than
+    # the limit plus that second's worth
+    return _Window(per_minute / 60.0, max(1.0, per_minute / 60.0))
+
+
+def _hour_window(per_hour: float) -> _Window:
+    # a minute's worth of the hourly average at once, and the rest spread over the hour, so
+    # that no 60-minute span holds more than ``per_hour`` (for 2 or more an hour)
+    capacity = max(1.0, per_hour / 60.0)
+    return _Window(max(per_hour - capacity, per_hour / 2) / 3600.0, capacity)
 
 
 class TokenBucket:
-    """``per_minute`` letters a minute, at most one second's worth (and at least one) at once."""
+    """``per_minute`` letters a minute and/or ``per_hour`` an hour (None: no limit of that kind)."""
 
-    __slots__ = ("rate", "capacity", "tokens", "updated", "backlog")
+    __slots__ = ("windows", "updated", "backlog")
 
-    def __init__(self, per_minute: float, now: float) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate)
-        self.tokens = self.capacity
+    def __init__(self, per_minute: float | None, now: float, per_hour: float | None = None) -> None:
+        self.windows = [w for w in (_minute_window(per_minute) if per_minute else None,
+                                    _hour_window(per_hour) if per_hour else None) if w is not None]
         self.updated = now
         self.backlog = 0  # letters told to wait during the current claim round
+
+    @property
+    def rate(self) -> float:
+        return min(w.rate for w in self.windows)
+
+    @property
+    def tokens(self) -> float:
+        return min(w.tokens for w in self.windows)
+
+    def refill(self, now: float) -> None:
+        for w in self.windows:
+            w.tokens = min(w.capacity, w.tokens + (now - self.updated) * w.rate)
+        self.updated = now
+
+    def ready(self) -> bool:
+        return self.backlog == 0 and all(w.tokens >= 1.0 for w in self.windows)
+
+    def spend(self) -> None:
+        for w in self.windows:
+            w.tokens -= 1.0
+
+    def hold(self) -> float:
+        """Count one more letter turned away this round; seconds until its turn."""
+        self.backlog += 1
+        return max(max((self.backlog - w.tokens) / w.rate for w in self.windows), 0.001)
 
     def take(self, now: float) -> float:
         """0.0 when a letter may go now (the token is spent); else seconds until it should retry.
@@ -24,35 +79,76 @@ class TokenBucket:
         Letters turned away in one round get staggered due times, so they come back one
         by one at the bucket's pace instead of all at once.
         """
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1.0 and self.backlog == 0:
-            self.tokens -= 1.0
+        self.refill(now)
+        if self.ready():
+            self.spend()
             return 0.0
-        self.backlog += 1
-        return (1.0 - self.tokens + self.backlog - 1) / self.rate
+        return self.hold()
 
 
 class RateLimiter:
-    def __init__(self, rate_for: Callable[[str, str], float | None]) -> None:
+    """Buckets per (source IP, domain) from ``rate_for`` and per (source IP, provider group) from
+    ``provider_limits``, the group given by ``resolver`` (no resolver: the domain is its group)."""
+
+    def __init__(self, rate_for: Callable[[str, str], float | None], *, resolver: ProviderResolver | None = None,
+                 provider_limits: Iterable[ProviderLimit] = ()) -> None:
         self._rate_for = rate_for
-        self._buckets: dict[tuple[str, str], TokenBucket | None] = {}
+        self._resolver = resolver
+        self._provider_limits = tuple(provider_limits)
+        self._buckets: dict[tuple[str, str], TokenBucket | None] = {}  # (ip, domain)
+        self._groups: dict[tuple[str, str], TokenBucket | None] = {}  # (ip, provider group)
+
+    def prepare(self, domains: Iterable[str]) -> None:
+        """Look up the providers of a round's domains before their letters ask (in parallel)."""
+        if self._resolver is not None and self._provider_limits:
+            self._resolver.prefetch(domains)
+
+    def group_of(self, domain: str) -> str:
+        if self._resolver is None or not self._provider_limits:
+            return domain
+        return self._resolver.provider_now(domain)
 
     def wait(self, source_ip: str, domain: str, now: float | None = None) -> float:
         """Seconds this letter must wait (0.0: send it now)."""
+        now = time.monotonic() if now is None else now
+        buckets = [b for b in (self._domain_bucket(source_ip, domain, now),
+                               self._group_bucket(source_ip, self.group_of(domain), now)) if b is not None]
+        if not buckets:
+            return 0.0
+        for bucket in buckets:
+            bucket.refill(now)
+        blocked = [b for b in buckets if not b.ready()]
+        if not blocked:
+            for bucket in buckets:
+                bucket.spend()
+            return 0.0
+        return max(b.hold() for b in blocked)
+
+    def new_round(self) -> None:
+        for buckets in (self._buckets, self._groups):
+            for bucket in buckets.values():
+                if bucket is not None:
+                    bucket.backlog = 0
+
+    def _domain_bucket(self, source_ip: str, domain: str, now: float) -> TokenBucket | None:
         key = (source_ip, domain)
         bucket = self._buckets.get(key, False)
         if bucket is False:
             rate = self._rate_for(source_ip, domain)
-            now = time.monotonic() if now is None else now
             bucket = self._buckets[key] = TokenBucket(rate, now) if rate else None
             if len(self._buckets) > 100_000:  # pairs without a limit are cheap to look up again
                 self._buckets = {k: b for k, b in self._buckets.items() if b is not None}
-        if bucket is None:
-            return 0.0
-        return bucket.take(time.monotonic() if now is None else now)
+        return bucket
 
-    def new_round(self) -> None:
-        for bucket in self._buckets.values():
-            if bucket is not None:
-                bucket.backlog = 0
+    def _group_bucket(self, source_ip: str, group: str, now: float) -> TokenBucket | None:
+        if not self._provider_limits:
+            return None
+        key = (source_ip, group)
+        bucket = self._groups.get(key, False)
+        if bucket is False:
+            rule = limit_for(self._provider_limits, source_ip, group)
+            limited = rule is not None and (rule.per_minute or rule.per_hour)
+            bucket = self._groups[key] = TokenBucket(rule.per_minute, now, rule.per_hour) if limited else None
+            if len(self._groups) > 100_000:
+                self._groups = {k: b for k, b in self._groups.items() if b is not None}
+        return bucket
