@@ -8,6 +8,7 @@ is refused with 403 before it can change anything. Replies are sealed with ``rep
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -19,12 +20,14 @@ from flask import Flask, Response, request
 from . import __version__, protocol, remote_config, render
 from .config import AgentConfig, load_config
 from .keyring import KeyRing
-from .queue import CAMPAIGN_STATES, QueueDB, QueueError
+from .queue import CAMPAIGN_STATES, MAX_RECALL, QueueDB, QueueError
 
 log = logging.getLogger("worker_agent.api")
 
 MAX_BODY = 32 * 1024 * 1024  # sealed, compressed: a batch of MAX_RECIPIENTS is far smaller
 MAX_RECIPIENTS = 5_000  # per batch: decoding one must fit the memory budget (120 MB, API and sender together)
+MAX_EMAIL = 320  # characters of an address (64 local part, @, 255 domain)
+RECALL_FIELDS = ("ids", "campaign_id", "emails", "campaign_ids", "after")
 
 Handler = Callable[[Any], dict[str, Any]]
 
@@ -52,6 +55,7 @@ def _register_endpoints(app: Flask, keys: KeyRing, queue: QueueDB, config: Agent
         "/v1/batches": lambda data: _batches(queue, data),
         "/v1/outcomes": lambda data: _outcomes(queue, data),
         "/v1/campaigns/state": lambda data: _campaign_state(queue, data),
+        "/v1/recall": lambda data: _recall(queue, data),
         "/v1/config": lambda data: _config(queue, config, data),
         "/v1/key": lambda data: _new_key(keys, data),
     }
@@ -133,6 +137,53 @@ def _campaign_state(queue: QueueDB, data: Any) -> dict[str, Any]:
         raise RequestError(f"state must be one of {', '.join(CAMPAIGN_STATES)}")
     affected = queue.set_campaign_state(campaign_id, state)
     return {"campaign_id": campaign_id, "state": state, "affected": affected}
+
+
+def _recall(queue: QueueDB, data: Any) -> dict[str, Any]:
+    data = _object(data)
+    unknown = [key for key in data if key not in RECALL_FIELDS]
+    if unknown:
+        raise RequestError(f"unknown field {unknown[0]!r} (a recall takes {', '.join(RECALL_FIELDS)})")
+    if sum(key in data for key in ("ids", "campaign_id", "emails")) != 1:
+        raise RequestError("give exactly one of ids, campaign_id or emails")
+    if "after" in data and "ids" in data:
+        raise RequestError("after goes with campaign_id or emails (where a reply may say more)")
+    if "campaign_ids" in data and "emails" not in data:
+        raise RequestError("campaign_ids goes with emails")
+    if "ids" in data:
+        ids = _whole_numbers(data["ids"], "ids", "delivery ids")
+        reply = queue.recall(ids=ids)
+    else:
+        after = data.get("after", -(2**63))
+        if not _whole_number(after):
+            raise RequestError("after must be a whole number (of 64 bits): the next_after of the previous reply")
+        if "campaign_id" in data:
+            if not _whole_number(data["campaign_id"]):
+                raise RequestError("campaign_id must be a whole number (of 64 bits)")
+            reply = queue.recall(campaign_id=data["campaign_id"], after=after)
+        else:
+            emails = data["emails"]
+            if not isinstance(emails, list) or len(emails) > MAX_RECALL:
+                raise RequestError(f"emails must be a list of at most {MAX_RECALL} addresses")
+            for n, email in enumerate(emails):
+                if not isinstance(email, str) or not 0 < len(email) <= MAX_EMAIL:
+                    raise RequestError(f"emails[{n}] must be an address (a string of 1 to {MAX_EMAIL} characters)")
+            campaign_ids = (_whole_numbers(data["campaign_ids"], "campaign_ids", "campaign ids")
+                            if "campaign_ids" in data else None)
+            reply = queue.recall(emails=emails, campaign_ids=campaign_ids, after=after)
+    if reply["recalled"]:
+        log.info("recalled %d letters; %d still the sender's", len(reply["recalled"]),
+                 len(reply["not_recalled"]["sending"]))
+    return reply
+
+
+def _whole_numbers(value: Any, name: str, what: str) -> list[int]:
+    if not isinstance(value, list) or len(value) > MAX_RECALL:
+        raise RequestError(f"{name} must be a list of at most {MAX_RECALL} {what}")
+    for n, item in enumerate(value):
+        if not _whole_number(item):
+            raise RequestError(f"{name}[{n}] must be a whole number (of 64 bits), not {json.dumps(item)[:40]}")
+    return value
 
 
 def _config(queue: QueueDB, config: AgentConfig, data: Any) -> dict[str, Any]:

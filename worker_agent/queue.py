@@ -7,7 +7,9 @@ them read while one writes; every change is one short ``BEGIN IMMEDIATE`` transa
 Letters move queued -> claimed -> submitted (or -> failed). A claim that its sender
 never finished (crash) is put back by ``recover_claims`` with a bound on attempts.
 Rows of finished letters stay (with their fields dropped) so a delivery id pushed again
-is recognised and never queued twice.
+is recognised and never queued twice. A queued letter no SMTP transaction ever carried
+may be recalled by the panel (``recall``): its row is deleted, so it is no longer the
+agent's, and a later batch may hand the same id back.
 
 Events and bounces share one sequence (table ``counters``) because the panel acks
 both with a single number; the counter only grows, so a seq is never reused.
@@ -31,6 +33,13 @@ MAX_EVENTS_PER_REPLY = 5000
 MAX_BOUNCE_BYTES_PER_REPLY = 8 * 1024 * 1024
 MAX_BOUNCES_PER_REPLY = 1000
 CAMPAIGN_STATES = ("running", "paused", "cancelled")
+MAX_RECALL = 10_000  # letters examined by one recall: its reply stays far below the panel's reply bounds
+
+# A letter the agent can give back: waiting, and never carried by an SMTP transaction to Exim.
+# attempts > 0 on a queued letter means a sender took it towards Exim before (a crashed claim put
+# back, a retry after a lost connection): Exim may hold it, and the log reader will say so. Giving
+# it back could send it twice, so it stays the agent's until it is submitted or fails.
+_RECALLABLE = "state = 'queued' AND attempts = 0"
 
 _SCHEMA = """
 CREATE TABLE campaigns (
@@ -270,6 +279,54 @@ class QueueDB:
             return conn.execute(
                 "SELECT count(*) FROM letters WHERE campaign_id = ? AND state = 'queued'", (campaign_id,)
             ).fetchone()[0]
+
+    def recall(self, *, ids: Sequence[int] | None = None, campaign_id: int | None = None,
+               emails: Sequence[str] | None = None, campaign_ids: Sequence[int] | None = None,
+               after: int | None = None, limit: int = MAX_RECALL) -> dict[str, Any]:
+        """Give back letters not yet submitted to Exim, in one transaction (the sender's claim
+        waits for it or went first: a letter is either given back or the sender's, never both).
+
+        ``ids``: every id is answered in exactly one of recalled / sending / submitted / finished /
+        unknown. ``campaign_id``, or ``emails`` (any case; optionally only in ``campaign_ids``):
+        the unfinished letters they select, by id above ``after``, at most ``limit`` of them,
+        each either recalled or still ``sending``; ``more`` says whether to ask again from
+        ``next_after``. A recalled letter's row is deleted: no outcome is ever reported for it.
+        """
+        if (ids is not None) + (campaign_id is not None) + (emails is not None) != 1:
+            raise QueueError("give exactly one of ids, campaign_id or emails")
+        if ids is not None:
+            ids = list(dict.fromkeys(ids))
+            with self.write() as conn:
+                found = _recall_states(conn, ids)
+                buckets: dict[str, list[int]] = {"sending": [], "submitted": [], "finished": [], "unknown": []}
+                recalled = []
+                for delivery_id in ids:
+                    state = found.get(delivery_id, "unknown")
+                    (recalled if state == "recalled" else buckets[state]).append(delivery_id)
+                _delete_recallable(conn, recalled)
+            return {"recalled": recalled, "not_recalled": buckets}
+        if campaign_id is not None:
+            where, params = "campaign_id = ?", [campaign_id]
+        else:
+            where, params = "lower(email) IN (SELECT lower(value) FROM json_each(?))", [json.dumps(emails)]
+            if campaign_ids is not None:
+                where += " AND campaign_id IN (SELECT value FROM json_each(?))"
+                params.append(json.dumps(campaign_ids))
+        # Found before the write lock is taken: this scan may cover every letter the agent ever held,
+        # and the sender must not wait for it. Each is looked at again inside the transaction.
+        selected = [row[0] for row in self.conn().execute(
+            f"SELECT id FROM letters WHERE state NOT IN ('submitted', 'failed') AND id > ? AND {where} "
+            "ORDER BY id LIMIT ?", (-(2**63) if after is None else after, *params, limit + 1))]
+        more, selected = len(selected) > limit, selected[:limit]
+        with self.write() as conn:
+            found = _recall_states(conn, selected)
+            recalled = [i for i in selected if found.get(i) == "recalled"]
+            sending = [i for i in selected if found.get(i) == "sending"]  # meanwhile submitted or failed: not listed
+            _delete_recallable(conn, recalled)
+        reply: dict[str, Any] = {"recalled": recalled, "not_recalled": {"sending": sending}, "more": more}
+        if more:
+            reply["next_after"] = selected[-1]
+        return reply
 
     def counts(self) -> tuple[int, int]:
         """(letters waiting, letters claimed by the sender)."""
@@ -517,6 +574,28 @@ def _known_ids(conn: sqlite3.Connection, ids: list[int]) -> set[int]:
         known.update(r[0] for r in conn.execute(
             f"SELECT id FROM letters WHERE id IN ({','.join('?' * len(chunk))})", chunk))
     return known
+
+
+def _recall_states(conn: sqlite3.Connection, ids: list[int]) -> dict[int, str]:
+    """What a recall makes of each known letter: recalled, sending, submitted or finished."""
+    found: dict[int, str] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        for delivery_id, state, recallable in conn.execute(
+                f"SELECT id, state, {_RECALLABLE} FROM letters WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+            if recallable:
+                found[delivery_id] = "recalled"
+            elif state in ("submitted", "failed"):
+                found[delivery_id] = "submitted" if state == "submitted" else "finished"
+            else:  # claimed, or tried before and waiting: the sender's until it submits or fails
+                found[delivery_id] = "sending"
+    return found
+
+
+def _delete_recallable(conn: sqlite3.Connection, ids: list[int]) -> None:
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        conn.execute(f"DELETE FROM letters WHERE {_RECALLABLE} AND id IN ({','.join('?' * len(chunk))})", chunk)
 
 
 def _cancel_queued(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], now: float) -> int:

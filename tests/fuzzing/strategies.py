@@ -303,6 +303,7 @@ def agent_templates(source_ip: str) -> dict[str, Any]:
                         "recipients": [make_recipient(n, source_ip=source_ip) for n in (9001, 9002)]},
         "/v1/outcomes": {"ack": 0},
         "/v1/campaigns/state": {"campaign_id": 12, "state": "paused"},
+        "/v1/recall": {"ids": [9001, 9002], "after": 0, "emails": ["user9001@example.org"], "campaign_ids": [12]},
         "/v1/config": {"version": 1, "rate_limits": [{"source_ip": source_ip, "domain": "gmail.com", "per_minute": 60}],
                        "helo": {source_ip: "mx.example.net"},
                        "helo_by_domain": {source_ip: {"example.com": "mx.example.com"}},
