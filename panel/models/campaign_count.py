@@ -4,7 +4,8 @@ Triggers on `deliveries` (made by the migration c9f3b5d2e8a1: row triggers on SQ
 triggers over transition tables on PostgreSQL) add and subtract in the same transaction as
 every INSERT, UPDATE or DELETE of a letter, whatever code runs it, so the campaign page and
 `/stats` read a few rows instead of counting a million letters. Names: `status:<state>`,
-`bounce:hard`, `bounce:soft`, `unsubscribed`.
+`bounce:hard`, `bounce:soft`, `unsubscribed`, and `server:<server id>:<state>` for the letters a
+server holds (migration b8d4f6a2c3e7).
 """
 
 from __future__ import annotations

@@ -153,3 +153,30 @@ def campaign_stats(campaign: Campaign) -> dict[str, int | str]:
         # Masked links and the open pixel (services/tracking): all, and by distinct recipients.
         **tracking_counts(campaign.id),
     }
+
+
+def letters_by_server(campaign: Campaign) -> dict[int, dict[str, int]]:
+    """{server id: {state: letters}} of the campaign's letters that a server took, from the kept
+    counts (`server:<id>:<state>`); letters no server took yet are the `pending` of campaign_stats
+    less these."""
+    rows = db.session.execute(
+        select(CampaignCount.name, CampaignCount.n).where(
+            CampaignCount.campaign_id == campaign.id, CampaignCount.name.like("server:%"), CampaignCount.n != 0)
+    ).all()
+    by_server: dict[int, dict[str, int]] = {}
+    for name, n in rows:
+        _, server_id, state = name.split(":", 2)
+        by_server.setdefault(int(server_id), {})[state] = n
+    return by_server
+
+
+def server_letters(server_id: int, states: tuple[str, ...] = ("running", "paused")) -> dict[str, int]:
+    """{state: letters} this server holds of the campaigns in `states`, from the kept counts."""
+    prefix = f"server:{server_id}:"
+    rows = db.session.execute(
+        select(CampaignCount.name, func.sum(CampaignCount.n))
+        .join(Campaign, Campaign.id == CampaignCount.campaign_id)
+        .where(Campaign.status.in_(states), CampaignCount.name >= prefix, CampaignCount.name < prefix[:-1] + ";")
+        .group_by(CampaignCount.name)
+    ).all()
+    return {name[len(prefix):]: int(n) for name, n in rows if n}

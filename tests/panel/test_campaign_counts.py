@@ -31,6 +31,9 @@ def counted(campaign_id: int) -> dict[str, int]:
     found.update({f"bounce:{b}": n for b, n in db.session.execute(
         select(Delivery.bounce, func.count()).where(where, Delivery.bounce.is_not(None)).group_by(Delivery.bounce))})
     found["unsubscribed"] = db.session.scalar(select(func.count()).where(where, Delivery.unsubscribed_at.is_not(None)))
+    found.update({f"server:{server}:{s}": n for server, s, n in db.session.execute(
+        select(Delivery.server_id, Delivery.status, func.count()).where(where, Delivery.server_id.is_not(None))
+        .group_by(Delivery.server_id, Delivery.status))})
     return {name: n for name, n in found.items() if n}
 
 
@@ -126,3 +129,60 @@ def test_list_counts_stay_right(app, seed, alice, api_token_client):
         db.session.commit()
         real = db.session.scalar(select(func.count()).select_from(Recipient).where(Recipient.list_id == list_id))
         assert db.session.get(MailingList, list_id).recipient_count == real == 23
+
+
+def test_counts_per_server_follow_hand_overs_and_failover(app, seed, alice):
+    """Letters taken by a server, its outcomes, given back by failover and taken by another: each
+    server's count by state stays what counting its letters gives."""
+    from panel.daemon.dispatch import _claim
+    from panel.services.failover import release_batches
+
+    list_id = seed.list(alice, "People", PEOPLE)
+    first_server = seed.server(alice, name="first")
+    second_server = seed.server(alice, name="second", ips=("192.0.2.20",))
+    campaign_id = seed.campaign(alice, [list_id])
+    with app.app_context():
+        start_campaign(db.session.get(User, alice), db.session.get(Campaign, campaign_id))
+        db.session.commit()
+        taken = _claim(db.session.get(Campaign, campaign_id), db.session.get(Server, first_server), 30).id
+        assert check(campaign_id)["server:%d:pending" % first_server] == 30
+        db.session.execute(update(Delivery).where(Delivery.batch_id == taken, Delivery.id % 3 == 0)
+                           .values(status="queued"))
+        db.session.commit()
+        check(campaign_id)
+        db.session.execute(update(Delivery).where(Delivery.batch_id == taken, Delivery.status == "queued")
+                           .values(status="pending"))
+        assert release_batches([taken]) == 30
+        db.session.commit()
+        assert not any(name.startswith("server:") for name in check(campaign_id))
+        _claim(db.session.get(Campaign, campaign_id), db.session.get(Server, second_server), 40)
+        # One statement moving letters to another server and another state at once.
+        db.session.execute(update(Delivery).where(Delivery.campaign_id == campaign_id, Delivery.id % 2 == 0)
+                           .values(server_id=first_server, status="delivered"))
+        db.session.commit()
+        counts = check(campaign_id)
+        assert counts["server:%d:delivered" % first_server] == 20
+        assert counts["server:%d:pending" % second_server] == 20
+
+
+def test_letters_by_server_and_a_servers_letters_read_the_kept_counts(app, seed, alice):
+    from panel.daemon.dispatch import _claim
+    from panel.services.sending import letters_by_server, server_letters
+
+    list_id = seed.list(alice, "People", PEOPLE)
+    server_id = seed.server(alice)
+    campaign_id = seed.campaign(alice, [list_id])
+    with app.app_context():
+        start_campaign(db.session.get(User, alice), db.session.get(Campaign, campaign_id))
+        db.session.commit()
+        batch = _claim(db.session.get(Campaign, campaign_id), db.session.get(Server, server_id), 25).id
+        db.session.execute(update(Delivery).where(Delivery.batch_id == batch, Delivery.id % 5 == 0)
+                           .values(status="queued"))
+        db.session.commit()
+        queued = db.session.scalar(select(func.count()).where(Delivery.batch_id == batch, Delivery.status == "queued"))
+        campaign = db.session.get(Campaign, campaign_id)
+        assert letters_by_server(campaign) == {server_id: {"pending": 25 - queued, "queued": queued}}
+        assert server_letters(server_id) == {"pending": 25 - queued, "queued": queued}
+        campaign.status = "finished"
+        db.session.commit()
+        assert server_letters(server_id) == {}
