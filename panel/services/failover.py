@@ -9,13 +9,15 @@ answers again (then it is recalled), or until an operator declares the server go
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 
 from ..extensions import db
 from ..models import Delivery, DispatchBatch, Server, ServerEvent
 from ..models.base import utcnow
+from .servers import ServerError
 
 
 def release_batches(batch_ids: list[int]) -> int:
@@ -69,3 +71,54 @@ def release_stranded(after_seconds: float, now: datetime | None = None) -> dict[
                         "to their campaigns for the other servers"))
     db.session.flush()
     return released
+
+
+@dataclass(frozen=True)
+class GoneReport:
+    resent: int  # letters given back to their campaigns for the other servers
+    may_repeat: int  # of those, letters its agent may hold (and send, should the server come back)
+    unknown: int  # letters its Exim had taken whose outcome will never be known: failed
+
+
+def declare_gone(server: Server) -> GoneReport:
+    """An operator's word that the server will not come back: every letter it was given that its
+    Exim had not taken goes back to its campaign for the other servers (the daemon no longer talks
+    to it); letters its Exim had taken are failed, their outcome unknown. The report says how many
+    letters may arrive twice if the server does come back after all (its agent sends what it holds)."""
+    if server.status == "gone":
+        raise ServerError("this server is already declared gone")
+    if server.status == "online":
+        raise ServerError("it is online and answering: pause its campaigns or remove it instead; a server is "
+                          "declared gone only when it no longer answers")
+    tried = select(DispatchBatch.id).where(DispatchBatch.server_id == server.id, DispatchBatch.attempts > 0)
+    may_repeat = db.session.scalar(
+        select(func.count()).where(
+            Delivery.server_id == server.id,
+            or_(Delivery.status == "queued", and_(Delivery.status == "pending", Delivery.batch_id.in_(tried))),
+        )
+    ) or 0
+    batch_ids = list(db.session.scalars(select(DispatchBatch.id).where(DispatchBatch.server_id == server.id,
+                                                                      DispatchBatch.status == "open")))
+    resent = release_batches(batch_ids)
+    resent += db.session.execute(
+        update(Delivery)
+        .where(Delivery.server_id == server.id, Delivery.status == "queued")
+        .values(status="pending", server_id=None, source_ip=None, sending_domain=None, batch_id=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    unknown = db.session.execute(
+        update(Delivery)
+        .where(Delivery.server_id == server.id, Delivery.status.in_(("sent", "deferred")))
+        .values(status="failed", code=None,
+                reply=f"the server {server.name} was declared gone before this letter's outcome was known")
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    server.status = "gone"
+    server.last_error = "declared gone by its operator"
+    db.session.add(ServerEvent(
+        server_id=server.id, kind="gone",
+        message=f"declared gone: {resent} letters went back to their campaigns for the other servers; {may_repeat} of "
+                f"them were on its agent and may arrive twice if it comes back; {unknown} letters its Exim had "
+                "taken were marked failed (outcome unknown)"))
+    db.session.flush()
+    return GoneReport(resent=resent, may_repeat=may_repeat, unknown=unknown)

@@ -248,3 +248,58 @@ def test_a_campaign_is_not_finished_while_exim_retries_a_deferred_letter(app, se
         db.session.commit()
         finish_campaigns()
         assert db.session.get(Campaign, campaign_id).status == "finished"
+
+
+def test_a_server_declared_gone_gives_its_letters_to_the_others_and_says_how_many_may_repeat(
+        app, seed, alice, agents, as_alice):
+    live, dead = agents.start(), agents.start()
+    live_id, dead_id = live.register(app, alice, "live"), dead.register(app, alice, "dead")
+    campaign_id = _started(app, seed, alice, 300)
+    state = DaemonState()
+    _round(app, state)
+    assert _held(app, campaign_id) == {live_id: WINDOW, dead_id: 100}
+    with app.app_context():
+        # Of the dead server's letters, its Exim took ten.
+        sent = db.session.scalars(select(Delivery.id).where(Delivery.server_id == dead_id).limit(10)).all()
+        db.session.execute(update(Delivery).where(Delivery.id.in_(sent)).values(status="sent"))
+        db.session.commit()
+    dead.stop()
+    _round(app, state)
+    page = as_alice.get(f"/servers/{dead_id}").get_data(as_text=True)
+    assert "Declare gone" in page and 'data-letters="queued">90<' in page
+    response = as_alice.post(f"/servers/{dead_id}/gone")
+    page = as_alice.get(response.headers["Location"]).get_data(as_text=True)
+    assert "90 letters went back to their campaigns" in page
+    assert "90 of them were on its agent and may arrive twice" in page
+    assert "10 letters its Exim had taken are marked failed" in page
+    with app.app_context():
+        assert db.session.get(Server, dead_id).status == "gone"
+        failed = db.session.scalar(select(func.count()).where(Delivery.server_id == dead_id, Delivery.status == "failed"))
+        assert failed == 10
+    _round(app, state)  # the live server's window is full: the letters wait for it; the gone one is not asked
+    assert _held(app, campaign_id) == {live_id: WINDOW, None: 90, dead_id: 10}
+    response = as_alice.post(f"/servers/{live_id}/gone")
+    assert "it is online and answering" in as_alice.get(response.headers["Location"]).get_data(as_text=True)
+
+
+def test_the_api_declares_a_server_gone_and_shows_its_letters(app, seed, alice, bob, client):
+    server_id = seed.server(alice)
+    campaign_id = _started(app, seed, alice, 20)
+    with app.app_context():
+        _claim(db.session.get(Campaign, campaign_id), db.session.get(Server, server_id), 20)
+        db.session.execute(update(Delivery).where(Delivery.campaign_id == campaign_id).values(status="queued"))
+        db.session.execute(update(Server).where(Server.id == server_id).values(status="offline"))
+        db.session.commit()
+    headers = {"Authorization": f"Bearer {seed.token(alice)}"}
+    assert client.get(f"/api/v1/servers/{server_id}", headers=headers).get_json()["letters"] == {"queued": 20}
+    other = {"Authorization": f"Bearer {seed.token(bob)}"}
+    assert client.post(f"/api/v1/servers/{server_id}/gone", headers=other).status_code == 404
+    reply = client.post(f"/api/v1/servers/{server_id}/gone", headers=headers)
+    assert reply.status_code == 200 and reply.get_json() == {"resent": 20, "may_repeat": 20, "unknown": 0}
+    assert client.get(f"/api/v1/servers/{server_id}", headers=headers).get_json()["letters"] == {}
+    again = client.post(f"/api/v1/servers/{server_id}/gone", headers=headers)
+    assert again.status_code == 409 and "already declared gone" in again.get_json()["error"]
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).where(Delivery.campaign_id == campaign_id,
+                                                            Delivery.server_id.is_(None),
+                                                            Delivery.status == "pending")) == 20

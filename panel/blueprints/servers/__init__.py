@@ -19,6 +19,7 @@ from ...services.provisioning import (
     server_jobs,
     start_job,
 )
+from ...services.sending import server_letters
 from ...services.servers import ServerError, get_server, server_events, user_servers
 from .forms import AddServerForm
 
@@ -80,7 +81,7 @@ def page_context(server) -> dict:
     """What the server page shows; the settings views add their forms with errors to it."""
     return dict(
         server=server, events=server_events(server), jobs=server_jobs(server),
-        busy=active_job(server) is not None, actions=JOB_LABELS,
+        busy=active_job(server) is not None, actions=JOB_LABELS, letters=server_letters(server.id),
     )
 
 
@@ -122,7 +123,7 @@ def run_job(server_id: int, kind: str):
     return redirect(url_for("servers.view", server_id=server.id))
 
 
-from . import keys, settings  # noqa: E402,F401  (register their views on bp)
+from . import gone, keys, settings  # noqa: E402,F401  (register their views on bp)
 
 
 @bp.post("/<int:server_id>/delete")
