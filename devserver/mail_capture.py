@@ -2,7 +2,7 @@
 
 Run as its own process::
 
-    python -m devserver.mail_capture --listen 127.0.0.1:2526 --maildir DIR [--rules FILE]
+    python -m devserver.mail_capture --listen 127.0.0.1:2526 --maildir DIR [--rules FILE] [--attempts FILE]
 
 Every accepted message is written into the Maildir DIR once per recipient
 (tmp/ then renamed into new/, so a reader never sees half a message), with
@@ -12,10 +12,28 @@ trace headers in front recording what the recipients' server saw::
     X-Capture-Helo: ip2.worker.test         its HELO/EHLO name
     X-Capture-Mail-From: bounce+t@b.test    envelope sender (<> for the null sender)
     X-Capture-Rcpt-To: ann@example.org      the one recipient this file is for
+    X-Capture-Time: 1796378259.123456       when it was accepted (Unix time)
 
-The rules file is JSON, ``{"address@x": "accept" | "defer" | "reject"}``, re-read
-whenever it changes; a deferred recipient gets ``451 4.2.0 <address>: mailbox busy,
-try later``, a rejected one ``550 5.1.1 <address>: no such user``, any other is accepted.
+The rules file is JSON, re-read whenever it changes; it lets the capture play mailbox providers::
+
+    {"ann@x.test": "defer",                  per address: "accept" | "defer" | "reject"
+     "@busy.test": "defer",                  per recipient domain (an address's own rule wins)
+     "@gmail.test": {"throttle_per_minute": 60}}
+
+A deferred recipient gets ``451 4.2.0 <address>: mailbox busy, try later``, a rejected
+one ``550 5.1.1 <address>: no such user``, any other is accepted. A throttled domain
+accepts at most N letters from one source IP in any 60 s; beyond, RCPT is answered with
+Gmail's ``421-4.7.28 ... rate limited``. A throttle's other keys: "window_seconds" (60),
+"provider" (domains naming the same provider share one count; default the domain),
+"reply" (the answer instead of Gmail's, ``{ip}`` replaced by the client's address) and
+"at": "rcpt" (default) or "data" (refuse at the end of DATA, as Gmail often does, so the
+refused letter's Message-ID is known).
+
+Every answer to a recipient is appended to the attempts log (JSON lines, by default
+DIR.attempts.jsonl next to the Maildir): time, source IP, HELO, recipient, domain,
+provider group, result (accepted, deferred, rejected), code, reply and Message-ID (null
+for a recipient refused before DATA). Benchmarks read rates per (IP, provider) and the
+deferred share from it (:func:`read_attempts`, :func:`peak_per_window`, :func:`deferred_share`).
 
 Tests and `make run` drive it through :class:`CaptureServer`.
 """
@@ -35,7 +53,10 @@ import signal
 import socket
 import subprocess
 import sys
+import re
 import time
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -48,7 +69,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ACTIONS = ("accept", "defer", "reject")
-TRACE_HEADERS = ("X-Capture-Peer", "X-Capture-Helo", "X-Capture-Mail-From", "X-Capture-Rcpt-To")
+TRACE_HEADERS = ("X-Capture-Peer", "X-Capture-Helo", "X-Capture-Mail-From", "X-Capture-Rcpt-To", "X-Capture-Time")
 SERVER_NAME = "capture.localhost"
 READY_PREFIX = "mail capture listening on "
 
@@ -58,17 +79,50 @@ log = logging.getLogger("mailfleet.mail_capture")
 # -- the server process ---------------------------------------------------------
 
 
+# Gmail's answer when an IP sends too fast (one line per reply line, as Gmail words it).
+GMAIL_RATE_LIMITED = (
+    "421-4.7.28 [{ip}] Gmail has detected an unusual rate of unsolicited mail originating\r\n"
+    "421-4.7.28 from your IP address. To protect our users from spam, mail sent from your IP\r\n"
+    "421-4.7.28 address has been temporarily rate limited. Please visit\r\n"
+    "421 4.7.28  https://support.google.com/mail/?p=UnsolicitedRateLimitError to review our guidelines"
+)
+THROTTLE_KEYS = ("throttle_per_minute", "window_seconds", "provider", "reply", "at")
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """At most `per_window` letters accepted from one source IP for `group` in any `window` seconds."""
+
+    per_window: int
+    window: float
+    group: str  # the count is shared by every domain naming this provider
+    reply: str  # {ip}: the client's address
+    at: str  # "rcpt" or "data": where the refusal is answered
+
+
+Rule = str | Throttle
+
+
 class Rules:
-    """Per-address behaviour from a JSON file, re-read when the file changes."""
+    """Behaviour per address and per recipient domain from a JSON file, re-read when the file changes."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._signature: tuple[int, int, int] | None = None
-        self._rules: dict[str, str] = {}
+        self._rules: dict[str, Rule] = {}
+
+    def rule_for(self, address: str) -> Rule:
+        self._refresh()
+        address = normalise_address(address)
+        rule = self._rules.get(address)
+        if rule is None:
+            rule = self._rules.get("@" + domain_of(address), "accept")
+        return rule
 
     def action(self, address: str) -> str:
-        self._refresh()
-        return self._rules.get(normalise_address(address), "accept")
+        """accept, defer or reject (a throttled domain is "accept" here: the count decides)."""
+        rule = self.rule_for(address)
+        return rule if isinstance(rule, str) else "accept"
 
     def _refresh(self) -> None:
         if self.path is None:
@@ -95,15 +149,90 @@ def normalise_address(address: str) -> str:
     return address.strip().strip("<>").lower()
 
 
-def parse_rules(data: Any) -> dict[str, str]:
+def domain_of(address: str) -> str:
+    return normalise_address(address).rpartition("@")[2]
+
+
+def parse_rules(data: Any) -> dict[str, Rule]:
     if not isinstance(data, dict):
-        raise ValueError("the rules file must hold a JSON object {address: action}")
-    rules = {}
-    for address, action in data.items():
-        if action not in ACTIONS:
-            raise ValueError(f"{address}: action {action!r} is not one of {', '.join(ACTIONS)}")
-        rules[normalise_address(address)] = action
-    return rules
+        raise ValueError("the rules file must hold a JSON object {address or @domain: rule}")
+    return {normalise_address(key): parse_rule(key, value) for key, value in data.items()}
+
+
+def parse_rule(key: str, value: Any) -> Rule:
+    """One rule: an action for an address or "@domain", or a throttle (an object) for a domain."""
+    if isinstance(value, str):
+        if value not in ACTIONS:
+            raise ValueError(f"{key}: action {value!r} is not one of {', '.join(ACTIONS)}")
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"{key}: a rule is one of {', '.join(ACTIONS)} or a throttle "
+                         '{"throttle_per_minute": N}, not ' + repr(value))
+    domain = normalise_address(key)
+    if not domain.startswith("@") or len(domain) == 1:
+        raise ValueError(f"{key}: a throttle is per recipient domain: name it \"@domain\"")
+    unknown = sorted(set(value) - set(THROTTLE_KEYS))
+    if unknown:
+        raise ValueError(f"{key}: unknown key(s) {', '.join(unknown)} (known: {', '.join(THROTTLE_KEYS)})")
+    per_window = value.get("throttle_per_minute")
+    if isinstance(per_window, bool) or not isinstance(per_window, int) or per_window < 1:
+        raise ValueError(f"{key}: throttle_per_minute must be a whole number of at least 1, not {per_window!r}")
+    window = value.get("window_seconds", 60)
+    if isinstance(window, bool) or not isinstance(window, (int, float)) or not window > 0:
+        raise ValueError(f"{key}: window_seconds must be a number of seconds above 0, not {window!r}")
+    group = value.get("provider", domain[1:])
+    reply = value.get("reply", GMAIL_RATE_LIMITED)
+    at = value.get("at", "rcpt")
+    if not isinstance(group, str) or not group:
+        raise ValueError(f"{key}: provider must be a name, not {group!r}")
+    if not isinstance(reply, str) or not re.match(r"4\d\d[ -]", reply):
+        raise ValueError(f"{key}: reply must be a 4xx SMTP answer such as \"421 4.7.0 try later\", not {reply!r}")
+    if at not in ("rcpt", "data"):
+        raise ValueError(f"{key}: at must be \"rcpt\" or \"data\", not {at!r}")
+    return Throttle(per_window=per_window, window=float(window), group=group.lower(), reply=reply, at=at)
+
+
+class ThrottleCounts:
+    """Letters accepted per (source IP, provider group) in the current window, in this process."""
+
+    def __init__(self) -> None:
+        self._accepted: dict[tuple[str, str], deque[float]] = {}
+
+    def _times(self, ip: str, throttle: Throttle, now: float) -> deque[float]:
+        times = self._accepted.setdefault((ip, throttle.group), deque())
+        while times and times[0] <= now - throttle.window:
+            times.popleft()
+        return times
+
+    def full(self, ip: str, throttle: Throttle) -> bool:
+        return len(self._times(ip, throttle, time.monotonic())) >= throttle.per_window
+
+    def take(self, ip: str, throttle: Throttle) -> bool:
+        """Count one letter accepted now if the window has room; False (nothing counted) if not."""
+        now = time.monotonic()
+        times = self._times(ip, throttle, now)
+        if len(times) >= throttle.per_window:
+            return False
+        times.append(now)
+        return True
+
+
+class AttemptsLog:
+    """Appends one JSON line per answer to a recipient; each line in one write, so never half a line
+    between two whole ones."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if path is not None else None
+
+    def record(self, **fields: Any) -> None:
+        if self._fd is None:
+            return
+        line = json.dumps(fields, ensure_ascii=False, separators=(",", ":")) + "\n"
+        try:
+            os.write(self._fd, line.encode("utf-8", "surrogateescape"))
+        except OSError as exc:
+            log.error("could not write the attempts log %s: %s", self.path, exc)
 
 
 class MaildirWriter:
@@ -133,22 +262,56 @@ class MaildirWriter:
         return name
 
 
-class CaptureHandler:
-    """aiosmtpd hooks: rules at RCPT, one Maildir file per recipient at DATA."""
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
-    def __init__(self, maildir: MaildirWriter, rules: Rules) -> None:
+
+def message_id_of(data: bytes) -> str | None:
+    """The Message-ID header's value in a message's header block, unfolded; None if it has none."""
+    head = re.split(rb"\r?\n\r?\n", data, maxsplit=1)[0]
+    found = _MESSAGE_ID.search(head)
+    if found is None:
+        return None
+    return b" ".join(found.group(1).split()).decode("utf-8", "replace") or None
+
+
+class CaptureHandler:
+    """aiosmtpd hooks: rules at RCPT, one Maildir file per recipient at DATA, every answer logged."""
+
+    def __init__(self, maildir: MaildirWriter, rules: Rules, attempts: AttemptsLog | None = None) -> None:
         self.maildir = maildir
         self.rules = rules
+        self.attempts = attempts or AttemptsLog(None)
+        self.counts = ThrottleCounts()
+
+    def _record(self, session: Session, envelope: Envelope, rcpt: str, group: str, result: str, reply: str,
+                message_id: str | None, when: float | None = None) -> None:
+        self.attempts.record(
+            time=round(when if when is not None else time.time(), 6), ip=_peer_ip(session),
+            helo=session.host_name or "", mail_from=envelope.mail_from or "", rcpt=rcpt, domain=domain_of(rcpt),
+            group=group, result=result, code=int(reply[:3]), reply=reply[4:].replace("\r\n", "\n"),
+            message_id=message_id,
+        )
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
-        action = self.rules.action(address)
-        if action == "defer":
-            return f"451 4.2.0 <{address}>: mailbox busy, try later"
-        if action == "reject":
-            return f"550 5.1.1 <{address}>: no such user"
+        rule = self.rules.rule_for(address)
+        group = rule.group if isinstance(rule, Throttle) else domain_of(address)
+        reply = ""
+        if rule == "defer":
+            reply = f"451 4.2.0 <{address}>: mailbox busy, try later"
+        elif rule == "reject":
+            reply = f"550 5.1.1 <{address}>: no such user"
+        elif isinstance(rule, Throttle) and rule.at == "rcpt" and not self.counts.take(_peer_ip(session), rule):
+            reply = rule.reply.replace("{ip}", _peer_ip(session))
+        if reply:
+            self._record(session, envelope, address, group, "deferred" if reply[0] == "4" else "rejected", reply, None)
+            return reply
         envelope.rcpt_tos.append(address)
+        # What DATA needs to log this recipient's answer and, at "data", to count it.
+        if not hasattr(envelope, "capture_rules"):
+            envelope.capture_rules = []  # type: ignore[attr-defined]  # a new Envelope per transaction
+        envelope.capture_rules.append((address, group, rule))  # type: ignore[attr-defined]
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -156,21 +319,45 @@ class CaptureHandler:
         if isinstance(content, str):
             content = content.encode("utf-8", "surrogateescape")
         body = content.replace(b"\r\n", b"\n")
-        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        peer = _peer_ip(session)
+        message_id = message_id_of(body)
+        rules = getattr(envelope, "capture_rules", [])
+        # Throttles answered at the end of DATA: the whole message is refused if one recipient's is full.
+        for _, _, rule in rules:
+            if isinstance(rule, Throttle) and rule.at == "data" and self.counts.full(peer, rule):
+                reply = rule.reply.replace("{ip}", peer)
+                for rcpt, group, _ in rules:
+                    self._record(session, envelope, rcpt, group, "deferred", reply, message_id)
+                return reply
+        for _, _, rule in rules:
+            if isinstance(rule, Throttle) and rule.at == "data":
+                self.counts.take(peer, rule)
+        now = time.time()
         common = (
             f"X-Capture-Peer: {peer}\n"
             f"X-Capture-Helo: {session.host_name or ''}\n"
             f"X-Capture-Mail-From: {envelope.mail_from or '<>'}\n"
         ).encode("utf-8", "surrogateescape")
+        stamp = f"X-Capture-Time: {now:.6f}\n".encode()
         names = []
         try:
             for rcpt in envelope.rcpt_tos:
                 trace = f"X-Capture-Rcpt-To: {rcpt}\n".encode("utf-8", "surrogateescape")
-                names.append(self.maildir.deliver(common + trace + body))
+                names.append(self.maildir.deliver(common + trace + stamp + body))
         except OSError as exc:
             log.error("could not store a message: %s", exc)
-            return "451 4.3.0 capture could not store the message, try later"
-        return f"250 2.0.0 OK queued as {names[0] if names else 'nothing'}"
+            reply = "451 4.3.0 capture could not store the message, try later"
+            for rcpt, group, _ in rules:
+                self._record(session, envelope, rcpt, group, "deferred", reply, message_id)
+            return reply
+        reply = f"250 2.0.0 OK queued as {names[0] if names else 'nothing'}"
+        for rcpt, group, _ in rules:
+            self._record(session, envelope, rcpt, group, "accepted", reply, message_id, when=now)
+        return reply
+
+
+def _peer_ip(session: Session) -> str:
+    return session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
 
 
 class CaptureSMTP(SMTP):
@@ -236,9 +423,17 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def serve(host: str, port: int, maildir: Path, rules_file: Path | None) -> None:
+def default_attempts_file(maildir: Path) -> Path:
+    return maildir.with_name(maildir.name + ".attempts.jsonl")
+
+
+async def serve(
+    host: str, port: int, maildir: Path, rules_file: Path | None, attempts_file: Path | None = None
+) -> None:
     loop = asyncio.get_running_loop()
-    handler = CaptureHandler(MaildirWriter(maildir), Rules(rules_file))
+    writer = MaildirWriter(maildir)
+    attempts = AttemptsLog(attempts_file or default_attempts_file(maildir))
+    handler = CaptureHandler(writer, Rules(rules_file), attempts)
 
     def factory() -> SMTP:
         return CaptureSMTP(handler, hostname=SERVER_NAME, ident="Mailfleet mail capture", enable_SMTPUTF8=True, loop=loop)
@@ -261,12 +456,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 2526), help="HOST:PORT (port 0: any free port)")
     parser.add_argument("--maildir", type=Path, required=True, help="Maildir to write messages into (created)")
-    parser.add_argument("--rules", type=Path, default=None, help='JSON file {"address": "accept"|"defer"|"reject"}')
+    parser.add_argument("--rules", type=Path, default=None,
+                        help='JSON file {"address" or "@domain": "accept"|"defer"|"reject"|{"throttle_per_minute": N}}')
+    parser.add_argument("--attempts", type=Path, default=None,
+                        help="JSON lines file of every answer to a recipient (default: MAILDIR.attempts.jsonl)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="mail_capture: %(levelname)s %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
     host, port = args.listen
-    asyncio.run(serve(host, port, args.maildir.absolute(), args.rules.absolute() if args.rules else None))
+    asyncio.run(serve(host, port, args.maildir.absolute(), args.rules.absolute() if args.rules else None,
+                      args.attempts.absolute() if args.attempts else None))
     return 0
 
 
@@ -283,6 +482,11 @@ class Captured:
     rcpt_to: str
     raw: bytes  # the message as received, trace headers not included, LF line ends
     path: Path
+    received_at: float = 0.0  # Unix time it was accepted (0.0 for a file written before this was recorded)
+
+    @cached_property
+    def message_id(self) -> str | None:
+        return message_id_of(self.raw)
 
     @cached_property
     def message(self) -> EmailMessage:
@@ -306,6 +510,7 @@ def parse_captured(data: bytes, path: Path) -> Captured:
         rcpt_to=trace.get("X-Capture-Rcpt-To", ""),
         raw=rest,
         path=path,
+        received_at=float(trace.get("X-Capture-Time") or 0.0),
     )
 
 
@@ -349,6 +554,39 @@ def wait_for_count(path_or_server: Path | CaptureServer, n: int, timeout: float)
         time.sleep(0.02)
 
 
+def read_attempts(path: Path) -> list[dict[str, Any]]:
+    """Every answer the capture gave to a recipient, oldest first (a last line still being written is left out)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in data.split(b"\n")[:-1] if line]
+
+
+def peak_per_window(attempts: Iterable[dict[str, Any]], window: float = 60.0) -> dict[tuple[str, str], int]:
+    """The most letters accepted from each (source IP, provider group) within any `window` seconds."""
+    times: dict[tuple[str, str], list[float]] = {}
+    for attempt in attempts:
+        if attempt["result"] == "accepted":
+            times.setdefault((attempt["ip"], attempt["group"]), []).append(attempt["time"])
+    peaks = {}
+    for key, stamps in times.items():
+        stamps.sort()
+        peak, first = 0, 0
+        for last, stamp in enumerate(stamps):
+            while stamps[first] <= stamp - window:
+                first += 1
+            peak = max(peak, last - first + 1)
+        peaks[key] = peak
+    return peaks
+
+
+def deferred_share(attempts: Iterable[dict[str, Any]]) -> float:
+    """Deferred answers as a share of all answers (0.0 when there were none)."""
+    results = [attempt["result"] for attempt in attempts]
+    return results.count("deferred") / len(results) if results else 0.0
+
+
 # -- driving the server from Python ---------------------------------------------------
 
 
@@ -356,12 +594,14 @@ class CaptureServer:
     """Runs `python -m devserver.mail_capture` as a child process; a context manager."""
 
     def __init__(
-        self, maildir: Path, *, host: str = "127.0.0.1", port: int = 0, rules_file: Path | None = None
+        self, maildir: Path, *, host: str = "127.0.0.1", port: int = 0, rules_file: Path | None = None,
+        attempts_file: Path | None = None,
     ) -> None:
         self.maildir = Path(maildir).absolute()
         self.host = host
         self.port = port
         self.rules_file = (rules_file or self.maildir.with_name(self.maildir.name + ".rules.json")).absolute()
+        self.attempts_file = (attempts_file or default_attempts_file(self.maildir)).absolute()
         self._process: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> CaptureServer:
@@ -384,7 +624,7 @@ class CaptureServer:
         listen = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         self._process = subprocess.Popen(
             [sys.executable, "-m", "devserver.mail_capture", "--listen", listen,
-             "--maildir", str(self.maildir), "--rules", str(self.rules_file)],
+             "--maildir", str(self.maildir), "--rules", str(self.rules_file), "--attempts", str(self.attempts_file)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             text=True,
@@ -424,21 +664,25 @@ class CaptureServer:
         if process.stdout is not None:
             process.stdout.close()
 
-    def set_rule(self, address: str, action: str) -> None:
-        """Make the server accept, defer or reject `address` from the next RCPT on."""
-        if action not in ACTIONS:
-            raise ValueError(f"action {action!r} is not one of {', '.join(ACTIONS)}")
+    def set_rule(self, address: str, action: str | dict[str, Any]) -> None:
+        """From the next RCPT on, accept, defer or reject `address` (or "@domain": all its addresses),
+        or throttle a domain ({"throttle_per_minute": N, ...}: see the module's docstring)."""
+        parse_rule(address, action)  # refused here, with what to fix, rather than ignored by the server
         try:
             rules = json.loads(self.rules_file.read_text(encoding="utf-8") or "{}")
         except FileNotFoundError:
             rules = {}
-        rules[address] = action
+        rules[normalise_address(address)] = action
         tmp = self.rules_file.with_name(f".{self.rules_file.name}.tmp")
         tmp.write_text(json.dumps(rules, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(tmp, self.rules_file)
 
     def messages(self) -> list[Captured]:
         return read_maildir(self.maildir)
+
+    def attempts(self) -> list[dict[str, Any]]:
+        """Every answer given to a recipient so far (see :func:`read_attempts`)."""
+        return read_attempts(self.attempts_file)
 
     def count(self) -> int:
         return count_messages(self.maildir)
