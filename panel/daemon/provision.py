@@ -179,7 +179,9 @@ def _inventory(server: Server, address: str, key_file: Path | None, public_key: 
         "ansible_python_interpreter": "/usr/bin/python3",
         "ssh_access_public_key": public_key,
         "ssh_access_revoked_keys": revoked,
-        "exim_source_ips": [{"ip": ip.ip, "helo": ip.helo} for ip in server.ips if ip.active],
+        # Every IP, active or not: "active" is only whether the daemon gives it new letters
+        # (services/server_config.py), and letters already given to it must still go out from it.
+        "exim_source_ips": [{"ip": ip.ip, "helo": ip.helo} for ip in server.ips],
         "worker_agent_listen_port": server.api_port,
         "worker_agent_fernet_key": open_agent_key(server) or "",
     }

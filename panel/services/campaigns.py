@@ -12,6 +12,7 @@ from sqlalchemy import select
 from ..extensions import db
 from ..models import ENCODINGS, Campaign, Delivery, Domain, MailingList, Server, User
 from ..models.base import is_row_id
+from ..models.campaign import DEFAULT_PRIORITY, PRIORITIES
 from .addresses import InvalidAddress, normalise_address
 from .templates import allowed_variables, check_templates
 from .tracking import store_links
@@ -50,6 +51,28 @@ class CampaignInput:
     tracking_domains: list[int] = field(default_factory=list)  # hosts of the masked links (none: the panel)
     track_clicks: bool = True  # mask the links and count clicks
     track_opens: bool = False  # the open pixel
+    priority: int = DEFAULT_PRIORITY  # its share of each server among the user's running campaigns
+
+
+PRIORITY_RULE = f"a whole number from {PRIORITIES[0]} (lowest) to {PRIORITIES[-1]} (highest)"
+# Once a campaign is over, no server serves it: its priority no longer means anything.
+PRIORITY_FIXED = ("finished", "cancelled")
+
+
+def check_priority(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in PRIORITIES:
+        raise CampaignInvalid({"priority": [f"the priority must be {PRIORITY_RULE}"]})
+    return value
+
+
+def set_priority(campaign: Campaign, priority: object) -> int:
+    """Change a campaign's priority, in any state but finished or cancelled: a running campaign's new
+    share applies from the daemon's next round. Returns the priority it had."""
+    if campaign.status in PRIORITY_FIXED:
+        raise CampaignLocked(f"the campaign is {campaign.status}: its priority no longer matters")
+    before, campaign.priority = campaign.priority, check_priority(priority)
+    db.session.flush()
+    return before
 
 
 def user_campaigns(user: User) -> list[Campaign]:
@@ -146,6 +169,10 @@ def save_campaign(user: User, data: CampaignInput, campaign: Campaign | None = N
         problem("text", "write the letter: a text body, an HTML body or both")
     if data.encoding not in ENCODINGS:
         problem("encoding", f"use one of {', '.join(ENCODINGS)}")
+    try:
+        priority = check_priority(data.priority)
+    except CampaignInvalid as exc:
+        errors.update(exc.errors)
 
     lists = _owned(user, MailingList, data.lists, "list", errors, "lists")
     if not data.lists:
@@ -189,6 +216,7 @@ def save_campaign(user: User, data: CampaignInput, campaign: Campaign | None = N
     campaign.tracking_domains = tracking_domains
     campaign.track_clicks = bool(data.track_clicks)
     campaign.track_opens = bool(data.track_opens)
+    campaign.priority = priority
     db.session.flush()
     store_links(campaign)
     return campaign

@@ -1,7 +1,8 @@
 """Sending and tracking domains: their DNS records, published by RFC 2136 updates signed with
 the user's TSIG key, and checked against what the user's DNS server serves.
 
-For a sending domain D and every active source IP of the user's servers:
+For a sending domain D and every source IP of the user's servers (an inactive one too: it gets no new
+letters, but those already given to it still go out from it):
 - ``ip-a-b-c-d.D`` A (AAAA for IPv6): the IP's host name, its HELO name when sending for D;
 - ``bounces.D`` MX 10 to each of those hosts: the Return-Path domain, where bounces come back;
 - ``D`` and ``bounces.D`` TXT ``v=spf1 ip4:… -all``: every source IP may send for them;
@@ -235,10 +236,10 @@ def host_name(domain: Domain | str, ip: str) -> str:
 
 
 def user_ips(user_id: int) -> list[str]:
-    """Every active source IP of the user's servers, each once, in a stable order."""
+    """Every source IP of the user's servers, active or not, each once, in a stable order."""
     rows = db.session.scalars(
         select(ServerIP.ip).join(Server, Server.id == ServerIP.server_id)
-        .where(Server.user_id == user_id, ServerIP.active.is_(True)).order_by(ServerIP.ip)
+        .where(Server.user_id == user_id).order_by(ServerIP.ip)
     ).all()
     return sorted(set(rows), key=lambda ip: (ipaddress.ip_address(ip).version, ipaddress.ip_address(ip)))
 

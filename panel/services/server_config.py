@@ -3,6 +3,11 @@ source IP and the rate limits per (source IP, recipient domain).
 
 Every change bumps ``Server.config_version``; the daemon pushes the whole config to the agent
 (``POST /v1/config``) whenever the version the agent holds (``config_applied``) differs.
+
+Each source IP's weight and whether it is active are set here too, but they are the panel's own
+business (which IP the daemon gives a letter to, daemon/dispatch.py): they bump nothing. The worker's
+Exim, agent and DNS records keep every IP, so letters already given to an IP made inactive still go
+out from it, and it can be made active again at once.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from .servers import ServerError, HOSTNAME_RE, check_helo
 MAX_PER_MINUTE = 1_000_000
 MAX_RATE_LIMITS = 1000  # what one agent takes in one config
 ANY = "*"
+MAX_WEIGHT = 100
+WEIGHT_RULE = f"a whole number from 1 to {MAX_WEIGHT}"
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,92 @@ def set_helo(server: Server, ip_id: int, helo: str) -> ServerIP:
         bump(server)
     db.session.flush()
     return item
+
+
+@dataclass(frozen=True)
+class IpUse:
+    """How the daemon uses one source IP: its share of the server's letters, and whether it gets any."""
+
+    weight: int
+    active: bool
+
+
+@dataclass(frozen=True)
+class IpUseChange:
+    ip: str
+    before: IpUse
+    after: IpUse
+
+    def describe(self) -> str:
+        """What changed, in words: "192.0.2.10: weight 1 → 3, made inactive, it gets no new letters"."""
+        parts = []
+        if self.after.weight != self.before.weight:
+            parts.append(f"weight {self.before.weight} → {self.after.weight}")
+        if self.after.active != self.before.active:
+            parts.append("made active" if self.after.active else
+                         "made inactive, it gets no new letters (those already on the agent still go out from it)")
+        return f"{self.ip}: {', '.join(parts) or 'nothing changed'}"
+
+
+def _check_weight(weight: object, where: str) -> int:
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
+        raise ServerError(f"{where} must be {WEIGHT_RULE}")
+    return weight
+
+
+def _apply_ip_use(server: Server, wanted: dict[int, IpUse]) -> list[IpUseChange]:
+    """Set the IPs' (checked) weight and active flag, once it is sure one IP stays active."""
+    after = {ip.id: wanted.get(ip.id, IpUse(ip.weight, ip.active)) for ip in server.ips}
+    if not any(use.active for use in after.values()):
+        raise ServerError("at least one source IP must stay active: a server needs one to send from "
+                          "(make another IP active first)")
+    changes = []
+    for ip in server.ips:
+        if ip.id in wanted:
+            changes.append(IpUseChange(ip.ip, IpUse(ip.weight, ip.active), after[ip.id]))
+            ip.weight, ip.active = after[ip.id].weight, after[ip.id].active
+    db.session.flush()
+    return changes
+
+
+def set_ip_use(server: Server, ip_id: int, use: IpUse) -> IpUseChange:
+    """Change one source IP's weight and active flag (the server page). No config version bump:
+    the agent does not need to know."""
+    item = next((ip for ip in server.ips if ip.id == ip_id), None)
+    if item is None:
+        raise ServerError(f"this server has no source IP #{ip_id}")
+    weight = _check_weight(use.weight, f"the weight of {item.ip}")
+    if not use.active and item.active and not any(ip.active for ip in server.ips if ip is not item):
+        raise ServerError(f"{item.ip} is the last active IP of this server: a server needs at least one to send "
+                          "from (make another IP active first)")
+    return _apply_ip_use(server, {item.id: IpUse(weight, bool(use.active))})[0]
+
+
+def _check_ip_uses(server: Server, ips: dict[str, Any]) -> dict[int, IpUse]:
+    """``{"<ip>": {"weight"?, "active"?}}`` (the JSON API) checked; IPs left out, and fields left out,
+    keep theirs."""
+    by_ip = {ip.ip: ip for ip in server.ips}
+    wanted: dict[int, IpUse] = {}
+    for ip, item in ips.items():
+        try:
+            key = str(ipaddress.ip_address(ip))
+        except ValueError:
+            raise ServerError(f"ips: {ip!r} is not an IP address") from None
+        if key not in by_ip:
+            raise ServerError(f"ips: {key} is not a source IP of this server (its IPs: {', '.join(by_ip)})")
+        where = f"ips[{ip}]"
+        if not isinstance(item, dict):
+            raise ServerError(f'{where} must be an object {{"weight": 1-{MAX_WEIGHT}, "active": true or false}}')
+        unknown = sorted(set(item) - {"weight", "active"})
+        if unknown:
+            raise ServerError(f"{where}: unknown field(s) {', '.join(map(str, unknown))} (give weight and/or active)")
+        row = by_ip[key]
+        weight = _check_weight(item["weight"], f"{where}.weight") if "weight" in item else row.weight
+        active = item.get("active", row.active)
+        if not isinstance(active, bool):
+            raise ServerError(f"{where}.active must be true or false")
+        wanted[row.id] = IpUse(weight, active)
+    return wanted
 
 
 def _check_rate_limit(server: Server, data: RateLimitInput) -> RateLimitInput:
@@ -97,9 +190,12 @@ def remove_rate_limit(server: Server, limit_id: int) -> ServerRateLimit:
     return item
 
 
-def replace_settings(server: Server, *, helo: dict[str, str], rate_limits: list[RateLimitInput]) -> bool:
+def replace_settings(server: Server, *, helo: dict[str, str], rate_limits: list[RateLimitInput],
+                     ips: dict[str, Any] | None = None) -> bool:
     """Set the whole config at once (the JSON API): every item is checked before anything changes.
-    True if something changed (and the version was bumped)."""
+    `ips` ({"<ip>": {"weight"?, "active"?}}) changes only those given, and bumps no version (the
+    agent does not use them). True if the agent's settings changed (and the version was bumped)."""
+    ip_uses = _check_ip_uses(server, ips or {})
     by_ip = {ip.ip: ip for ip in server.ips}
     names: dict[str, str] = {}
     for ip, name in helo.items():
@@ -121,6 +217,7 @@ def replace_settings(server: Server, *, helo: dict[str, str], rate_limits: list[
         rules[rule.source_ip, rule.domain] = rule
     if len(rules) > MAX_RATE_LIMITS:
         raise ServerError(f"a server takes at most {MAX_RATE_LIMITS} rate limits")
+    _apply_ip_use(server, ip_uses)  # the last check (one IP stays active) is in here, before any change
     changed = False
     for key, name in names.items():
         changed |= by_ip[key].helo != name
@@ -150,6 +247,7 @@ def settings_json(server: Server) -> dict[str, Any]:
         "config_version": server.config_version,
         "config_applied": server.config_applied,
         "helo": {ip.ip: ip.helo for ip in server.ips},
+        "ips": {ip.ip: {"weight": ip.weight, "active": ip.active} for ip in server.ips},
         "rate_limits": [{"id": r.id, "source_ip": r.source_ip, "domain": r.domain, "per_minute": r.per_minute}
                         for r in server.rate_limits],
     }

@@ -182,10 +182,12 @@ def panel_templates(ids: PanelIds) -> dict[tuple[str, str], Any]:
             "reply_to": None, "text": "Hello {{ name }}\n{{ unsubscribe_url }}\n", "html": None,
             "encoding": "quoted-printable", "lists": list(ids.lists[:1]), "exclude_lists": [],
             "servers": list(ids.servers[:1]), "domains": [], "tracking_domains": [], "track_clicks": True,
-            "track_opens": False},
+            "track_opens": False, "priority": 5},
+        ("PATCH", "/api/v1/campaigns/<int:campaign_id>"): {"priority": 7},
         ("PUT", "/api/v1/servers/<int:server_id>/config"): {
             "helo": {ids.server_ips[0]: "mx1.example.net"},
-            "rate_limits": [{"source_ip": "*", "domain": "gmail.com", "per_minute": 60}]},
+            "rate_limits": [{"source_ip": "*", "domain": "gmail.com", "per_minute": 60}],
+            "ips": {ids.server_ips[0]: {"weight": 3, "active": True}}},
         ("POST", "/api/v1/domains"): {
             "name": "fuzz.example", "kind": "sending", "zone": "", "dns_host": "127.0.0.1", "dns_port": 1,
             "tsig_key_name": "fuzz-key", "tsig_algorithm": "hmac-sha256", "tsig_secret": "c2VjcmV0c2VjcmV0c2VjcmV0",

@@ -265,5 +265,5 @@ def test_servers_listing(api, seed, alice, bob):
     seed.server(bob, "theirs")
     body = api.get("/servers").get_json()
     assert [s["name"] for s in body] == ["mine"]
-    assert body[0]["ips"] == [{"ip": "192.0.2.10", "helo": "mx1.example.net", "active": True}]
+    assert body[0]["ips"] == [{"ip": "192.0.2.10", "helo": "mx1.example.net", "weight": 1, "active": True}]
     assert "agent_key" not in body[0]

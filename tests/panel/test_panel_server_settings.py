@@ -177,7 +177,8 @@ def api_put(client, seed, alice):
 def test_api_reads_and_replaces_the_settings(api_put, seed, server_id):
     assert api_put(server_id, None, method="GET").get_json() == {
         "config_version": 0, "config_applied": 0, "rate_limits": [],
-        "helo": {"192.0.2.10": "mx1.example.net", "192.0.2.11": "mx2.example.net"}}
+        "helo": {"192.0.2.10": "mx1.example.net", "192.0.2.11": "mx2.example.net"},
+        "ips": {"192.0.2.10": {"weight": 1, "active": True}, "192.0.2.11": {"weight": 1, "active": True}}}
     body = {"helo": {"192.0.2.11": "Out2.Example.net"},
             "rate_limits": [{"domain": "gmail.com", "per_minute": 600},
                             {"source_ip": "192.0.2.10", "domain": "*", "per_minute": 60}]}

@@ -14,7 +14,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ...extensions import db
 from ...models import Campaign, Domain, MailingList, Recipient, Server, Suppression
-from ...services.campaigns import CampaignInput, CampaignInvalid, get_campaign, save_campaign, user_campaigns
+from ...models.campaign import DEFAULT_PRIORITY
+from ...services.campaigns import (CampaignInput, CampaignInvalid, CampaignLocked, get_campaign, save_campaign,
+                                   set_priority, user_campaigns)
 from ...services.csv_import import ImportFailed, ImportOptions, TooManyRows, import_csv, import_records
 from ...services.domains import (DomainError, DomainInput, DomainTaken, add_domain, check_records, check_reverse, delete_domain,
                                  get_domain, publish, user_domains)
@@ -180,6 +182,7 @@ def _campaign_json(item: Campaign) -> dict[str, Any]:
         "tracking_domains": [x.id for x in item.tracking_domains],
         "track_clicks": item.track_clicks,
         "track_opens": item.track_opens,
+        "priority": item.priority,
         "total": item.total,
         "created_at": when(item.created_at),
         "started_at": when(item.started_at),
@@ -194,7 +197,7 @@ def _server_json(item: Server) -> dict[str, Any]:
         "host": item.host,
         "status": item.status,
         "last_seen_at": item.last_seen_at.isoformat() + "Z" if item.last_seen_at else None,
-        "ips": [{"ip": ip.ip, "helo": ip.helo, "active": ip.active} for ip in item.ips],
+        "ips": [{"ip": ip.ip, "helo": ip.helo, "weight": ip.weight, "active": ip.active} for ip in item.ips],
     }
 
 
@@ -388,7 +391,7 @@ def suppressions_export():
 # -- campaigns ---------------------------------------------------------------------------
 
 def _campaign_input(data: dict[str, Any]) -> CampaignInput:
-    known = set(CAMPAIGN_STRINGS) | set(CAMPAIGN_ID_LISTS) | set(CAMPAIGN_FLAGS)
+    known = set(CAMPAIGN_STRINGS) | set(CAMPAIGN_ID_LISTS) | set(CAMPAIGN_FLAGS) | {"priority"}
     unknown = sorted(key for key in data if key not in known)
     if unknown:
         raise ApiError(400, f"unknown field(s) {', '.join(unknown)}: the fields are {', '.join(sorted(known))}")
@@ -414,6 +417,7 @@ def _campaign_input(data: dict[str, Any]) -> CampaignInput:
         lists=data["lists"], exclude_lists=data.get("exclude_lists") or [], servers=data.get("servers") or [],
         domains=data.get("domains") or [], tracking_domains=data.get("tracking_domains") or [],
         track_clicks=data.get("track_clicks", True), track_opens=data.get("track_opens", False),
+        priority=data.get("priority", DEFAULT_PRIORITY),  # checked by save_campaign
     )
 
 
@@ -440,6 +444,30 @@ def campaigns_create():
 @bp.get("/campaigns/<int:campaign_id>")
 def campaigns_view(campaign_id: int):
     return jsonify(_campaign_json(_own_campaign(campaign_id)))
+
+
+@bp.patch("/campaigns/<int:campaign_id>")
+def campaigns_update(campaign_id: int):
+    """{"priority": 1-10}: what may change once a campaign is made, in any state but finished or
+    cancelled (a running campaign's new share applies from the daemon's next round)."""
+    item = _own_campaign(campaign_id)
+    data = _json_object()
+    fixed = sorted(key for key in data if key != "priority")
+    if fixed:
+        raise ApiError(400, f"only priority can be changed here (unknown or fixed field(s): {', '.join(fixed)}); "
+                            'send {"priority": 1-10}')
+    if "priority" not in data:
+        raise ApiError(400, 'send {"priority": 1-10}: 1 is the lowest, 10 the highest, 5 the default')
+    try:
+        set_priority(item, data["priority"])
+    except CampaignLocked as exc:
+        db.session.rollback()
+        raise ApiError(409, str(exc)) from None
+    except CampaignInvalid as exc:
+        db.session.rollback()
+        raise ApiError(400, str(exc)) from None
+    db.session.commit()
+    return jsonify(_campaign_json(item))
 
 
 @bp.get("/campaigns/<int:campaign_id>/stats")
@@ -598,15 +626,18 @@ def server_config_get(server_id: int):
 @bp.put("/servers/<int:server_id>/config")
 def server_config_put(server_id: int):
     """The whole of a server's run-time settings: {"helo": {ip: name}, "rate_limits": [{source_ip, domain,
-    per_minute}]}; IPs left out of "helo" keep their name, rules left out of "rate_limits" are removed."""
+    per_minute}], "ips": {ip: {"weight": 1-100, "active": bool}}}; IPs left out of "helo" keep their
+    name, rules left out of "rate_limits" are removed, IPs (and fields) left out of "ips" keep theirs."""
     item = _own_server(server_id)
     data = _json_object()
-    unknown = sorted(set(data) - {"helo", "rate_limits"})
+    unknown = sorted(set(data) - {"helo", "rate_limits", "ips"})
     if unknown:
-        raise ApiError(400, f"unknown field(s): {', '.join(unknown)} (send helo and/or rate_limits)")
-    helo, rules = data.get("helo", {}), data.get("rate_limits", None)
+        raise ApiError(400, f"unknown field(s): {', '.join(unknown)} (send helo, rate_limits and/or ips)")
+    helo, rules, ips = data.get("helo", {}), data.get("rate_limits", None), data.get("ips", {})
     if not isinstance(helo, dict) or not all(isinstance(v, str) for v in helo.values()):
         raise ApiError(400, "helo must be an object {\"<source IP>\": \"<host name>\"}")
+    if not isinstance(ips, dict):
+        raise ApiError(400, "ips must be an object {\"<source IP>\": {\"weight\": 1-100, \"active\": true or false}}")
     if rules is None:
         rules = [{"source_ip": r.source_ip, "domain": r.domain, "per_minute": r.per_minute} for r in item.rate_limits]
     if not isinstance(rules, list):
@@ -620,7 +651,7 @@ def server_config_put(server_id: int):
             raise ApiError(400, f"rate_limits[{n}]: source_ip and domain must be strings")
         inputs.append(RateLimitInput(source_ip, domain, rule["per_minute"]))
     try:
-        replace_settings(item, helo=helo, rate_limits=inputs)
+        replace_settings(item, helo=helo, rate_limits=inputs, ips=ips)
     except ServerError as exc:
         db.session.rollback()
         raise ApiError(400, str(exc)) from None

@@ -15,6 +15,7 @@ from ...services.campaigns import (
     get_campaign,
     latest_failures,
     save_campaign,
+    set_priority,
     user_campaigns,
 )
 from ...services.letters import preview_letter
@@ -24,7 +25,7 @@ from ...services.templates import starter_letter
 from ...services.domains import user_domains
 from ...services.servers import user_servers
 from ...services.tracking import link_stats, tracking_base_urls
-from .forms import CampaignForm, PreviewForm
+from .forms import PRIORITY_HINT, CampaignForm, PreviewForm, PriorityForm
 
 bp = Blueprint("campaigns", __name__, url_prefix="/campaigns", template_folder="templates")
 
@@ -55,7 +56,7 @@ def _compose(form: CampaignForm, campaign: Campaign | None):
             from_name=form.from_name.data, reply_to=form.reply_to.data, text=text, html=html,
             encoding=form.encoding.data, lists=form.lists.data, exclude_lists=form.exclude_lists.data,
             servers=form.servers.data, domains=form.domains.data, tracking_domains=form.tracking_domains.data,
-            track_clicks=form.track_clicks.data, track_opens=form.track_opens.data,
+            track_clicks=form.track_clicks.data, track_opens=form.track_opens.data, priority=form.priority.data,
         )
         try:
             campaign = save_campaign(current_user, data, campaign)
@@ -75,7 +76,8 @@ def _compose(form: CampaignForm, campaign: Campaign | None):
     elif form.is_submitted():
         status = 400
     fields = {item.id: item.fields for item in lists}
-    return render_template("campaigns/compose.html", form=form, campaign=campaign, list_fields=fields), status
+    return render_template("campaigns/compose.html", form=form, campaign=campaign, list_fields=fields,
+                           priority_hint=PRIORITY_HINT), status
 
 
 @bp.get("/")
@@ -112,16 +114,47 @@ def edit(campaign_id: int):
 
 @bp.get("/<int:campaign_id>")
 def view(campaign_id: int):
-    campaign = _own_campaign(campaign_id)
+    return _page(_own_campaign(campaign_id))
+
+
+def _page(campaign: Campaign, priority_form: PriorityForm | None = None):
     return render_template(
         "campaigns/view.html",
         campaign=campaign,
+        priority_form=priority_form or PriorityForm(formdata=None, priority=campaign.priority),
+        priority_hint=PRIORITY_HINT,
         stats=campaign_stats(campaign),
         failures=latest_failures(campaign),
         variables=campaign_variables(campaign),
         links=link_stats(campaign),
         tracking_bases=tracking_base_urls(campaign, current_app.config["PUBLIC_URL"], current_app.config["TRACKING_SCHEME"]),
     )
+
+
+@bp.post("/<int:campaign_id>/priority")
+def priority(campaign_id: int):
+    """Change the priority, also while the campaign runs (that is when its share matters)."""
+    campaign = _own_campaign(campaign_id)
+    form = PriorityForm()
+    if form.validate_on_submit():
+        try:
+            before = set_priority(campaign, form.priority.data)
+        except CampaignLocked as exc:
+            db.session.rollback()
+            flash(f"The priority was not changed: {exc}.", "error")
+            return redirect(url_for("campaigns.view", campaign_id=campaign.id))
+        except CampaignInvalid as exc:
+            db.session.rollback()
+            form.priority.errors.extend(exc.errors["priority"])
+        else:
+            db.session.commit()
+            if before == campaign.priority:
+                flash(f"The priority was already {before}: nothing changed.", "success")
+            else:
+                flash(f"Priority {before} → {campaign.priority}: the campaign's share of each server changes from "
+                      "the daemon's next round.", "success")
+            return redirect(url_for("campaigns.view", campaign_id=campaign.id))
+    return _page(campaign, form), 400
 
 
 @bp.get("/<int:campaign_id>/stats")

@@ -4,6 +4,7 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, Optional
 
 from ...models import ENCODINGS
+from ...models.campaign import DEFAULT_PRIORITY, PRIORITIES
 
 FORMATS = [
     SelectChoice("plain", "Plain text"),
@@ -11,6 +12,25 @@ FORMATS = [
     SelectChoice("multipart", "Both (multipart/alternative)"),
 ]
 ENCODING_LABELS = {"7bit": "7bit (plain ASCII)", "quoted-printable": "Quoted-printable", "base64": "Base64"}
+
+
+PRIORITY_LABELS = {PRIORITIES[0]: "lowest", DEFAULT_PRIORITY: "default", PRIORITIES[-1]: "highest"}
+PRIORITY_HINT = ("a campaign's share of each server among your running campaigns; your campaigns together share "
+                 "evenly with other users'")
+
+
+def _whole_number(value: object) -> object:
+    """The posted priority as a number if it is one; services.campaigns.check_priority says what is wrong."""
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return value
+
+
+def priority_field() -> SelectField:
+    return SelectField("Priority", coerce=_whole_number, validate_choice=False, default=DEFAULT_PRIORITY,
+                       choices=[SelectChoice(n, f"{n} ({PRIORITY_LABELS[n]})" if n in PRIORITY_LABELS else str(n))
+                                for n in PRIORITIES])
 
 
 class MultiCheckboxField(SelectMultipleField):
@@ -37,6 +57,7 @@ class CampaignForm(FlaskForm):
     track_clicks = BooleanField("Mask the links and count clicks", default=True)
     track_opens = BooleanField("Count opens (a 1×1 image in the HTML part)", default=False)
     tracking_domains = MultiCheckboxField("Masked links on tracking domains (letters take turns)", coerce=int)
+    priority = priority_field()
 
     def set_choices(self, lists, servers, domains=()) -> None:
         list_choices = [SelectChoice(item.id, f"{item.name} ({item.recipient_count:,})") for item in lists]
@@ -62,6 +83,12 @@ class CampaignForm(FlaskForm):
         """The text and HTML bodies the chosen format keeps."""
         fmt = self.format.data
         return (self.text.data if fmt != "html" else None, self.html.data if fmt != "plain" else None)
+
+
+class PriorityForm(FlaskForm):
+    """A campaign's priority, changed on its page (while it runs, too)."""
+
+    priority = priority_field()
 
 
 class PreviewForm(FlaskForm):

@@ -1,5 +1,5 @@
 from flask_wtf import FlaskForm
-from wtforms import IntegerField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms import BooleanField, IntegerField, PasswordField, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
 
@@ -16,6 +16,14 @@ class HeloForm(FlaskForm):
     """The HELO name one source IP greets with (pushed to the agent, no Ansible run)."""
 
     helo = StringField("HELO name", validators=[DataRequired(), Length(max=253)])
+
+
+class IpUseForm(FlaskForm):
+    """One source IP's share of the server's letters and whether it gets any (the panel's own choice:
+    nothing is pushed to the agent)."""
+
+    weight = IntegerField("Weight", validators=[InputRequired(), NumberRange(1, 100)])
+    active = BooleanField("Active")
 
 
 class RateLimitForm(FlaskForm):
