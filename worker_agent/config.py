@@ -46,6 +46,9 @@ class AgentConfig:
     hostname: str = field(default_factory=socket.gethostname)
     max_attempts: int = 5  # submissions tried per letter before it is reported failed
     key_grace: int = 300  # seconds an old key still opens after the panel first used a new one (keyring.py)
+    # DNS server the MX lookups of provider grouping ask (providers.py); None: the system's resolver
+    dns_server: str | None = None
+    dns_port: int = 53
     path: Path | None = None  # the file this came from, so `serve` can hand it on
 
     @property
@@ -108,7 +111,7 @@ _KNOWN = {
     "data_dir", "key_file", "cert_file", "cert_key_file", "bounce_spool", "exim_mainlog", "helo_map", "dkim_dir",
     "bounce_domains_file", "listen",
     "smtp_host", "smtp_port", "smtp_connections", "source_ips", "rate_limits", "hostname", "max_attempts",
-    "key_grace",
+    "key_grace", "dns_server",
 }
 
 
@@ -172,8 +175,28 @@ def parse_config(raw: dict[str, Any], *, base: Path, path: Path | None = None) -
         hostname=hostname,
         max_attempts=an_int("max_attempts", 5, 1, 100),
         key_grace=an_int("key_grace", 300, 0, 86400),
+        **_dns_server(raw.get("dns_server")),
         path=path,
     )
+
+
+def _dns_server(value: Any) -> dict[str, Any]:
+    """``"192.0.2.53"``, ``"127.0.0.1:5353"`` or ``"[::1]:53"``: an IP address and an optional port."""
+    if value is None:
+        return {}
+    host, port = value, "53"
+    if isinstance(value, str) and (value.startswith("[") or value.count(":") == 1):
+        host, _, port = value.rpartition(":")
+        host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+        if not 1 <= number <= 65535:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"config \"dns_server\" must be an IP address with an optional port "
+                          f"(\"127.0.0.1:5353\", \"[::1]:53\"), not {value!r}") from None
+    return {"dns_server": host, "dns_port": number}
 
 
 def _rate_limits(value: Any) -> tuple[RateLimit, ...]:

@@ -8,7 +8,10 @@ config in the queue DB, where the sender process looks for a new version every s
 Precedence: once a config has been pushed, its ``rate_limits`` replace the config file's list
 entirely (an empty list means no limits); the file's list applies only to an agent that never
 got one. HELO names: the map holds the panel's names; an IP missing from it greets with the name
-the Exim configuration was rendered with (Ansible's ``exim_source_ips``). DKIM: one private key
+the Exim configuration was rendered with (Ansible's ``exim_source_ips``). Providers: ``providers``
+(the table grouping recipient domains by their MX hosts) and ``provider_limits`` (per source IP
+and provider group) are optional; absent, the built-in table and default limits apply
+(providers.py), an empty list of limits means none. DKIM: one private key
 file per domain in ``dkim_dir`` (0640, group Debian-exim: Exim's delivery processes read them) and
 the map Exim looks a letter's From domain up in; the private keys are never stored in the queue
 DB nor echoed back. Bounce domains: a file of names Exim accepts bounce+/unsubscribe+ mail for,
@@ -27,12 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from .config import AgentConfig, RateLimit
+from .providers import ProviderLimit, ProviderTable, ProviderTableError, default_limits
 from .queue import QueueDB
 
 STATE_KEY = "remote_config"
 VERSION_KEY = "config_version"
 MAX_RULES = 1000
 MAX_PER_MINUTE = 1_000_000
+MAX_PER_HOUR = 60 * MAX_PER_MINUTE
+MAX_CONNECTIONS = 1000
+MAX_PER_CONNECTION = 100_000
 # A host name: labels of letters, digits and hyphens. No whitespace, colon, quote or newline
 # can get through, so a name cannot break out of its line in the HELO map.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -56,6 +63,8 @@ class RemoteConfig:
     dkim: dict[str, tuple[str, str]] = field(default_factory=dict)  # domain -> (selector, private key PEM)
     bounce_domains: tuple[str, ...] = ()
     helo_by_domain: dict[str, dict[str, str]] = field(default_factory=dict)  # ip -> sending domain -> name
+    providers: dict[str, tuple[str, ...]] | None = None  # None: the built-in table
+    provider_limits: tuple[ProviderLimit, ...] | None = None  # None: the built-in defaults
 
     def to_json(self) -> dict[str, Any]:
         """What is stored in the queue DB: the private keys are not (they live in their files only)."""
@@ -67,6 +76,9 @@ class RemoteConfig:
             "dkim": {domain: selector for domain, (selector, _) in self.dkim.items()},
             "helo_by_domain": {ip: dict(names) for ip, names in self.helo_by_domain.items()},
             "bounce_domains": list(self.bounce_domains),
+            "providers": None if self.providers is None else {k: list(v) for k, v in self.providers.items()},
+            "provider_limits": (None if self.provider_limits is None
+                                else [rule.to_json() for rule in self.provider_limits]),
         }
 
 
@@ -74,17 +86,85 @@ def parse(data: Any, source_ips: tuple[str, ...]) -> RemoteConfig:
     """Check a pushed config against this node's source IPs; raise RemoteConfigError naming the item."""
     if not isinstance(data, dict):
         raise RemoteConfigError("the config must be a JSON object {\"version\", \"rate_limits\", \"helo\"}")
-    unknown = sorted(set(data) - {"version", "rate_limits", "helo", "helo_by_domain", "dkim", "bounce_domains"})
+    known = {"version", "rate_limits", "helo", "helo_by_domain", "dkim", "bounce_domains", "providers",
+             "provider_limits"}
+    unknown = sorted(set(data) - known)
     if unknown:
-        raise RemoteConfigError(f"unknown key(s): {', '.join(unknown)} "
-                                "(known: bounce_domains, dkim, helo, helo_by_domain, rate_limits, version)")
+        raise RemoteConfigError(f"unknown key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     version = data.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**63:
         raise RemoteConfigError(f"version must be a whole number of 1 or more, not {version!r}")
     own = {_ip(ip): ip for ip in source_ips}
+    table = None
+    if data.get("providers") is not None:
+        try:
+            table = ProviderTable.from_json(data["providers"])
+        except ProviderTableError as exc:
+            raise RemoteConfigError(str(exc)) from None
+    limits = data.get("provider_limits")
     return RemoteConfig(version, _parse_rules(data.get("rate_limits", []), own), _parse_helo(data.get("helo", {}), own),
                         _parse_dkim(data.get("dkim", {})), _parse_bounce_domains(data.get("bounce_domains", [])),
-                        _parse_helo_by_domain(data.get("helo_by_domain", {}), own))
+                        _parse_helo_by_domain(data.get("helo_by_domain", {}), own),
+                        None if table is None else table.providers,
+                        None if limits is None else _parse_provider_limits(limits, own, table or ProviderTable()))
+
+
+_LIMIT_KEYS = ("per_minute", "per_hour", "connections", "per_connection")
+
+
+def _parse_provider_limits(value: Any, own: dict[str, str], table: ProviderTable) -> tuple[ProviderLimit, ...]:
+    """``[{"source_ip", "provider", "per_minute"?, "per_hour"?, "connections"?, "per_connection"?}]``;
+    a provider is "*", a name of the table or a domain name (a domain outside the table is its own group)."""
+    if not isinstance(value, list) or len(value) > MAX_RULES:
+        raise RemoteConfigError(f"provider_limits must be a list of at most {MAX_RULES} "
+                                "{\"source_ip\", \"provider\", \"per_minute\", \"per_hour\", \"connections\", "
+                                "\"per_connection\"}")
+    rules: list[ProviderLimit] = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, item in enumerate(value):
+        where = f"provider_limits[{i}]"
+        if not isinstance(item, dict):
+            raise RemoteConfigError(f"{where} must be an object {{\"source_ip\", \"provider\", \"per_minute\", …}}")
+        unknown = sorted(set(item) - {"source_ip", "provider", *_LIMIT_KEYS})
+        if unknown:
+            raise RemoteConfigError(f"{where} has unknown key(s): {', '.join(map(str, unknown))} "
+                                    f"(known: source_ip, provider, {', '.join(_LIMIT_KEYS)})")
+        if "source_ip" not in item or "provider" not in item:
+            raise RemoteConfigError(f"{where} needs source_ip and provider")
+        ip = item["source_ip"] if item["source_ip"] == "*" else _own_ip(item["source_ip"], own, f"{where}.source_ip")
+        provider = item["provider"].lower() if isinstance(item["provider"], str) else item["provider"]
+        if not (provider == "*" or provider in table.providers
+                or (isinstance(provider, str) and "." in provider and DOMAIN_RE.fullmatch(provider))):
+            raise RemoteConfigError(f"{where}.provider: {item['provider']!r} is neither \"*\", a provider of the table "
+                                    f"({', '.join(sorted(table.providers)) or 'none'}) nor a domain name")
+        per_minute = _number(item.get("per_minute"), f"{where}.per_minute", MAX_PER_MINUTE)
+        per_hour = _number(item.get("per_hour"), f"{where}.per_hour", MAX_PER_HOUR)
+        connections = _whole(item.get("connections"), f"{where}.connections", MAX_CONNECTIONS)
+        per_connection = _whole(item.get("per_connection"), f"{where}.per_connection", MAX_PER_CONNECTION)
+        if per_minute is None and per_hour is None and connections is None and per_connection is None:
+            raise RemoteConfigError(f"{where} sets no limit: give {', '.join(_LIMIT_KEYS[:-1])} or {_LIMIT_KEYS[-1]}")
+        if (ip, provider) in seen:
+            raise RemoteConfigError(f"{where}: source_ip {ip} and provider {provider} are already limited by "
+                                    f"provider_limits[{seen[ip, provider]}]")
+        seen[ip, provider] = i
+        rules.append(ProviderLimit(ip, provider, per_minute, per_hour, connections, per_connection))
+    return tuple(rules)
+
+
+def _number(value: Any, where: str, high: float) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= high:
+        raise RemoteConfigError(f"{where} must be a number above 0 and at most {high}, not {value!r}")
+    return float(value)
+
+
+def _whole(value: Any, where: str, high: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise RemoteConfigError(f"{where} must be a whole number from 1 to {high}, not {value!r}")
+    return value
 
 
 def _parse_helo_by_domain(value: Any, own: dict[str, str]) -> dict[str, dict[str, str]]:
@@ -203,8 +283,12 @@ def from_json(data: dict[str, Any]) -> RemoteConfig:
     """A config as stored by ``apply`` (already checked)."""
     rules = tuple(RateLimit(r["source_ip"], r["domain"], float(r["per_minute"])) for r in data["rate_limits"])
     dkim = {domain: (selector, "") for domain, selector in data.get("dkim", {}).items()}
+    providers = data.get("providers")
+    limits = data.get("provider_limits")
     return RemoteConfig(int(data["version"]), rules, dict(data["helo"]), dkim, tuple(data.get("bounce_domains", ())),
-                        {ip: dict(names) for ip, names in data.get("helo_by_domain", {}).items()})
+                        {ip: dict(names) for ip, names in data.get("helo_by_domain", {}).items()},
+                        None if providers is None else {k: tuple(v) for k, v in providers.items()},
+                        None if limits is None else tuple(ProviderLimit(**rule) for rule in limits))
 
 
 def stored(queue: QueueDB) -> RemoteConfig | None:
@@ -220,6 +304,16 @@ def stored_version(queue: QueueDB) -> int:
 def rate_limits(config: AgentConfig, remote: RemoteConfig | None) -> tuple[RateLimit, ...]:
     """The rules in force: the pushed ones once there are any, else the config file's."""
     return config.rate_limits if remote is None else remote.rate_limits
+
+
+def provider_table(remote: RemoteConfig | None) -> ProviderTable:
+    """The table in force: the pushed one, else the built-in one."""
+    return ProviderTable(None if remote is None else remote.providers)
+
+
+def provider_limits(remote: RemoteConfig | None) -> tuple[ProviderLimit, ...]:
+    """The limits per (source IP, provider) in force: the pushed ones, else the built-in defaults."""
+    return default_limits() if remote is None or remote.provider_limits is None else remote.provider_limits
 
 
 def apply(queue: QueueDB, config: AgentConfig, remote: RemoteConfig) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 from . import bounce_spool, remote_config
 from .config import AgentConfig, ConfigError, rate_for
 from .exim_log import EximLogReader
+from .providers import ProviderResolver, ProviderTable
 from .queue import Claimed, QueueDB
 from .rate_limit import RateLimiter
 from .render import CampaignError, Letter, Renderer, RenderError
@@ -61,6 +62,8 @@ class Sender:
         self.queue = QueueDB(config.queue_db, durable=False)
         self.renderer = Renderer()
         self.limiter = RateLimiter(config.rate_for)  # replaced by _load_rate_limits when the panel pushed rules
+        # MX answers outlive config versions: each new provider table gets the same cache
+        self._resolver = ProviderResolver(ProviderTable(), nameserver=config.dns_server, port=config.dns_port)
         self._config_version: int | None = None  # of the rules in self.limiter
         self._load_rate_limits()
         self._work: stdlib_queue.Queue[_Work | None] = stdlib_queue.Queue()
@@ -161,7 +164,9 @@ class Sender:
             return
         remote = remote_config.stored(self.queue)
         rules = remote_config.rate_limits(self.config, remote)
-        self.limiter = RateLimiter(lambda ip, domain: rate_for(rules, ip, domain))
+        self.limiter = RateLimiter(lambda ip, domain: rate_for(rules, ip, domain),
+                                   resolver=self._resolver.with_table(remote_config.provider_table(remote)),
+                                   provider_limits=remote_config.provider_limits(remote))
         if self._config_version is None:
             log.info("%d rate limits from %s", len(rules),
                      "the config file" if remote is None else f"the panel's config version {version}")
@@ -176,6 +181,7 @@ class Sender:
         if not claimed:
             return 0
         self.limiter.new_round()
+        self.limiter.prepare(c.email.rpartition("@")[2].lower() for c in claimed)  # MX lookups, in parallel
         wall = time.time()
         failed: list[tuple[int, int | None, str]] = []
         release: list[tuple[int, float]] = []

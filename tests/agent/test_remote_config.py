@@ -150,3 +150,91 @@ def test_held_letters_are_released_but_retries_keep_their_time(queue_db: QueueDB
     assert queue_db.release_rate_holds(2000.0) == 1
     due = dict(queue_db.conn().execute("SELECT id, not_before FROM letters WHERE state = 'queued'").fetchall())
     assert due == {1: 2000.0, 2: 5000.0}
+
+
+# -- mailbox providers and the limits per (source IP, provider) -----------------------------------
+
+PROVIDER_LIMITS = [
+    {"source_ip": "*", "provider": "google", "per_minute": 120, "per_hour": 3000, "connections": 4,
+     "per_connection": 40},
+    {"source_ip": "127.0.0.2", "provider": "acme", "per_hour": 500},
+    {"source_ip": "2001:DB8::25", "provider": "small.example", "per_minute": 6.5},
+    {"source_ip": "*", "provider": "*", "per_minute": 1000, "per_hour": None},
+]
+
+
+def test_a_provider_table_and_limits_are_checked_stored_and_read_back(panel: Panel, node: AgentConfig) -> None:
+    table = {"google": ["google.com", "GoogleMail.com."], "acme": ["mx.acme.net"]}
+    status, _ = panel.call("/v1/config", good(4, providers=table, provider_limits=PROVIDER_LIMITS))
+    assert status == 200
+    stored = remote_config.stored(QueueDB(node.queue_db))
+    assert stored is not None
+    assert remote_config.provider_table(stored).to_json() == {"google": ["google.com", "googlemail.com"],
+                                                              "acme": ["mx.acme.net"]}
+    limits = remote_config.provider_limits(stored)
+    assert [rule.to_json() for rule in limits] == [
+        {"source_ip": "*", "provider": "google", "per_minute": 120.0, "per_hour": 3000.0, "connections": 4,
+         "per_connection": 40},
+        {"source_ip": "127.0.0.2", "provider": "acme", "per_minute": None, "per_hour": 500.0, "connections": None,
+         "per_connection": None},
+        {"source_ip": "2001:db8::25", "provider": "small.example", "per_minute": 6.5, "per_hour": None,
+         "connections": None, "per_connection": None},
+        {"source_ip": "*", "provider": "*", "per_minute": 1000.0, "per_hour": None, "connections": None,
+         "per_connection": None},
+    ]
+
+
+def test_without_a_table_or_limits_the_built_in_ones_apply(panel: Panel, node: AgentConfig) -> None:
+    from worker_agent.providers import BUILTIN_PROVIDERS, default_limits
+
+    assert remote_config.provider_table(None).to_json() == {k: list(v) for k, v in BUILTIN_PROVIDERS.items()}
+    assert remote_config.provider_limits(None) == default_limits()  # an agent never configured
+    panel.call("/v1/config", good(1))  # a panel that sends neither
+    stored = remote_config.stored(QueueDB(node.queue_db))
+    assert remote_config.provider_limits(stored) == default_limits()
+    assert remote_config.provider_table(stored).to_json() == remote_config.provider_table(None).to_json()
+    panel.call("/v1/config", good(2, provider_limits=[]))  # an empty list: no provider limits at all
+    assert remote_config.provider_limits(remote_config.stored(QueueDB(node.queue_db))) == ()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"providers": ["google"]}, "providers must be an object"),
+    ({"providers": {"Big Mail": ["big.example"]}}, "providers: 'Big Mail' is not a provider name"),
+    ({"providers": {"big": []}}, "providers['big'] must be a list of MX host suffixes"),
+    ({"providers": {"big": ["a b"]}}, "providers['big']: 'a b' is not a host name suffix"),
+    ({"providers": {"big": ["mx.example"], "other": ["MX.example"]}},
+     "providers: mx.example is listed for both big and other"),
+    ({"provider_limits": {"google": 5}}, "provider_limits must be a list"),
+    ({"provider_limits": [{"source_ip": "*", "provider": "google", "per_day": 5}]},
+     "provider_limits[0] has unknown key(s): per_day"),
+    ({"provider_limits": [{"source_ip": "*", "per_minute": 5}]}, "provider_limits[0] needs source_ip and provider"),
+    ({"provider_limits": [{"source_ip": "*", "provider": "google"}]},
+     "provider_limits[0] sets no limit: give per_minute, per_hour, connections or per_connection"),
+    ({"provider_limits": [{"source_ip": "*", "provider": "gogle!", "per_minute": 5}]},
+     "provider_limits[0].provider: 'gogle!' is neither \"*\", a provider of the table (apple, comcast"),
+    ({"providers": {"big": ["big.example"]}, "provider_limits": [{"source_ip": "*", "provider": "google",
+                                                                  "per_minute": 5}]},
+     "provider_limits[0].provider: 'google' is neither \"*\", a provider of the table (big)"),
+    ({"provider_limits": [{"source_ip": "10.0.0.9", "provider": "google", "per_minute": 5}]},
+     "provider_limits[0].source_ip: 10.0.0.9 is not a source IP of this node"),
+    ({"provider_limits": [{"source_ip": "*", "provider": "google", "per_minute": 0}]},
+     "provider_limits[0].per_minute must be a number above 0 and at most 1000000"),
+    ({"provider_limits": [{"source_ip": "*", "provider": "google", "per_hour": "100"}]},
+     "provider_limits[0].per_hour must be a number above 0 and at most 60000000"),
+    ({"provider_limits": [{"source_ip": "*", "provider": "google", "connections": 2.5}]},
+     "provider_limits[0].connections must be a whole number from 1 to 1000"),
+    ({"provider_limits": [{"source_ip": "*", "provider": "google", "per_connection": True}]},
+     "provider_limits[0].per_connection must be a whole number from 1 to 100000"),
+    ({"provider_limits": [{"source_ip": "*", "provider": "google", "per_minute": 5},
+                          {"source_ip": "*", "provider": "Google", "per_hour": 5}]},
+     "provider_limits[1]: source_ip * and provider google are already limited by provider_limits[0]"),
+])
+def test_a_wrong_provider_setting_is_refused_whole(panel: Panel, node: AgentConfig, change: dict[str, Any],
+                                                   message: str) -> None:
+    panel.call("/v1/config", good(1))
+    before = snapshot(node.queue_db)
+    status, reply = panel.call("/v1/config", {**good(2), **change})
+    assert status == 400 and message in reply["error"], reply
+    after = snapshot(node.queue_db)
+    after.pop("nonces"), before.pop("nonces")
+    assert after == before
