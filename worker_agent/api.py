@@ -20,7 +20,7 @@ from flask import Flask, Response, request
 from . import __version__, protocol, remote_config, render
 from .config import AgentConfig, load_config
 from .keyring import KeyRing
-from .queue import CAMPAIGN_STATES, MAX_RECALL, QueueDB, QueueError
+from .queue import CAMPAIGN_STATES, EPOCH_FORMAT, MAX_RECALL, QueueDB, QueueError
 
 log = logging.getLogger("worker_agent.api")
 
@@ -99,7 +99,7 @@ def _whole_number(value: Any) -> bool:
 def _ping(queue: QueueDB, data: Any) -> dict[str, Any]:
     queued, sending = queue.counts()
     return {"ok": True, "version": __version__, "queued": queued, "sending": sending, "time": int(time.time()),
-            "config_version": remote_config.stored_version(queue)}
+            "config_version": remote_config.stored_version(queue), "epoch": queue.epoch}
 
 
 def _batches(queue: QueueDB, data: Any) -> dict[str, Any]:
@@ -122,10 +122,14 @@ def _batches(queue: QueueDB, data: Any) -> dict[str, Any]:
 
 
 def _outcomes(queue: QueueDB, data: Any) -> dict[str, Any]:
-    ack = _object(data).get("ack", 0)
+    data = _object(data)
+    ack, epoch = data.get("ack", 0), data.get("epoch")
     if not _whole_number(ack) or ack < 0:
         raise RequestError("ack must be a whole number >= 0 (below 2**63)")
-    return queue.outcomes(ack)
+    if "epoch" in data and not (isinstance(epoch, str) and EPOCH_FORMAT.match(epoch)):
+        raise RequestError("epoch must be the epoch an outcomes reply gave (1 to 64 letters, digits, '-' or '_'), "
+                           "or left out")
+    return queue.outcomes(ack, epoch=epoch)
 
 
 def _campaign_state(queue: QueueDB, data: Any) -> dict[str, Any]:

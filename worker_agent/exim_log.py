@@ -6,7 +6,9 @@ arrival line (``<= bounce+<token>@…``) also names our VERP token, which covers
 moment before the sender has recorded the id, and a letter whose submission looked lost
 (connection dropped after DATA) although Exim took it. Lines for other messages are
 ignored. The read position (inode + offset) is committed together with the events it
-produced, so after a restart reading goes on exactly where it stopped.
+produced, so after a restart reading goes on exactly where it stopped. Each event carries
+the time on its line: Exim's local time, with its UTC offset when ``log_timezone`` is set
+(as the role's config does), else read in this host's zone.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,7 +34,7 @@ CLAIM_WAIT = 10.0  # s to let the sender record a letter Exim has logged before 
 
 # "2026-11-28 00:30:24 [pid] 1tGxyz-000abc-De => rest"; [pid] and a zone only with some log_selector settings
 _LINE = re.compile(
-    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?(?: [+-]\d{4})?(?: \[\d+\])? "
+    r"^(?P<when>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?P<fraction>\.\d+)?(?: (?P<zone>[+-]\d{4}))?(?: \[\d+\])? "
     r"(?P<id>[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}) (?P<flag><=|=>|->|==|\*\*) (?P<rest>.*)$"
 )
 _VERP = re.compile(r"^bounce\+(?P<token>[A-Za-z0-9._=-]+)@", re.IGNORECASE)
@@ -50,6 +53,7 @@ class LogRecord:
     code: int | None = None
     text: str | None = None
     return_path: str | None = None  # P=<…> on delivery lines (log_selector +return_path_on_delivery)
+    at: float | None = None  # unix time of the line (None: not a valid date)
 
     @property
     def status(self) -> str | None:
@@ -61,7 +65,25 @@ def parse_line(line: str) -> LogRecord | None:
     m = _LINE.match(line.rstrip("\r\n"))
     if m is None:
         return None
-    exim_id, flag, rest = m["id"], m["flag"], m["rest"]
+    record = _record(m["id"], m["flag"], m["rest"])
+    return None if record is None else replace(record, at=_logged_at(m))
+
+
+def _logged_at(m: re.Match[str]) -> float | None:
+    """The line's time in unix seconds. Without a zone it is this host's local time, as Exim
+    (same host, same /etc/localtime) wrote it; an hour repeated when clocks go back is ambiguous
+    then, which is why the role sets log_timezone."""
+    try:
+        if m["zone"]:
+            at = datetime.strptime(f"{m['when']} {m['zone']}", "%Y-%m-%d %H:%M:%S %z").timestamp()
+        else:
+            at = datetime.strptime(m["when"], "%Y-%m-%d %H:%M:%S").timestamp()  # naive: local time
+    except (ValueError, OverflowError):
+        return None  # not a date (month 13): the event gets the reader's time
+    return at + float(m["fraction"] or 0)
+
+
+def _record(exim_id: str, flag: str, rest: str) -> LogRecord | None:
     address, _, tail = rest.partition(" ")
     if flag == "<=":
         return LogRecord(exim_id, flag, address)
@@ -223,7 +245,7 @@ class EximLogReader:
                 return  # not one of our letters (a DSN, local mail, …)
             delivery_id = row[0]
         assert record.status is not None
-        self._events.append(Event(delivery_id, record.status, record.code, record.text))
+        self._events.append(Event(delivery_id, record.status, record.code, record.text, record.at))
 
     def _arrival(self, record: LogRecord, start: int, stop: threading.Event | None) -> None:
         verp = _VERP.match(record.address)

@@ -12,13 +12,17 @@ may be recalled by the panel (``recall``): its row is deleted, so it is no longe
 agent's, and a later batch may hand the same id back.
 
 Events and bounces share one sequence (table ``counters``) because the panel acks
-both with a single number; the counter only grows, so a seq is never reused.
+both with a single number; the counter only grows, so a seq is never reused. A queue file
+made anew (an agent reinstalled) starts the sequence again under a new random epoch, made
+once with the file: an ack is taken only with the epoch it was given for.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import sqlite3
 import threading
 import time
@@ -33,6 +37,8 @@ MAX_EVENTS_PER_REPLY = 5000
 MAX_BOUNCE_BYTES_PER_REPLY = 8 * 1024 * 1024
 MAX_BOUNCES_PER_REPLY = 1000
 CAMPAIGN_STATES = ("running", "paused", "cancelled")
+EPOCH_KEY = "outcome_epoch"  # in agent_state: this queue file's epoch (16 hex digits)
+EPOCH_FORMAT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what an epoch the panel sends back may look like
 MAX_RECALL = 10_000  # letters examined by one recall: its reply stays far below the panel's reply bounds
 
 # A letter the agent can give back: waiting, and never carried by an SMTP transaction to Exim.
@@ -138,6 +144,7 @@ class Event:
     status: str  # sent | delivered | deferred | failed | cancelled
     code: int | None = None
     text: str | None = None
+    at: float | None = None  # when it happened (Exim's log time); None: now
 
 
 def connect(path: Path | str, synchronous: str = "FULL") -> sqlite3.Connection:
@@ -211,6 +218,9 @@ class QueueDB:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version > SCHEMA_VERSION:
                 raise QueueError(f"queue {self.path} has schema {version}, newer than this agent ({SCHEMA_VERSION})")
+            # Made once per file; a queue from before epochs gets its own on first open (its seqs go on).
+            conn.execute("INSERT INTO agent_state VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                         (EPOCH_KEY, json.dumps(secrets.token_hex(8))))
 
     @staticmethod
     def add_events(conn: sqlite3.Connection, events: Sequence[Event], now: float | None = None) -> None:
@@ -221,7 +231,8 @@ class QueueDB:
         now = time.time() if now is None else now
         conn.executemany(
             "INSERT INTO events (seq, delivery_id, status, code, text, at) VALUES (?, ?, ?, ?, ?, ?)",
-            [(first + i, e.delivery_id, e.status, e.code, e.text, now) for i, e in enumerate(events)],
+            [(first + i, e.delivery_id, e.status, e.code, e.text, now if e.at is None else e.at)
+             for i, e in enumerate(events)],
         )
 
     # -- the API side -------------------------------------------------------------------------
@@ -341,15 +352,27 @@ class QueueDB:
             conn.execute("DELETE FROM nonces WHERE expires < ?", (time.time(),))
             return conn.execute("INSERT OR IGNORE INTO nonces VALUES (?, ?)", (nonce, expires)).rowcount == 1
 
+    @property
+    def epoch(self) -> str:
+        """This queue file's epoch: its outcome seqs count from 1 under it."""
+        return self.get_state(EPOCH_KEY)
+
     def outcomes(self, ack: int, max_events: int = MAX_EVENTS_PER_REPLY,
-                 max_bounce_bytes: int = MAX_BOUNCE_BYTES_PER_REPLY) -> dict[str, Any]:
+                 max_bounce_bytes: int = MAX_BOUNCE_BYTES_PER_REPLY, *, epoch: str | None = None) -> dict[str, Any]:
         """Forget everything with seq <= ack, return what follows: no seq below the highest one
-        returned is ever held back, so the panel can ack that highest seq safely."""
+        returned is ever held back, so the panel can ack that highest seq safely.
+
+        ``epoch``: the epoch the ack was given for. Another one (the panel's ack for a queue this
+        agent had before it was reinstalled) acknowledges nothing: all is returned from seq 1,
+        with this queue's epoch. None (a panel from before epochs): the ack is taken."""
         with self.write() as conn:
+            own = json.loads(conn.execute("SELECT value FROM agent_state WHERE key = ?", (EPOCH_KEY,)).fetchone()[0])
+            if epoch is not None and epoch != own:
+                ack = 0
             conn.execute("DELETE FROM events WHERE seq <= ?", (ack,))
             conn.execute("DELETE FROM bounces WHERE seq <= ?", (ack,))
             events = conn.execute(
-                "SELECT seq, delivery_id, status, code, text FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, delivery_id, status, code, text, at FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
                 (ack, max_events + 1),
             ).fetchall()
             bounces = conn.execute(
@@ -368,10 +391,10 @@ class QueueDB:
             if cutoff is None:
                 cutoff = max([e[0] for e in events[-1:]] + [b[0] for b in bounces[-1:]] + [ack])
             out_events = []
-            for seq, delivery_id, status, code, text in events:
+            for seq, delivery_id, status, code, text, at in events:
                 if seq > cutoff:
                     break
-                event: dict[str, Any] = {"seq": seq, "id": delivery_id, "status": status}
+                event: dict[str, Any] = {"seq": seq, "id": delivery_id, "status": status, "at": at}
                 if code is not None:
                     event["code"] = code
                 if text is not None:
@@ -383,7 +406,7 @@ class QueueDB:
                     "SELECT seq, token, kind, raw FROM bounces WHERE seq > ? AND seq <= ? ORDER BY seq", (ack, cutoff)
                 )
             ]
-        return {"events": out_events, "bounces": out_bounces, "more": more}
+        return {"events": out_events, "bounces": out_bounces, "more": more, "epoch": own}
 
     # -- the sender side ----------------------------------------------------------------------
 

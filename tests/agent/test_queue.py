@@ -129,12 +129,13 @@ def test_outcomes_share_one_sequence_and_acked_ones_are_forgotten(queue_db: Queu
     with queue_db.write() as conn:
         queue_db.add_events(conn, [Event(1, "sent"), Event(2, "sent")])
         queue_db.add_bounce(conn, "3-tok", "bounce", "raw bounce", "spool-a")
-        queue_db.add_events(conn, [Event(1, "delivered", 250, "250 OK")])
+        queue_db.add_events(conn, [Event(1, "delivered", 250, "250 OK", at=1796379245.5)])  # Exim's log time
     first = queue_db.outcomes(0)
     seqs = [e["seq"] for e in first["events"]] + [b["seq"] for b in first["bounces"]]
     assert sorted(seqs) == [1, 2, 3, 4]
     assert first["bounces"] == [{"seq": 3, "token": "3-tok", "kind": "bounce", "raw": "raw bounce"}]
-    assert first["events"][2] == {"seq": 4, "id": 1, "status": "delivered", "code": 250, "text": "250 OK"}
+    assert first["events"][2] == {"seq": 4, "id": 1, "status": "delivered", "code": 250, "text": "250 OK",
+                                  "at": 1796379245.5}
     assert first["more"] is False
     second = queue_db.outcomes(3)
     assert [e["seq"] for e in second["events"]] == [4] and second["bounces"] == []
