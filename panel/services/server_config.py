@@ -1,5 +1,6 @@
 """Settings of a server that the daemon pushes to its agent without Ansible: the HELO name of each
-source IP and the rate limits per (source IP, recipient domain).
+source IP, the rate limits per (source IP, recipient domain), and the mailbox provider table with
+the limits per (source IP, provider) (the built-in ones until the panel lets them be edited).
 
 Every change bumps ``Server.config_version``; the daemon pushes the whole config to the agent
 (``POST /v1/config``) whenever the version the agent holds (``config_applied``) differs.
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+
+from worker_agent.providers import BUILTIN_PROVIDERS, DEFAULT_LIMITS
 
 from ..extensions import db
 from ..models import Domain, Server, ServerEvent, ServerIP, ServerRateLimit
@@ -262,7 +265,18 @@ def agent_config(server: Server) -> dict[str, Any]:
         "version": server.config_version,
         "rate_limits": [{"source_ip": r.source_ip, "domain": r.domain, "per_minute": r.per_minute} for r in rules],
         "helo": {ip.ip: ip.helo for ip in server.ips},
+        **provider_settings(server),
         **sending_domains(server),
+    }
+
+
+def provider_settings(server: Server) -> dict[str, Any]:
+    """The provider table and the limits per (source IP, provider): the agent's built-in ones, sent
+    explicitly so that the panel's view is what every agent holds whatever version it runs."""
+    return {
+        "providers": {name: list(suffixes) for name, suffixes in BUILTIN_PROVIDERS.items()},
+        "provider_limits": [{key: value for key, value in rule.to_json().items() if value is not None}
+                            for rule in DEFAULT_LIMITS.values()],
     }
 
 

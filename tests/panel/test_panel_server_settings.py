@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import select
 
 from panel.models import Server, ServerEvent, ServerIP, ServerRateLimit
 from panel.services.server_config import agent_config
+from worker_agent import remote_config
+from worker_agent.providers import BUILTIN_PROVIDERS, DEFAULT_LIMITS, ProviderTable, default_limits
 
 
 def ips(seed, server_id):
@@ -144,11 +148,20 @@ def test_the_agent_config_carries_the_version_helo_names_and_rules(as_alice, app
     with app.app_context():
         from panel.extensions import db
 
-        assert agent_config(db.session.get(Server, server_id)) == {
+        body = agent_config(db.session.get(Server, server_id))
+        assert body == {
             "version": 1,
             "rate_limits": [{"source_ip": "192.0.2.10", "domain": "yahoo.com", "per_minute": 120}],
             "helo": {"192.0.2.10": "mx1.example.net", "192.0.2.11": "mx2.example.net"},
+            # no edits in the panel: the built-in provider table and default limits per provider
+            "providers": {name: list(suffixes) for name, suffixes in BUILTIN_PROVIDERS.items()},
+            "provider_limits": [{k: v for k, v in rule.to_json().items() if v is not None}
+                                for rule in DEFAULT_LIMITS.values()],
         }
+    # what the agent takes as it is, and reads back as the defaults
+    pushed = remote_config.parse(json.loads(json.dumps(body)), ("192.0.2.10", "192.0.2.11"))
+    assert remote_config.provider_limits(pushed) == default_limits()
+    assert remote_config.provider_table(pushed).to_json() == ProviderTable().to_json()
 
 
 def test_config_events_show_on_the_page(as_alice, app, seed, server_id):
