@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,19 +65,56 @@ def test_recall_by_ids_answers_every_id_in_exactly_one_bucket(queue_db: QueueDB)
     assert {e["id"] for e in queue_db.outcomes(0)["events"]} == {2, 3}
 
 
-def test_a_letter_the_sender_may_have_handed_to_exim_is_not_recalled(queue_db: QueueDB) -> None:
-    """A crashed sender's claim is queued again before the restart has read Exim's log; Exim may hold it.
-    A letter that waits for a retry after a lost connection may be in Exim too. Neither is given back."""
+def test_a_letter_the_sender_holds_or_has_tried_is_not_recalled(queue_db: QueueDB) -> None:
+    """A letter waiting for a retry after the connection to Exim was lost (perhaps after DATA: Exim
+    may hold it, its log will say) stays the agent's, like one the sender holds; a letter held back
+    by a rate limit never went to Exim and is given back."""
     queue(queue_db, "b1", range(1, 5))
-    queue_db.claim(2)  # 1, 2: the sender died holding them
-    assert queue_db.recover_claims(time.time() + 1, max_attempts=5) == (2, 0)
-    queue_db.claim(10)  # 1-4 claimed again
+    assert [c.id for c in queue_db.claim(10)] == [1, 2, 3, 4]
     queue_db.finish(retry=[(3, time.time() + 30, None, "connection to local Exim lost")],
-                    release=[(4, time.time() + 30)])  # 4: held by a rate limit, never submitted
+                    release=[(4, time.time() + 30)])
     assert states(queue_db) == {1: "claimed", 2: "claimed", 3: "queued", 4: "queued"}
-    queue_db.finish(release=[(1, 0.0)])  # given back unstarted by a stopping sender, but tried before the crash
     assert queue_db.recall(ids=[1, 2, 3, 4]) == {"recalled": [4], "not_recalled": nothing_back(sending=[1, 2, 3])}
-    assert states(queue_db) == {1: "queued", 2: "claimed", 3: "queued"}
+    assert queue_db.recall(campaign_id=12) == {"recalled": [], "not_recalled": {"sending": [1, 2, 3]}, "more": False}
+    assert states(queue_db) == {1: "claimed", 2: "claimed", 3: "queued"}
+
+
+def test_recalls_racing_the_senders_claims_never_share_a_letter(tmp_path: Any) -> None:
+    """A sender claiming from one connection while recalls arrive on another: every letter ends
+    either claimed or given back, never both, and each recall's answer says which."""
+    db = QueueDB(tmp_path / "queue.sqlite3")
+    for b in range(4):
+        queue(db, f"b{b}", range(b * 500 + 1, b * 500 + 501))
+    claimed: list[int] = []
+    done = threading.Event()
+
+    def sender() -> None:
+        other = QueueDB(db.path)
+        while not done.is_set():
+            claimed.extend(c.id for c in other.claim(3))
+            time.sleep(0.002)  # slower than the recalls, which come down from the top to meet it
+        other.close()
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    recalled: list[int] = []
+    sending: list[int] = []
+    try:
+        wait_for(lambda: claimed, "the sender's first claim", interval=0.001)
+        for first in range(1951, 0, -50):  # from the top while the sender claims from the bottom: they meet
+            reply = db.recall(ids=list(range(first, first + 50)))
+            recalled += reply["recalled"]
+            sending += reply["not_recalled"]["sending"]
+            assert reply["not_recalled"]["unknown"] == reply["not_recalled"]["submitted"] == []
+    finally:
+        done.set()
+        thread.join()
+    assert recalled and claimed, "the race did not happen: both sides must take letters"
+    assert not set(recalled) & set(claimed)
+    assert sorted(recalled + claimed) == list(range(1, 2001))
+    assert sending and set(sending) <= set(claimed)  # the recalls met letters the sender held
+    assert states(db) == {i: "claimed" for i in claimed}
+    db.close()
 
 
 def test_a_letter_released_unstarted_is_recalled(queue_db: QueueDB) -> None:
