@@ -146,12 +146,35 @@ def cancel_suppressed(batch: DispatchBatch, campaign: Campaign) -> int:
     return result.rowcount
 
 
+def suppressed_in(batch: DispatchBatch, campaign: Campaign) -> set[int]:
+    """The batch's pending letters whose address the user suppressed after the campaign started."""
+    suppressed = (
+        select(Suppression.id)
+        .where(Suppression.user_id == campaign.user_id, Suppression.email == Delivery.email)
+        .exists()
+    )
+    return set(db.session.scalars(
+        select(Delivery.id).where(Delivery.batch_id == batch.id, Delivery.status == "pending", suppressed)
+    ))
+
+
 def push_batch(client: AgentClient, batch: DispatchBatch) -> None:
-    """Push one batch; raises AgentError (the batch stays open and is pushed again later)."""
+    """Push one batch; raises AgentError (the batch stays open and is pushed again later).
+
+    A batch pushed again may already be on the agent (its answer was lost): a letter whose address
+    was suppressed meanwhile is then left out of the push but not cancelled here, since the agent may
+    hold it; it is marked queued with the rest, and recall.recall_suppressed takes it back."""
     campaign = db.session.get(Campaign, batch.campaign_id)
+    first = batch.attempts == 0
     batch.attempts += 1
-    cancel_suppressed(batch, campaign)
+    held_back: set[int] = set()
+    if first:
+        cancel_suppressed(batch, campaign)
+    else:
+        held_back = suppressed_in(batch, campaign)
     payload = batch_payload(batch, campaign)
+    if held_back:
+        payload["recipients"] = [item for item in payload["recipients"] if item["id"] not in held_back]
     db.session.commit()  # the attempt is counted even if the push dies with the process
     if payload["recipients"]:
         client.call("/v1/batches", payload)
@@ -165,10 +188,17 @@ def push_batch(client: AgentClient, batch: DispatchBatch) -> None:
 
 
 def _open_batches(server: Server) -> list[DispatchBatch]:
+    """Batches to push (again): those of running campaigns, and those of cancelled campaigns whose
+    push was tried: the agent may hold them, and pushed again once it knows of the cancel, it answers
+    that each letter is cancelled (or was already), so none stays pending."""
     return list(db.session.scalars(
         select(DispatchBatch)
         .join(Campaign, Campaign.id == DispatchBatch.campaign_id)
-        .where(DispatchBatch.server_id == server.id, DispatchBatch.status == "open", Campaign.status.in_(SENDABLE))
+        .where(
+            DispatchBatch.server_id == server.id,
+            DispatchBatch.status == "open",
+            or_(Campaign.status.in_(SENDABLE), and_(Campaign.status == "cancelled", DispatchBatch.attempts > 0)),
+        )
         .order_by(DispatchBatch.id)
     ))
 

@@ -7,13 +7,14 @@ server and IP send each letter is chosen later, when a server takes it (daemon/d
 
 from __future__ import annotations
 
-from sqlalchemy import Subquery, and_, delete, exists, func, insert, literal, select, text, update
+from sqlalchemy import Subquery, and_, delete, exists, func, insert, literal, or_, select, text, update
 
 from ..extensions import db
 from ..models import (
     Campaign,
     CampaignCount,
     Delivery,
+    DispatchBatch,
     Recipient,
     Suppression,
     User,
@@ -116,10 +117,15 @@ def set_campaign_state(user: User, campaign: Campaign, action: str) -> None:
         raise SendingError(f"cannot {action} a campaign that is {campaign.status}")
     campaign.status = {"pause": "paused", "resume": "running", "cancel": "cancelled"}[action]
     if action == "cancel":
+        # A letter in a batch whose push was tried may be on an agent, which may send it: it stays
+        # pending until the agent, told of the cancel and pushed that batch again, answers for it.
+        pushed = select(DispatchBatch.id).where(DispatchBatch.campaign_id == campaign.id, DispatchBatch.attempts > 0)
         db.session.execute(
             update(Delivery)
-            .where(Delivery.campaign_id == campaign.id, Delivery.status == "pending")
+            .where(Delivery.campaign_id == campaign.id, Delivery.status == "pending",
+                   or_(Delivery.batch_id.is_(None), Delivery.batch_id.not_in(pushed)))
             .values(status="cancelled")
+            .execution_options(synchronize_session=False)
         )
         campaign.finished_at = utcnow()
     db.session.flush()

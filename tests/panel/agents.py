@@ -140,14 +140,25 @@ class TakingAgent:
 
 
 class RecordingAgent(TakingAgent):
-    """A TakingAgent that keeps every batch pushed to it."""
+    """A TakingAgent that keeps every batch pushed to it, and answers a recall as an agent whose
+    sender has not reached any of them: it gives back what it holds, except ids in `sending`."""
 
     def __init__(self) -> None:
         self.batches: list[dict] = []
+        self.held: set[int] = set()
+        self.sending: set[int] = set()
 
     def call(self, path: str, payload: dict, **_: object) -> dict:
         if path == "/v1/batches":
             self.batches.append(payload)
+            self.held |= {item["id"] for item in payload["recipients"]}
+        if path == "/v1/recall":
+            asked = payload["ids"]
+            recalled = [i for i in asked if i in self.held and i not in self.sending]
+            self.held -= set(recalled)
+            return {"recalled": recalled, "not_recalled": {
+                "sending": [i for i in asked if i in self.sending],
+                "unknown": [i for i in asked if i not in self.held and i not in recalled]}}
         return {}
 
 

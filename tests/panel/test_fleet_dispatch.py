@@ -19,7 +19,7 @@ from panel.models import Campaign, Delivery, DispatchBatch, Server, ServerEvent,
 from panel.models.base import utcnow
 from panel.services.sending import start_campaign
 
-from tests.panel.agents import RecordingAgent
+from tests.panel.agents import RecordingAgent, hand_over
 
 WINDOW, BATCH = 200, 50
 _names = itertools.count()
@@ -303,3 +303,52 @@ def test_the_api_declares_a_server_gone_and_shows_its_letters(app, seed, alice, 
         assert db.session.scalar(select(func.count()).where(Delivery.campaign_id == campaign_id,
                                                             Delivery.server_id.is_(None),
                                                             Delivery.status == "pending")) == 20
+
+
+def test_a_server_back_after_a_long_silence_gives_its_waiting_letters_back(app, seed, alice):
+    from panel.daemon.recall import recall_after_silence, silent_too_long
+
+    server_id = seed.server(alice)
+    campaign_id = _started(app, seed, alice, 120)
+    with app.app_context():
+        agent = hand_over(server_id)
+        assert _held(app, campaign_id) == {server_id: 120}
+        agent.sending = set(sorted(agent.held)[:20])  # its sender holds these: they stay its own
+        server = db.session.get(Server, server_id)
+        server.status, server.last_seen_at = "offline", utcnow() - timedelta(seconds=30)
+        db.session.commit()
+        assert not silent_too_long(db.session.get(Server, server_id), 60)
+        db.session.get(Server, server_id).last_seen_at = utcnow() - timedelta(seconds=61)
+        db.session.commit()
+        assert silent_too_long(db.session.get(Server, server_id), 60)
+        assert recall_after_silence(agent, db.session.get(Server, server_id)) == 100
+        event = db.session.scalar(select(ServerEvent.message).where(ServerEvent.kind == "recalled"))
+        assert "100 letters waiting on its agent went back" in event and "20 it was already sending" in event
+    assert _held(app, campaign_id) == {server_id: 20, None: 100}
+    with app.app_context():
+        free = db.session.scalars(select(Delivery).where(Delivery.server_id.is_(None))).all()
+        assert {(d.status, d.batch_id, d.source_ip) for d in free} == {("pending", None, None)}
+
+
+def test_a_cancel_leaves_letters_the_agent_may_hold_to_its_answer(app, seed, alice):
+    """Cancelling while a batch's push was tried but not answered: its letters are not marked
+    cancelled blindly (the agent may send them); told of the cancel and pushed the batch again, the
+    agent answers for each, and the rest of the campaign is cancelled at once."""
+    from panel.services.sending import set_campaign_state
+
+    server_id = seed.server(alice)
+    campaign_id = _started(app, seed, alice, 100)
+    with app.app_context():
+        db.session.execute(update(Server).where(Server.id == server_id).values(status="online"))
+        tried = _claim(db.session.get(Campaign, campaign_id), db.session.get(Server, server_id), 30).id
+        db.session.get(DispatchBatch, tried).attempts = 1
+        db.session.commit()
+        set_campaign_state(db.session.get(User, alice), db.session.get(Campaign, campaign_id), "cancel")
+        db.session.commit()
+        counts = dict(db.session.execute(select(Delivery.status, func.count()).where(
+            Delivery.campaign_id == campaign_id).group_by(Delivery.status)).all())
+        assert counts == {"pending": 30, "cancelled": 70}
+        agent = RecordingAgent()
+        dispatch_server(agent, db.session.get(Server, server_id))
+        assert [len(batch["recipients"]) for batch in agent.batches] == [30]  # pushed again for its answer
+        assert db.session.get(DispatchBatch, tried).status == "pushed"

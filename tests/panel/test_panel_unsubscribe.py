@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, insert, select
 from panel import create_app
 from panel.daemon.agent_client import AgentError
 from panel.daemon.dispatch import SUPPRESSED_REPLY, dispatch_server
+from panel.daemon.recall import recall_suppressed
 from panel.daemon.outcomes import finish_campaigns, store_bounces
 from panel.extensions import db
 from panel.models import BounceMessage, Campaign, Delivery, DispatchBatch, Server, Suppression, User
@@ -132,13 +133,20 @@ class RecordingAgent:
 
     def __init__(self) -> None:
         self.pushed: list[str] = []
+        self.held: set[int] = set()
         self.down = False
 
     def call(self, path: str, payload: dict, **_: object) -> dict:
         if self.down:
             raise AgentError("agent unreachable")
+        if path == "/v1/recall":  # gives back what it holds; knows nothing of the rest
+            asked = payload["ids"]
+            recalled = [i for i in asked if i in self.held]
+            self.held -= set(recalled)
+            return {"recalled": recalled, "not_recalled": {"unknown": [i for i in asked if i not in recalled]}}
         assert path == "/v1/batches"
         self.pushed += [item["email"] for item in payload["recipients"]]
+        self.held |= {item["id"] for item in payload["recipients"]}
         return {}
 
 
@@ -186,13 +194,37 @@ def test_a_batch_left_open_by_a_failed_push_leaves_out_an_address_unsubscribed_m
     agent = RecordingAgent()
     agent.down = True
     with pytest.raises(AgentError):
-        dispatch(app, agent)  # the batch (Ann and Zed) is persisted, its push failed
-    assert seed.query(lambda s: s.scalar(select(DispatchBatch.status))) == "open"
+        dispatch(app, agent)  # a batch with a letter to Ann is persisted, its push failed
+    tried = seed.query(lambda s: s.scalar(select(DispatchBatch.id).where(DispatchBatch.status == "open")))
+    in_tried = seed.query(lambda s: s.scalars(select(Delivery.email).where(Delivery.batch_id == tried)).all())
+    assert "ann@example.org" in in_tried
     client.post(f"{PUBLIC}/u/{delivery['token']}")
     agent.down = False
     dispatch(app, agent)
     assert agent.pushed == ["zed@example.org"]
-    assert [status for _, status, _ in letters(seed, running_campaign)] == ["cancelled", "queued"]
+    # The tried batch's letter to Ann may be on the agent (the failed push's answer may have been
+    # lost): not pushed again and not cancelled blindly, but recalled; the agent never got it, so it
+    # is cancelled. A letter to Ann in a batch never tried was cancelled before its push.
+    assert seed.query(lambda s: s.scalar(select(Delivery.status).where(
+        Delivery.batch_id == tried, Delivery.email == "ann@example.org"))) == "queued"
+    with app.app_context():
+        assert recall_suppressed(agent, db.session.scalar(select(Server)), {}) == 1
+    assert seed.query(lambda s: s.scalars(select(Delivery.status).where(
+        Delivery.email == "ann@example.org")).all()) == ["cancelled", "cancelled"]
+    assert [status for email, status, _ in letters(seed, running_campaign) if email == "zed@example.org"] == ["queued"]
+
+
+def test_an_address_suppressed_while_its_letter_waits_on_the_agent_is_recalled(client, app, seed, delivery,
+                                                                               running_campaign):
+    agent = RecordingAgent()
+    dispatch(app, agent)
+    assert sorted(agent.pushed) == ["ann@example.org", "ann@example.org", "zed@example.org"]
+    client.post(f"{PUBLIC}/u/{delivery['token']}")
+    with app.app_context():
+        assert recall_suppressed(agent, db.session.scalar(select(Server)), {}) == 2  # both letters to Ann
+    assert letters(seed, running_campaign) == [("ann@example.org", "cancelled", SUPPRESSED_REPLY),
+                                               ("zed@example.org", "queued", None)]
+    assert len(agent.held) == 1  # Zed's letter stays with the agent
 
 
 def test_a_batch_whose_every_address_was_suppressed_is_not_pushed(client, app, seed, delivery):
