@@ -184,7 +184,7 @@ def _dns_server(value: Any) -> dict[str, Any]:
     """``"192.0.2.53"``, ``"127.0.0.1:5353"`` or ``"[::1]:53"``: an IP address and an optional port."""
     if value is None:
         return {}
-    host, port = value, "53"
+    host, port = (value if isinstance(value, str) else ""), "53"
     if isinstance(value, str) and (value.startswith("[") or value.count(":") == 1):
         host, _, port = value.rpartition(":")
         host = host.strip("[]")

@@ -252,3 +252,16 @@ def test_an_hourly_limit_alone_spreads_the_hour(resolver: ProviderResolver) -> N
     times = [at for at, _, _ in sent]
     assert _most_in_any_window(times, 3600) <= 120
     assert len(times) >= 3 * 120 - 5
+
+
+def test_the_agent_config_names_the_dns_server_of_the_mx_lookups(write_config) -> None:
+    from worker_agent.config import ConfigError
+
+    assert (write_config().dns_server, write_config().dns_port) == (None, 53)  # the system's resolver
+    for given, wanted in (("192.0.2.53", ("192.0.2.53", 53)), ("127.0.0.1:5353", ("127.0.0.1", 5353)),
+                          ("[::1]:5300", ("::1", 5300)), ("2001:db8::53", ("2001:db8::53", 53))):
+        config = write_config(dns_server=given)
+        assert (config.dns_server, config.dns_port) == wanted, given
+    for bad in ("dns.example", "127.0.0.1:0", "127.0.0.1:x", 53, ""):
+        with pytest.raises(ConfigError, match="dns_server\" must be an IP address with an optional port"):
+            write_config(dns_server=bad)
