@@ -20,13 +20,14 @@ from ...services.campaigns import (CampaignInput, CampaignInvalid, CampaignLocke
 from ...services.csv_import import ImportFailed, ImportOptions, TooManyRows, import_csv, import_records
 from ...services.domains import (DomainError, DomainInput, DomainTaken, add_domain, check_records, check_reverse, delete_domain,
                                  get_domain, publish, user_domains)
+from ...services.failover import declare_gone
 from ...services.lists import ListError, ListNameTaken, create_list, get_list, user_lists
 from ...services.rate_limit import take_token
 from ...services.recipients import (RecipientError, RecipientTaken, delete_recipient, export_list, find_in_list,
                                     unsubscribe_recipient, update_recipient)
 from ...services.suppressions import (MAX_PAGE_SIZE, PAGE_SIZE, SuppressionError, add_suppression,
                                       export_suppressions, find_suppression, remove_suppression, search_suppressions)
-from ...services.sending import SendingError, campaign_stats, set_campaign_state, start_campaign
+from ...services.sending import SendingError, campaign_stats, server_letters, set_campaign_state, start_campaign
 from ...services.server_config import RateLimitInput, replace_settings, settings_json
 from ...services.servers import ServerError, get_server, user_servers
 from ...services.tracking import link_stats
@@ -616,6 +617,23 @@ def _own_server(server_id: int) -> Server:
     if item is None:
         raise ApiError(404, f"no server {server_id} (or it is not yours)")
     return item
+
+
+@bp.get("/servers/<int:server_id>")
+def server_get(server_id: int):
+    item = _own_server(server_id)
+    # Letters of running and paused campaigns this server holds, by state (issue 9: failover).
+    return jsonify({**_server_json(item), "letters": server_letters(item.id)})
+
+
+@bp.post("/servers/<int:server_id>/gone")
+def server_gone(server_id: int):
+    try:
+        report = declare_gone(_own_server(server_id))
+    except ServerError as exc:
+        raise ApiError(409, str(exc)) from None
+    db.session.commit()
+    return jsonify({"resent": report.resent, "may_repeat": report.may_repeat, "unknown": report.unknown})
 
 
 @bp.get("/servers/<int:server_id>/config")
