@@ -133,8 +133,8 @@ def _parse_provider_limits(value: Any, own: dict[str, str], table: ProviderTable
             raise RemoteConfigError(f"{where} needs source_ip and provider")
         ip = item["source_ip"] if item["source_ip"] == "*" else _own_ip(item["source_ip"], own, f"{where}.source_ip")
         provider = item["provider"].lower() if isinstance(item["provider"], str) else item["provider"]
-        if not (provider == "*" or provider in table.providers
-                or (isinstance(provider, str) and "." in provider and DOMAIN_RE.fullmatch(provider))):
+        if not isinstance(provider, str) or not (provider == "*" or provider in table.providers
+                                                 or ("." in provider and DOMAIN_RE.fullmatch(provider))):
             raise RemoteConfigError(f"{where}.provider: {item['provider']!r} is neither \"*\", a provider of the table "
                                     f"({', '.join(sorted(table.providers)) or 'none'}) nor a domain name")
         per_minute = _number(item.get("per_minute"), f"{where}.per_minute", MAX_PER_MINUTE)

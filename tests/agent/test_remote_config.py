@@ -228,6 +228,12 @@ def test_without_a_table_or_limits_the_built_in_ones_apply(panel: Panel, node: A
     ({"provider_limits": [{"source_ip": "*", "provider": "google", "per_minute": 5},
                           {"source_ip": "*", "provider": "Google", "per_hour": 5}]},
      "provider_limits[1]: source_ip * and provider google are already limited by provider_limits[0]"),
+    ({"provider_limits": [{"source_ip": "*", "provider": {"a": 1}, "per_minute": 5}]},
+     "provider_limits[0].provider: {'a': 1} is neither"),
+    ({"provider_limits": [{"source_ip": ["*"], "provider": "google", "per_minute": 5}]},
+     "provider_limits[0].source_ip: ['*'] is not an IP address"),
+    ({"provider_limits": [["*", "google", 5]]}, "provider_limits[0] must be an object"),
+    ({"providers": {"big": [5]}}, "providers['big']: 5 is not a host name suffix"),
 ])
 def test_a_wrong_provider_setting_is_refused_whole(panel: Panel, node: AgentConfig, change: dict[str, Any],
                                                    message: str) -> None:
