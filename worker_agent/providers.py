@@ -206,6 +206,7 @@ class ProviderResolver:
         self.failure_ttl = failure_ttl
         self.clock = clock
         self._cache = _cache or _MxCache(max_entries)
+        self._memo: dict[str, tuple[str, float]] = {}  # domain as asked -> (group, expiry) under this table
         self._pool = _pool
         self._resolver: dns.resolver.Resolver | None
         try:
@@ -245,11 +246,21 @@ class ProviderResolver:
 
     def provider_now(self, domain: str) -> str:
         """The domain's group without waiting on a lookup ``prefetch`` left running (its own group
-        until that answers); a domain nobody looked up yet is looked up now."""
-        domain = _normal(domain)
-        if domain in self._cache.pending:
-            return self.provider_of_cached(domain)
-        return self.provider_of(domain)
+        until that answers); a domain nobody looked up yet is looked up now. Asked for every
+        letter, so a group found is remembered until its answer expires."""
+        hit = self._memo.get(domain)
+        if hit is not None and hit[1] > self.clock():
+            return hit[0]
+        name = _normal(domain)
+        if name in self._cache.pending:
+            return self.provider_of_cached(name)
+        group = self.provider_of(name)
+        entry = self._cache.entries.get(name)
+        if entry is not None:
+            if len(self._memo) >= self._cache.max_entries:
+                self._memo.clear()
+            self._memo[domain] = (group, entry[1])
+        return group
 
     def expires_in(self, domain: str) -> float:
         entry = self._cache.entries.get(_normal(domain))

@@ -123,7 +123,9 @@ def test_an_answer_is_kept_for_its_ttl_and_a_change_seen_after_it(bind: BindServ
     _set_mx(bind, "changing.test", ["mta5.am0.yahoodns.net."], ttl=2)
     assert bind.query("changing.test", "MX") == ["10 mta5.am0.yahoodns.net."]
     assert resolver.provider_of("changing.test") == "google"  # still within the TTL: the cached answer
+    assert resolver.provider_now("changing.test") == "google"  # what the limiter asks for each letter
     time.sleep(2.2)
+    assert resolver.provider_now("changing.test") == "yahoo"
     assert resolver.provider_of("changing.test") == "yahoo"
 
 
