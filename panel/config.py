@@ -33,6 +33,11 @@ class Config:
     BOUNCE_DOMAIN = "bounces.mailfleet.test"
     BOUNCE_SOFT_LIMIT = 3  # soft bounces in a row (across a user's campaigns) that suppress an address
     DAEMON_INTERVAL = 1.0  # seconds between daemon rounds when idle
+    # Several daemons share the servers by leases in the DB (daemon/runner.py): a lease lasts this long and
+    # is renewed every fifth of it, so a killed daemon's servers are taken over within about 1.2 times it.
+    DAEMON_LEASE_SECONDS = 15.0
+    DAEMON_PROVISION = 1  # 0: this daemon never provisions (one on another machine than the web panel)
+    DAEMON_DB_CONNECTIONS = 50  # database connections a daemon may open (one a served server at most)
     DISPATCH_BATCH_SIZE = 1000  # recipients per push to an agent
     DISPATCH_WINDOW = 10000  # letters pushed to one server and not yet handed to its Exim
     # Seconds a server may be silent before the letters never pushed to it go to the other servers.

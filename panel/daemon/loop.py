@@ -68,6 +68,18 @@ class DaemonState:
             self.clients[server.id] = (identity, client)
         return self.clients[server.id][1]
 
+    def forget(self, server_id: int) -> None:
+        """What this daemon knew of a server it stops serving (another daemon may serve it meanwhile)."""
+        known = self.clients.pop(server_id, None)
+        if known is not None:
+            known[1].close()
+        self.last_ping.pop(server_id, None)
+        self.config_failed.pop(server_id, None)
+        self.failing.pop(server_id, None)
+        for key in list(self.told):  # list(): a snapshot, other servers' threads add keys meanwhile
+            if key[1] == server_id:
+                self.told.pop(key, None)
+
 
 def _mark(server: Server, status: str, message: str) -> None:
     if server.status != status:
@@ -237,7 +249,17 @@ def _prune_imports(state: DaemonState) -> None:
     prune_files(imports_dir(app), ImportLimits.from_config(app.config).report_days)
 
 
+def global_work(state: DaemonState) -> None:
+    """What concerns no one server; one daemon at a time does it (the `global` lease, daemon/runner.py)."""
+    _fail_over()
+    finish_campaigns()
+    _publish_domains(state)
+    _prune_imports(state)
+
+
 def run_round(state: DaemonState) -> bool:
+    """Every ready server in turn, then the global work: one daemon's round in one thread (the tests'
+    way of running the daemon step by step; the daemon process serves each server in its own thread)."""
     busy = False
     # Servers being set up, taken down or whose setup failed have no agent to talk to.
     for server in db.session.scalars(select(Server).where(Server.ready).order_by(Server.id)).all():
@@ -247,37 +269,14 @@ def run_round(state: DaemonState) -> bool:
         except Exception:  # whatever one agent made of this round, the other servers still get theirs
             db.session.rollback()
             log.exception("server %s: round failed", server_id)
-    _fail_over()
-    finish_campaigns()
-    _publish_domains(state)
-    _prune_imports(state)
+    global_work(state)
     db.session.remove()
     return busy
 
 
 def run_forever(app: Flask, stop: threading.Event, *, provision: bool = True) -> None:
-    state = DaemonState()
-    interval = app.config["DAEMON_INTERVAL"]
-    provisioner = None
-    if provision:
-        # Playbook runs take minutes: they go on in their own thread while the rounds go on here.
-        from .provision import Provisioner
+    """The daemon process: its share of the servers by lease, each served in its own thread
+    (daemon/runner.py). leases.OnlyOneDaemon if another daemon runs on this SQLite database."""
+    from .runner import Daemon
 
-        provisioner = Provisioner(app, stop)
-        provisioner.start()
-    log.info("daemon started")
-    while not stop.is_set():
-        with app.app_context():
-            try:
-                busy = run_round(state)
-            except Exception:  # one bad round must not end the daemon; it is logged and retried
-                log.exception("daemon round failed")
-                db.session.rollback()
-                busy = False
-        if not busy:
-            stop.wait(interval)
-    if provisioner is not None:
-        provisioner.stop()
-    for _, client in state.clients.values():
-        client.close()
-    log.info("daemon stopped")
+    Daemon(app, stop, provision=provision).run()

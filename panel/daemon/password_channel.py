@@ -72,6 +72,7 @@ class PasswordChannel:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._inode: int | None = None
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +85,7 @@ class PasswordChannel:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
+        self._inode = self.path.stat().st_ino
         sock.listen(8)
         sock.settimeout(0.5)
         self._sock = sock
@@ -98,7 +100,9 @@ class PasswordChannel:
         if self._sock is not None:
             self._sock.close()
         try:
-            self.path.unlink()
+            # Only our own socket: a daemon that took provisioning over may listen at this path now.
+            if self._inode is not None and self.path.stat().st_ino == self._inode:
+                self.path.unlink()
         except FileNotFoundError:
             pass
         self.store.clear()

@@ -20,6 +20,10 @@ report_file. `mode` says how /v1/ping is answered (every other path is answered 
 - drip-body     headers, then the body one byte a second
 - error         a sealed 400 whose error is HTML, control characters and 1 MB of text
 - refusal       403 text/plain with the same text
+- slow          every path answered honestly, but only after `delay` seconds (a slow or far agent)
+
+With `record_file`, every request is appended to it as a JSON line {"t": time, "path": …, "batch_id": …}
+when it arrives (batch_id for pushes only): which daemon-side calls reached this agent, and when.
 
 /v1/outcomes answers with the items of `report_file` (JSON {"events": [...], "bounces": [...]},
 each item with its seq) whose seq is above the panel's ack, read anew on every call.
@@ -56,7 +60,11 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         key = self.config["agent_key"].encode()
-        mode = self.config["mode"] if self.path == "/v1/ping" else "honest"
+        if self.config.get("record_file"):
+            self._record(key, body)
+        if self.config["mode"] == "slow":
+            time.sleep(float(self.config.get("delay", 3)))
+        mode = self.config["mode"] if self.path == "/v1/ping" and self.config["mode"] != "slow" else "honest"
         if mode in ("many-values", "deep"):
             opened = protocol.unseal(key, self.path, body)
             data = b"[" + b"[]," * 3_000_000 + b"[]]" if mode == "many-values" else b"[" * 100_000 + b"]" * 100_000
@@ -94,6 +102,13 @@ class Handler(BaseHTTPRequestHandler):
             self._send(status, sealed, protocol.CONTENT_TYPE)
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             self.close_connection = True  # the panel hung up on us: what a hostile reply should get
+
+    def _record(self, key: bytes, body: bytes) -> None:
+        entry = {"t": time.time(), "path": self.path}
+        if self.path == "/v1/batches":
+            entry["batch_id"] = protocol.unseal(key, self.path, body).data.get("batch_id")
+        with open(self.config["record_file"], "a") as f:  # one short write a line: whole lines
+            f.write(json.dumps(entry) + "\n")
 
     def _honest(self, data: object) -> object:
         if self.path == "/v1/ping":
