@@ -34,6 +34,7 @@ class AgentConfig:
     cert_key_file: Path
     bounce_spool: Path
     exim_mainlog: Path
+    exim_spool: Path  # Exim's spool_directory: its queue, searched after a crash (reconcile.py)
     helo_map: Path  # HELO name per source IP, written from the panel's pushes, read by Exim
     dkim_dir: Path  # DKIM private keys and the domain -> selector map, from the panel's pushes
     bounce_domains_file: Path  # the bounce domains Exim accepts besides its configured ones
@@ -109,7 +110,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> AgentConfig:
 
 _KNOWN = {
     "data_dir", "key_file", "cert_file", "cert_key_file", "bounce_spool", "exim_mainlog", "helo_map", "dkim_dir",
-    "bounce_domains_file", "listen",
+    "bounce_domains_file", "listen", "exim_spool",
     "smtp_host", "smtp_port", "smtp_connections", "source_ips", "rate_limits", "hostname", "max_attempts",
     "key_grace", "dns_server",
 }
@@ -162,6 +163,7 @@ def parse_config(raw: dict[str, Any], *, base: Path, path: Path | None = None) -
         cert_key_file=a_path("cert_key_file", data_dir / "agent-cert-key.pem"),
         bounce_spool=a_path("bounce_spool", data_dir / "bounces"),
         exim_mainlog=a_path("exim_mainlog", Path("/var/log/exim4/mainlog")),
+        exim_spool=a_path("exim_spool", Path("/var/spool/exim4")),
         helo_map=helo_map,
         # Next to the HELO map by default, where the Exim role's defaults look for them too.
         dkim_dir=a_path("dkim_dir", helo_map.parent / "dkim"),

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from .queue import Event, QueueDB
 
@@ -120,6 +120,9 @@ class LogFollower:
         self.offset = offset  # just after the last complete line handed out
         self._file: BinaryIO | None = None
         self._pending = b""
+        # The last read found the end of the file, with no part of a line left over: every line
+        # written before that read began has been handed out (reconcile.py waits for this).
+        self.at_end = False
 
     def close(self) -> None:
         if self._file is not None:
@@ -128,12 +131,14 @@ class LogFollower:
 
     def read_lines(self) -> list[tuple[bytes, int]]:
         """Complete lines (without the newline) and the offset after each; [] when nothing new."""
+        self.at_end = False
         if self._file is None and not self._open():
+            self.at_end = not self.path.exists()  # no log yet: nothing written
             return []
         assert self._file is not None
         chunk = self._file.read(READ_CHUNK)
         if not chunk:
-            self._check_replaced()
+            self.at_end = not self._check_replaced() and not self._pending
             return []
         data = self._pending + chunk
         lines: list[tuple[bytes, int]] = []
@@ -174,34 +179,43 @@ class LogFollower:
         self._pending = b""
         return True
 
-    def _check_replaced(self) -> None:
-        """At end of file: switch to a new file at the path, or start over after truncation."""
+    def _check_replaced(self) -> bool:
+        """At end of file: switch to a new file at the path, or start over after truncation.
+        True when it did (there may be lines to read at once)."""
         assert self._file is not None
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return  # rotated, new one not created yet: keep the old one open
+            return False  # rotated, new one not created yet: keep the old one open
         if st.st_ino != self.inode:
             self.close()
             self.inode, self.offset, self._pending = st.st_ino, 0, b""
             self._file = open(self.path, "rb")
             if os.fstat(self._file.fileno()).st_ino != self.inode:  # replaced again meanwhile
                 self.inode = os.fstat(self._file.fileno()).st_ino
-        elif st.st_size < self.offset:
+            return True
+        if st.st_size < self.offset:
             self._file.seek(0)
             self.offset, self._pending = 0, b""
+            return True
+        return False
 
 
 class EximLogReader:
     """Turns new main-log lines into events in the queue; ``poll`` does one round."""
 
-    def __init__(self, queue: QueueDB, log_path: Path, claim_wait: float = CLAIM_WAIT) -> None:
+    def __init__(self, queue: QueueDB, log_path: Path, claim_wait: float = CLAIM_WAIT,
+                 in_flight: Callable[[int], bool] | None = None) -> None:
+        """``in_flight``: whether the sender is still waiting for Exim's answer for a letter in
+        'submitting' (its result comes soon); any other letter Exim logged is taken over at once."""
         self.queue = queue
         saved = queue.get_state(POSITION_KEY) or {}
         same_file = saved.get("path") == str(log_path)
         self.follower = LogFollower(log_path, saved.get("inode") if same_file else None,
                                     saved.get("offset", 0) if same_file else 0)
         self.claim_wait = claim_wait
+        self.in_flight = in_flight or (lambda delivery_id: False)
+        self.caught_up = 0.0  # wall time: every line Exim wrote before it has been handled
         self._ids: OrderedDict[str, int] = OrderedDict()  # exim id -> delivery id seen on arrival lines
         self._events: list[Event] = []
         self._takeovers: list[tuple[int, str]] = []
@@ -209,6 +223,7 @@ class EximLogReader:
 
     def poll(self, stop: threading.Event | None = None) -> int:
         """Read what is new; return the number of lines handled."""
+        started = time.time()
         lines = self.follower.read_lines()
         for raw, end in lines:
             record = parse_line(raw.decode("utf-8", "replace"))
@@ -216,6 +231,8 @@ class EximLogReader:
                 self._handle(record, end - len(raw) - 1, stop)
         if lines:
             self._flush(self.follower.offset)
+        elif self.follower.at_end:
+            self.caught_up = started
         return len(lines)
 
     def close(self) -> None:
@@ -244,6 +261,9 @@ class EximLogReader:
             if row is None:
                 return  # not one of our letters (a DSN, local mail, …)
             delivery_id = row[0]
+            if row[1] == "submitting" and not self.in_flight(delivery_id):
+                # Exim delivers a letter whose arrival it never logged (killed in between): it has it
+                self._takeovers.append((delivery_id, record.exim_id))
         assert record.status is not None
         self._events.append(Event(delivery_id, record.status, record.code, record.text, record.at))
 
@@ -257,14 +277,15 @@ class EximLogReader:
         delivery_id, state, _ = row
         self._remember(record.exim_id, delivery_id)
         self._exim_ids.append((record.exim_id, delivery_id))
-        if state == "claimed":
-            # The sender is about to record it: let it, so 'sent' comes before 'delivered'.
+        if state == "claimed" or (state == "submitting" and self.in_flight(delivery_id)):
+            # The sender is about to record it (with Exim's reply): let it, so 'sent' comes before 'delivered'.
             self._flush(start)  # no transaction may stay open while we wait for the sender's
             deadline = time.monotonic() + self.claim_wait
-            while state == "claimed" and time.monotonic() < deadline and not (stop and stop.is_set()):
+            waited = state
+            while state == waited and time.monotonic() < deadline and not (stop and stop.is_set()):
                 time.sleep(0.05)
                 state = self.queue.letter_state(delivery_id) or "gone"
-        if state in ("claimed", "queued"):
+        if state in ("claimed", "submitting", "queued"):
             # Exim has it although the sender did not hear so (connection lost after DATA):
             # record it as sent here, so that the letter is not submitted a second time.
             self._takeovers.append((delivery_id, record.exim_id))
@@ -282,8 +303,9 @@ class EximLogReader:
             events: list[Event] = []
             for delivery_id, exim_id in self._takeovers:
                 if conn.execute(
-                    "UPDATE letters SET state = 'submitted', exim_id = ?, fields = NULL "
-                    "WHERE id = ? AND state IN ('claimed', 'queued')", (exim_id, delivery_id)
+                    # it reached Exim, so it used an attempt (a put-back claim had its own handed back)
+                    "UPDATE letters SET state = 'submitted', exim_id = ?, fields = NULL, attempts = max(attempts, 1) "
+                    "WHERE id = ? AND state IN ('claimed', 'submitting', 'queued')", (exim_id, delivery_id)
                 ).rowcount:
                     events.append(Event(delivery_id, "sent", None, f"accepted by Exim as {exim_id} (seen in its log)"))
             events.extend(self._events)

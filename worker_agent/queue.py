@@ -4,8 +4,11 @@ One file in data_dir, shared by the API process (writes batches, reads outcomes)
 the sender process (claims letters, records results, follows Exim's log). WAL lets
 them read while one writes; every change is one short ``BEGIN IMMEDIATE`` transaction.
 
-Letters move queued -> claimed -> submitted (or -> failed). A claim that its sender
-never finished (crash) is put back by ``recover_claims`` with a bound on attempts.
+Letters move queued -> claimed -> submitting -> submitted (or -> failed). ``submitting`` is
+committed durably right before the letter's SMTP transaction with Exim starts: a letter a dead
+sender left ``claimed`` never reached Exim and is put back by ``recover_claims`` without using
+up an attempt, however often the sender is killed; one left ``submitting`` may be in Exim and is
+never offered again until reconcile.py has looked for it in Exim's log and queue.
 Rows of finished letters stay (with their fields dropped) so a delivery id pushed again
 is recognised and never queued twice. A queued letter no SMTP transaction ever carried
 may be recalled by the panel (``recall``): its row is deleted, so it is no longer the
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_EVENTS_PER_REPLY = 5000
 MAX_BOUNCE_BYTES_PER_REPLY = 8 * 1024 * 1024
 MAX_BOUNCES_PER_REPLY = 1000
@@ -68,15 +71,19 @@ CREATE TABLE letters (
     fields TEXT,                        -- template fields as JSON; NULL once the letter is finished
     source_ip TEXT NOT NULL,
     token TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'claimed', 'submitted', 'failed')),
+    state TEXT NOT NULL DEFAULT 'queued'
+        CHECK (state IN ('queued', 'claimed', 'submitting', 'submitted', 'failed')),
     exim_id TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     claimed_at REAL,
     not_before REAL NOT NULL DEFAULT 0, -- retry / rate-limit hold
-    last_error TEXT
+    last_error TEXT,
+    submitting_at REAL,                 -- when its SMTP transaction with Exim started
+    submit_port INTEGER                 -- the sender's local port of that connection (reconcile.py)
 );
 CREATE INDEX letters_queued ON letters (campaign_id, not_before, id) WHERE state = 'queued';
 CREATE INDEX letters_claimed ON letters (claimed_at) WHERE state = 'claimed';
+CREATE INDEX letters_submitting ON letters (id) WHERE state = 'submitting';
 CREATE INDEX letters_exim_id ON letters (exim_id) WHERE exim_id IS NOT NULL;
 CREATE INDEX letters_token ON letters (token COLLATE NOCASE);  -- Exim lowercases local parts
 CREATE TABLE events (
@@ -101,6 +108,23 @@ CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT RO
 INSERT INTO counters VALUES ('outcome', 0);
 CREATE TABLE agent_state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
+
+
+# Schema 1 -> 2: the 'submitting' state (a CHECK that only a copy of the table can change). A letter
+# an older sender left 'claimed' may have reached Exim (it claimed and submitted in one go): it
+# becomes 'submitting', so it is looked for in Exim's log and queue before it is sent again.
+_LETTERS_AT = _SCHEMA.index("CREATE TABLE letters (")
+_TO_V2 = _SCHEMA[_LETTERS_AT:_SCHEMA.index(");\n", _LETTERS_AT)].replace("letters (", "letters_v2 (", 1) + """);
+INSERT INTO letters_v2 (id, campaign_id, email, fields, source_ip, token, state, exim_id, attempts, claimed_at,
+                        not_before, last_error, submitting_at)
+    SELECT id, campaign_id, email, fields, source_ip, token,
+           CASE state WHEN 'claimed' THEN 'submitting' ELSE state END, exim_id, attempts, claimed_at,
+           not_before, last_error, CASE state WHEN 'claimed' THEN claimed_at END
+    FROM letters;
+DROP TABLE letters;
+ALTER TABLE letters_v2 RENAME TO letters;
+""" + "".join(line + "\n" for line in _SCHEMA.splitlines() if line.startswith("CREATE INDEX letters_"))
+_MIGRATIONS = {2: _TO_V2}
 
 
 class QueueError(Exception):
@@ -161,9 +185,8 @@ class QueueDB:
 
     def __init__(self, path: Path | str, *, durable: bool = True) -> None:
         """``durable``: every commit is on disk before it returns (the API: a batch the panel was
-        told is queued must survive a power cut). The sender passes False: its many small status
-        commits then cost no fsync each, and survive any crash of the process; the next durable
-        commit or checkpoint takes them to disk."""
+        told is queued must survive a power cut; the sender: a letter marked 'submitting' or
+        recorded as handed to Exim must too, so its few commits are batched instead)."""
         self.path = Path(path)
         self._synchronous = "FULL" if durable else "NORMAL"
         self._local = threading.local()
@@ -218,6 +241,11 @@ class QueueDB:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version > SCHEMA_VERSION:
                 raise QueueError(f"queue {self.path} has schema {version}, newer than this agent ({SCHEMA_VERSION})")
+            elif version < SCHEMA_VERSION:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _statements(_MIGRATIONS[step]):
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             # Made once per file; a queue from before epochs gets its own on first open (its seqs go on).
             conn.execute("INSERT INTO agent_state VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
                          (EPOCH_KEY, json.dumps(secrets.token_hex(8))))
@@ -340,11 +368,11 @@ class QueueDB:
         return reply
 
     def counts(self) -> tuple[int, int]:
-        """(letters waiting, letters claimed by the sender)."""
+        """(letters waiting, letters claimed by the sender: being built or handed to Exim)."""
         rows = dict(self.conn().execute(
-            "SELECT state, count(*) FROM letters WHERE state IN ('queued', 'claimed') GROUP BY state"
+            "SELECT state, count(*) FROM letters WHERE state IN ('queued', 'claimed', 'submitting') GROUP BY state"
         ).fetchall())
-        return rows.get("queued", 0), rows.get("claimed", 0)
+        return rows.get("queued", 0), rows.get("claimed", 0) + rows.get("submitting", 0)
 
     def remember_nonce(self, nonce: str, expires: float) -> bool:
         """Record a request nonce; False when it was seen before (a replay). Prunes expired ones."""
@@ -416,7 +444,10 @@ class QueueDB:
         ).fetchall()
 
     def claim(self, limit: int, now: float | None = None) -> list[Claimed]:
-        """Claim up to ``limit`` due letters of running campaigns, shared fairly among them."""
+        """Claim up to ``limit`` due letters of running campaigns, shared fairly among them.
+
+        The claim counts an attempt; one given back before its SMTP transaction started (a rate
+        limit, Exim unreachable, the sender stopped or killed) is handed back its attempt."""
         now = time.time() if now is None else now
         campaigns = [cid for cid, _ in self.running_campaigns()]
         if not campaigns or limit <= 0:
@@ -453,7 +484,7 @@ class QueueDB:
                retry: Iterable[tuple[int, float, int | None, str]] = (),
                release: Iterable[tuple[int, float]] = (),
                max_attempts: int = 5) -> None:
-        """Record what happened to claimed letters, all in one transaction.
+        """Record what happened to claimed (or submitting) letters, all in one transaction.
 
         submitted: (id, exim_id, code, reply) -> state submitted + a 'sent' event
         failed:    (id, code, text) -> state failed + a 'failed' event
@@ -467,14 +498,14 @@ class QueueDB:
             for delivery_id, exim_id, code, reply in submitted:
                 cur = conn.execute(
                     "UPDATE letters SET state = 'submitted', exim_id = ?, fields = NULL, last_error = NULL "
-                    "WHERE id = ? AND state = 'claimed'", (exim_id, delivery_id))
+                    "WHERE id = ? AND state IN ('claimed', 'submitting')", (exim_id, delivery_id))
                 if cur.rowcount:
                     events.append(Event(delivery_id, "sent", code, reply))
             for delivery_id, code, text in failed:
                 if _fail(conn, delivery_id, text):
                     events.append(Event(delivery_id, "failed", code, text))
             for delivery_id, not_before, code, text in retry:
-                row = conn.execute("SELECT attempts FROM letters WHERE id = ? AND state = 'claimed'",
+                row = conn.execute("SELECT attempts FROM letters WHERE id = ? AND state IN ('claimed', 'submitting')",
                                    (delivery_id,)).fetchone()
                 if row is None:
                     continue
@@ -487,7 +518,7 @@ class QueueDB:
                         "WHERE id = ?", (not_before, text, delivery_id))
             conn.executemany(
                 "UPDATE letters SET state = 'queued', claimed_at = NULL, not_before = ?, "
-                "attempts = max(attempts - 1, 0) WHERE id = ? AND state = 'claimed'",
+                "attempts = max(attempts - 1, 0) WHERE id = ? AND state IN ('claimed', 'submitting')",
                 [(not_before, delivery_id) for delivery_id, not_before in release],
             )
             self.add_events(conn, events, now)
@@ -505,25 +536,69 @@ class QueueDB:
     def recover_claims(self, claimed_before: float, max_attempts: int) -> tuple[int, int]:
         """Put back letters claimed before ``claimed_before`` by a sender that is gone.
 
-        Returns (requeued, failed): a letter that already used ``max_attempts`` is failed,
-        so a letter that crashes the sender cannot do so forever.
+        A 'claimed' letter never reached Exim (the sender marks it 'submitting' first), so it is
+        queued again with its attempt handed back, however many times that happens. Letters left
+        'submitting' are reconcile.py's. Returns (requeued, failed); failed is always 0 now.
+        """
+        with self.write() as conn:
+            requeued = conn.execute(
+                "UPDATE letters SET state = 'queued', claimed_at = NULL, attempts = max(attempts - 1, 0) "
+                "WHERE state = 'claimed' AND claimed_at < ?", (claimed_before,),
+            ).rowcount
+        return requeued, 0
+
+    def mark_submitting(self, letters: Iterable[tuple[int, int | None]], now: float | None = None) -> set[int]:
+        """Mark claimed letters 'submitting' with their connection's local port, on disk before
+        this returns: only then may their SMTP transaction start. Returns the ids marked (a letter
+        no longer claimed, e.g. its campaign cancelled meanwhile, is not)."""
+        now = time.time() if now is None else now
+        marked: set[int] = set()
+        with self.write(durable=True) as conn:
+            for delivery_id, port in letters:
+                if conn.execute(
+                    "UPDATE letters SET state = 'submitting', submitting_at = ?, submit_port = ? "
+                    "WHERE id = ? AND state IN ('claimed', 'submitting')", (now, port, delivery_id)
+                ).rowcount:
+                    marked.add(delivery_id)
+        return marked
+
+    def submitting(self) -> list[tuple[int, str, float | None, int | None, int]]:
+        """(id, token, submitting_at, submit_port, attempts) of every letter in 'submitting'."""
+        return self.conn().execute(
+            "SELECT id, token, submitting_at, submit_port, attempts FROM letters WHERE state = 'submitting'"
+        ).fetchall()
+
+    def settle_submitting(self, *, found: Iterable[tuple[int, str, str]] = (),
+                          requeue: Iterable[tuple[int, float, str]] = (), max_attempts: int = 5) -> None:
+        """Record what reconciling 'submitting' letters showed, in one durable transaction.
+
+        found:   (id, exim_id, text) -> Exim holds it: submitted + a 'sent' event
+        requeue: (id, not_before, why) -> Exim never took it: queued again (its attempt counted),
+                 or failed once it used ``max_attempts``
         """
         now = time.time()
-        with self.write() as conn:
-            rows = conn.execute(
-                "SELECT id, attempts FROM letters WHERE state = 'claimed' AND claimed_at < ?", (claimed_before,)
-            ).fetchall()
-            spent = [i for i, attempts in rows if attempts >= max_attempts]
-            for delivery_id in spent:
-                _fail(conn, delivery_id, "sender stopped while handling this letter")
-            self.add_events(conn, [
-                Event(i, "failed", None, f"gave up after {max_attempts} attempts: the sender stopped while handling it")
-                for i in spent], now)
-            requeued = conn.execute(
-                "UPDATE letters SET state = 'queued', claimed_at = NULL WHERE state = 'claimed' AND claimed_at < ?",
-                (claimed_before,),
-            ).rowcount
-        return requeued, len(spent)
+        events: list[Event] = []
+        with self.write(durable=True) as conn:
+            for delivery_id, exim_id, text in found:
+                if conn.execute(
+                    "UPDATE letters SET state = 'submitted', exim_id = ?, fields = NULL, last_error = NULL "
+                    "WHERE id = ? AND state = 'submitting'", (exim_id, delivery_id)
+                ).rowcount:
+                    events.append(Event(delivery_id, "sent", None, text))
+            for delivery_id, not_before, why in requeue:
+                row = conn.execute("SELECT attempts FROM letters WHERE id = ? AND state = 'submitting'",
+                                   (delivery_id,)).fetchone()
+                if row is None:
+                    continue
+                if row[0] >= max_attempts:
+                    if _fail(conn, delivery_id, why):
+                        events.append(Event(delivery_id, "failed", None, f"gave up after {row[0]} attempts: {why}"))
+                else:
+                    conn.execute(
+                        "UPDATE letters SET state = 'queued', claimed_at = NULL, not_before = ?, last_error = ? "
+                        "WHERE id = ?", (not_before, why, delivery_id))
+            self.add_events(conn, events, now)
+            _cancel_queued(conn, "campaign_id IN (SELECT id FROM campaigns WHERE state = 'cancelled')", (), now)
 
     def cancel_orphans(self) -> int:
         """Remove queued letters of cancelled campaigns (e.g. put back by a retry after the cancel)."""
@@ -587,7 +662,7 @@ def _take_seqs(conn: sqlite3.Connection, n: int) -> int:
 def _fail(conn: sqlite3.Connection, delivery_id: int, text: str) -> bool:
     return conn.execute(
         "UPDATE letters SET state = 'failed', fields = NULL, claimed_at = NULL, last_error = ? "
-        "WHERE id = ? AND state IN ('claimed', 'queued')", (text, delivery_id)).rowcount == 1
+        "WHERE id = ? AND state IN ('claimed', 'submitting', 'queued')", (text, delivery_id)).rowcount == 1
 
 
 def _known_ids(conn: sqlite3.Connection, ids: list[int]) -> set[int]:

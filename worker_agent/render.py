@@ -10,6 +10,7 @@ HTML gets the open pixel (``tracking.Rewriter``), the unsubscribe link left as i
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -210,7 +211,7 @@ class CompiledCampaign:
             "To: ", mime.format_address(name if isinstance(name, str) else None, email), CRLF,
             "Subject: ", mime.header_text(mime.one_line(subject)), CRLF,
             "Date: ", _date(), CRLF,
-            "Message-ID: <", os.urandom(12).hex(), msgid_suffix,
+            "Message-ID: <", message_id_local(recipient["id"], token), msgid_suffix,
             self.tail,
             "List-Unsubscribe: ", list_unsubscribe, CRLF,
             "X-Mailfleet-Source-IP: ", mime.one_line(str(recipient["source_ip"])), CRLF,
@@ -226,6 +227,13 @@ class CompiledCampaign:
                 boundary = "=_mf" + os.urandom(12).hex()
         message = mime.assemble(headers, text_part, html_part, boundary)
         return Letter(f"bounce+{token}@{bounce_domain}", email, message.encode("ascii"))
+
+
+def message_id_local(delivery_id: Any, token: str) -> str:
+    """The local part of a letter's Message-ID: the same each time the delivery is rendered, so
+    after a crash the letter can be looked up in Exim's queue by it (reconcile.py) and a receiver
+    sees a re-sent letter as the same message; derived from the token, so it tells nothing more."""
+    return hashlib.blake2b(f"{delivery_id}.{token}".encode(), digest_size=12).hexdigest()
 
 
 def _compile(env: LimitedSandbox, source: str, part: str) -> Any:

@@ -5,6 +5,12 @@ One main thread claims due letters in chunks and renders them (CPU work, one cor
 thread records their results in batches. A thread follows Exim's main log, and bounce
 spool files are collected between rounds. SIGTERM stops claiming, lets the letters in
 flight finish and be recorded, puts unstarted ones back, then exits.
+
+Exactly once through SIGKILL: right before a letter's SMTP transaction its 'submitting' mark is
+on disk (the threads marking at the same moment share one commit); Exim's answer is recorded
+durably too. A letter a killed sender left 'claimed' never reached Exim and is simply queued
+again at the next start (no attempt used); one left 'submitting', or whose connection broke
+after DATA began, is settled by reconcile.py against Exim's log and queue first.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from .exim_log import EximLogReader
 from .providers import ProviderResolver, ProviderTable
 from .queue import Claimed, QueueDB
 from .rate_limit import RateLimiter
+from .reconcile import Reconciler
 from .render import CampaignError, Letter, Renderer, RenderError
 from .smtp_submit import EximSubmitter, Outcome
 
@@ -59,7 +66,8 @@ class Sender:
     def __init__(self, config: AgentConfig, stop: threading.Event | None = None) -> None:
         self.config = config
         self.stop = stop or threading.Event()
-        self.queue = QueueDB(config.queue_db, durable=False)
+        # durable: a 'submitting' mark or a hand-over to Exim lost in a power cut would send a letter twice
+        self.queue = QueueDB(config.queue_db, durable=True)
         self.renderer = Renderer()
         self.limiter = RateLimiter(config.rate_for)  # replaced by _load_rate_limits when the panel pushed rules
         # MX answers outlive config versions: each new provider table gets the same cache
@@ -69,6 +77,10 @@ class Sender:
         self._work: stdlib_queue.Queue[_Work | None] = stdlib_queue.Queue()
         self._done: stdlib_queue.Queue[tuple[Claimed, Outcome]] = stdlib_queue.Queue()
         self._in_flight = 0
+        self._flying: set[int] = set()  # ids handed to the SMTP threads and not yet back (main thread)
+        self._offers = _OfferLog(self.queue)
+        self._submitters: list[EximSubmitter] = []
+        self._reconciler: Reconciler | None = None
         self._campaigns: dict[int, tuple[str, dict[str, Any]]] = {}
         self._paused_until = 0.0  # the local Exim did not answer: no claims until then
         self._unreachable = 0
@@ -88,9 +100,11 @@ class Sender:
                 log.info("recovered claimed letters: %d queued again, %d failed", requeued, failed)
             threads = [threading.Thread(target=self._submit_loop, name=f"smtp-{i}", daemon=True)
                        for i in range(self.config.smtp_connections)]
-            reader = EximLogReader(self.queue, self.config.exim_mainlog)
-            # Catch up with Exim's log before claiming: a letter Exim took just before a crash
-            # (its "sent" never recorded) is then marked sent instead of being submitted again.
+            reader = EximLogReader(self.queue, self.config.exim_mainlog, in_flight=self._flying.__contains__)
+            self._reconciler = Reconciler(self.queue, reader, self.config.exim_spool, self.config.smtp_port,
+                                          self.config.max_attempts)
+            # Catch up with Exim's log before claiming (outcomes in order). Letters the last sender
+            # left 'submitting' are not claimable whatever this read finds: the reconciler settles them.
             while not self.stop.is_set() and reader.poll(self.stop):
                 pass
             threads.append(threading.Thread(target=reader.run, args=(self.stop,), name="exim-log", daemon=True))
@@ -114,6 +128,7 @@ class Sender:
             if item is not None:
                 unstarted.append(item.claimed.id)
                 self._in_flight -= 1
+                self._flying.discard(item.claimed.id)
         now = time.time()
         self.queue.finish(release=[(i, now) for i in unstarted], max_attempts=self.config.max_attempts)
         deadline = time.monotonic() + 90
@@ -150,6 +165,9 @@ class Sender:
             bounce_spool.collect(self.queue, self.config.bounce_spool)
             bounce_spool.remove_stale_tmp(self.config.bounce_spool)
             self.queue.cancel_orphans()
+            if self._reconciler is not None:
+                ports = {port for s in list(self._submitters) if (port := s.local_port) is not None}
+                self._reconciler.step(in_flight=set(self._flying), live_ports=ports)
         except Exception:
             log.exception("housekeeping failed; trying again")
 
@@ -203,6 +221,7 @@ class Sender:
                 failed.append((c.id, None, f"campaign is unusable: {exc}"))
                 continue
             self._in_flight += 1
+            self._flying.add(c.id)
             self._work.put(_Work(c, letter))
         if failed or release:
             self.queue.finish(failed=failed, release=release, max_attempts=self.config.max_attempts)
@@ -232,6 +251,7 @@ class Sender:
         while True:
             claimed, outcome = item
             self._in_flight -= 1
+            self._flying.discard(claimed.id)
             self._sort(results, claimed, outcome, now)
             wait = until - time.monotonic()
             try:
@@ -248,6 +268,14 @@ class Sender:
         elif outcome.kind == "retry":
             delay = self.retry_delays[min(claimed.attempts, len(self.retry_delays)) - 1]
             results.retry.append((claimed.id, now + delay, outcome.code, outcome.text))
+        elif outcome.kind == "unknown":  # stays 'submitting' until Exim's log and queue tell
+            delay = self.retry_delays[min(claimed.attempts, len(self.retry_delays)) - 1]
+            if self._reconciler is not None:
+                self._reconciler.retry_later(claimed.id, now + delay, outcome.text)
+            log.warning("letter %d: %s; looking for it in Exim's log and queue before any retry",
+                        claimed.id, outcome.text)
+        elif outcome.kind == "withdrawn":
+            pass  # no longer claimed by us: nothing to record
         else:  # unreachable: not the letter's fault, so it keeps its attempts; pause claiming
             results.release.append((claimed.id, now))
             pause = min(UNREACHABLE_BACKOFF[0] * 2 ** self._unreachable, UNREACHABLE_BACKOFF[1])
@@ -265,19 +293,60 @@ class Sender:
 
     def _submit_loop(self) -> None:
         submitter = EximSubmitter(self.config.smtp_host, self.config.smtp_port, self.config.hostname)
+        self._submitters.append(submitter)
         try:
             while True:
                 item = self._work.get()
                 if item is None:
                     return
+                delivery_id = item.claimed.id
                 try:
-                    outcome = submitter.submit(item.letter)
+                    outcome = submitter.submit(item.letter, lambda port: self._offers.mark(delivery_id, port))
                 except Exception as exc:  # never lose track of a claimed letter
                     log.exception("submitting letter %d failed", item.claimed.id)
                     outcome = Outcome("retry", None, f"agent error while submitting: {exc}")
                 self._done.put((item.claimed, outcome))
         finally:
             submitter.close()
+
+
+class _OfferLog:
+    """Marks letters 'submitting' durably right before their SMTP transactions. A thread that
+    finds a commit under way waits for it and then commits for every thread that came
+    meanwhile: one fsync for all the connections starting a letter at the same moment."""
+
+    def __init__(self, queue: QueueDB) -> None:
+        self.queue = queue
+        self._cond = threading.Condition()
+        self._waiting: dict[int, int | None] = {}  # id -> local port, for the next commit
+        self._answers: dict[int, bool | BaseException] = {}
+        self._busy = False
+
+    def mark(self, delivery_id: int, port: int | None) -> bool:
+        """True once the mark is on disk; False if the letter is no longer claimed."""
+        with self._cond:
+            self._waiting[delivery_id] = port
+            while delivery_id not in self._answers:
+                if self._busy:
+                    self._cond.wait()
+                    continue
+                self._busy = True
+                batch, self._waiting = self._waiting, {}
+                self._cond.release()
+                try:
+                    answers: dict[int, bool | BaseException] = dict.fromkeys(batch, False)
+                    answers.update(dict.fromkeys(self.queue.mark_submitting(batch.items()), True))
+                except BaseException as exc:  # every thread of the batch learns it
+                    answers = dict.fromkeys(batch, exc)
+                finally:
+                    self._cond.acquire()
+                    self._busy = False
+                self._answers.update(answers)
+                self._cond.notify_all()
+            answer = self._answers.pop(delivery_id)
+        if isinstance(answer, BaseException):
+            raise RuntimeError(f"could not mark letter {delivery_id} as submitting: {answer}") from answer
+        return answer
 
 
 class SenderLockError(ConfigError):

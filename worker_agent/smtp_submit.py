@@ -1,10 +1,16 @@
-"""Submitting one letter over SMTP to the local Exim and reading its queue id from the reply."""
+"""Submitting one letter over SMTP to the local Exim and reading its queue id from the reply.
+
+Right before a letter's transaction starts, ``submit`` calls ``offer`` with the connection's local
+port; the sender marks the letter 'submitting' on disk there (reconcile.py), and a letter it no
+longer holds is not sent. A connection lost once DATA began leaves the letter's fate open
+("unknown"): Exim may have taken it, so it is reconciled, never simply offered again."""
 
 from __future__ import annotations
 
 import re
 import smtplib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .render import Letter
@@ -15,7 +21,9 @@ IDLE_RECONNECT = 30.0  # s: Exim may have dropped an idle connection, open a fre
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    kind: str  # "sent" | "failed" (refused for good) | "retry" (4xx, lost connection) | "unreachable"
+    # "sent" | "failed" (refused for good) | "retry" (4xx, connection lost before DATA) | "unreachable"
+    # | "unknown" (connection lost after DATA began: Exim may have it) | "withdrawn" (not ours any more)
+    kind: str
     code: int | None
     text: str
     exim_id: str | None = None
@@ -37,7 +45,16 @@ class EximSubmitter:
                 self._smtp.close()
             self._smtp = None
 
-    def submit(self, letter: Letter) -> Outcome:
+    @property
+    def local_port(self) -> int | None:
+        """The local port of the open connection (None: none open)."""
+        try:
+            return self._smtp.sock.getsockname()[1] if self._smtp is not None and self._smtp.sock else None
+        except OSError:
+            return None
+
+    def submit(self, letter: Letter, offer: Callable[[int | None], bool] = lambda port: True) -> Outcome:
+        """``offer(local port)`` is called right before the transaction starts; False: not sent."""
         fresh = self._smtp is None or time.monotonic() - self._last_used > IDLE_RECONNECT
         if fresh:
             self.close()
@@ -48,15 +65,21 @@ class EximSubmitter:
             except (OSError, smtplib.SMTPException) as exc:
                 self._drop()
                 return Outcome("unreachable", None, f"local Exim at {self.host}:{self.port} unreachable: {exc}")
+        if not offer(self.local_port):
+            return Outcome("withdrawn", None, "no longer held by this sender")
         try:
             outcome = self._transaction(letter)
         except smtplib.SMTPServerDisconnected as exc:
             self._smtp = None
-            if not fresh and getattr(exc, "before_data", False):
-                return self.submit(letter)  # an old connection Exim had closed: nothing was sent yet
+            if getattr(exc, "after_data", False):
+                return Outcome("unknown", None, f"connection to local Exim lost during DATA: {exc}")
+            if not fresh:
+                return self.submit(letter, offer)  # an old connection Exim had closed: nothing was sent yet
             return Outcome("retry", None, f"connection to local Exim lost: {exc}")
         except (OSError, smtplib.SMTPException) as exc:
             self._drop()
+            if getattr(exc, "after_data", False):
+                return Outcome("unknown", None, f"connection to local Exim failed during DATA: {exc}")
             return Outcome("retry", None, f"connection to local Exim failed: {exc}")
         self._last_used = time.monotonic()
         return outcome
@@ -64,13 +87,9 @@ class EximSubmitter:
     def _transaction(self, letter: Letter) -> Outcome:
         smtp = self._smtp
         assert smtp is not None
-        try:
-            code, reply = smtp.mail(letter.envelope_from)
-            if code == 250:
-                code, reply = smtp.rcpt(letter.recipient)
-        except smtplib.SMTPServerDisconnected as exc:
-            exc.before_data = True  # type: ignore[attr-defined]
-            raise
+        code, reply = smtp.mail(letter.envelope_from)
+        if code == 250:
+            code, reply = smtp.rcpt(letter.recipient)
         if code not in (250, 251):
             self._rset()
             return _refused(code, reply)
@@ -79,6 +98,10 @@ class EximSubmitter:
         except smtplib.SMTPDataError as exc:  # refused the DATA command itself
             self._rset()
             return _refused(exc.smtp_code, exc.smtp_error)
+        except (OSError, smtplib.SMTPException) as exc:
+            # the end of the letter may have reached Exim: whether it took it is not known here
+            exc.after_data = True  # type: ignore[attr-defined]
+            raise
         if code != 250:
             return _refused(code, reply)
         found = _EXIM_ID.search(reply)

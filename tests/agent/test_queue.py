@@ -103,7 +103,9 @@ def test_a_release_does_not_use_up_an_attempt(queue_db: QueueDB) -> None:
     assert claimed.attempts == 1
 
 
-def test_crash_recovery_requeues_then_fails_after_the_bound(tmp_path: Path) -> None:
+def test_crash_recovery_requeues_claims_without_using_attempts(tmp_path: Path) -> None:
+    """A letter left 'claimed' never reached Exim (it would be 'submitting'): it goes back to the
+    queue with its attempt handed back, however many times the sender is killed (issue 9)."""
     path = tmp_path / "q.sqlite3"
     db = QueueDB(path)
     db.queue_batch("b1", make_campaign(), recipients(range(1, 4)))
@@ -115,13 +117,56 @@ def test_crash_recovery_requeues_then_fails_after_the_bound(tmp_path: Path) -> N
     assert db.recover_claims(time.time() - 3600, max_attempts=5) == (0, 0)  # claims newer than the bound stay
     assert db.recover_claims(time.time(), max_attempts=5) == (2, 0)
     assert db.counts() == (3, 0)
-    for _ in range(4):  # crash again and again with letter 1
+    for _ in range(20):  # crash again and again with letter 1
         db.claim(1)
         db.recover_claims(time.time(), max_attempts=5)
-    assert states(db)[1] == "failed"
-    events = db.outcomes(0)["events"]
-    assert [(e["id"], e["status"]) for e in events] == [(1, "failed")]
-    assert "sender stopped" in events[0]["text"]
+    assert states(db) == {1: "queued", 2: "queued", 3: "queued"}
+    assert db.conn().execute("SELECT attempts FROM letters WHERE id = 1").fetchone() == (0,)
+    assert db.outcomes(0)["events"] == []
+
+
+def test_a_submitting_letter_is_left_to_the_reconciler(tmp_path: Path) -> None:
+    db = QueueDB(tmp_path / "q.sqlite3")
+    db.queue_batch("b1", make_campaign(), recipients(range(1, 3)))
+    db.claim(2)
+    assert db.mark_submitting([(1, 40001)]) == {1}
+    assert db.recover_claims(time.time(), max_attempts=5) == (1, 0)
+    assert states(db) == {1: "submitting", 2: "queued"}
+    assert [c.id for c in db.claim(10)] == [2]  # never claimable until settled
+    assert db.counts() == (0, 2)
+    db.settle_submitting(requeue=[(1, 0.0, "Exim never took it")])
+    assert [c.id for c in db.claim(10)] == [1]
+    assert db.conn().execute("SELECT attempts FROM letters WHERE id = 1").fetchone() == (2,)
+
+
+def test_a_queue_of_schema_1_is_migrated_and_its_claims_are_reconciled(tmp_path: Path) -> None:
+    """An older sender claimed and submitted in one go: its claims may be in Exim."""
+    import sqlite3 as sqlite
+
+    from worker_agent.queue import _SCHEMA, _statements
+
+    path = tmp_path / "q.sqlite3"
+    old = _SCHEMA.replace("'claimed', 'submitting', 'submitted'", "'claimed', 'submitted'").replace(
+        "    last_error TEXT,\n    submitting_at REAL,                 -- when its SMTP transaction with Exim started\n"
+        "    submit_port INTEGER                 -- the sender's local port of that connection (reconcile.py)\n",
+        "    last_error TEXT\n").replace(
+        "CREATE INDEX letters_submitting ON letters (id) WHERE state = 'submitting';\n", "")
+    assert "submitting" not in old
+    conn = sqlite.connect(path, isolation_level=None)
+    for statement in _statements(old):
+        conn.execute(statement)
+    conn.execute("INSERT INTO campaigns (id, json, updated_at) VALUES (1, '{}', 0)")
+    conn.executemany("INSERT INTO letters (id, campaign_id, email, fields, source_ip, token, state, attempts, "
+                     "claimed_at) VALUES (?, 1, 'a@example.org', '{}', '127.0.0.2', ?, ?, ?, ?)",
+                     [(1, "t1", "claimed", 1, 123.0), (2, "t2", "queued", 0, None), (3, "t3", "submitted", 1, None)])
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    db = QueueDB(path)
+    assert states(db) == {1: "submitting", 2: "queued", 3: "submitted"}
+    assert db.submitting() == [(1, "t1", 123.0, None, 1)]
+    assert db.conn().execute("PRAGMA user_version").fetchone()[0] >= 2
+    assert {r[0] for r in db.conn().execute("SELECT name FROM sqlite_master WHERE type = 'index'")} >= {
+        "letters_queued", "letters_claimed", "letters_submitting", "letters_exim_id", "letters_token"}
 
 
 def test_outcomes_share_one_sequence_and_acked_ones_are_forgotten(queue_db: QueueDB) -> None:
