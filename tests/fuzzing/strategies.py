@@ -309,7 +309,11 @@ def agent_templates(source_ip: str) -> dict[str, Any]:
         "/v1/config": {"version": 1, "rate_limits": [{"source_ip": source_ip, "domain": "gmail.com", "per_minute": 60}],
                        "helo": {source_ip: "mx.example.net"},
                        "helo_by_domain": {source_ip: {"example.com": "mx.example.com"}},
-                       "dkim": {}, "bounce_domains": ["bounces.example.com"]},
+                       "dkim": {}, "bounce_domains": ["bounces.example.com"],
+                       "providers": {"google": ["google.com", "googlemail.com"], "acme": ["mx.acme.net"]},
+                       "provider_limits": [{"source_ip": source_ip, "provider": "google", "per_minute": 60,
+                                            "per_hour": 600, "connections": 2, "per_connection": 20},
+                                           {"source_ip": "*", "provider": "small.example", "per_hour": 100}]},
     }
 
 
