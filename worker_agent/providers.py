@@ -112,6 +112,8 @@ FAILURE_TTL = 30.0  # s: a lookup that timed out or failed; tried again soon
 LOOKUP_TIMEOUT = 2.0  # s for one lookup, all tries included
 MAX_ENTRIES = 100_000
 PREFETCH_DEADLINE = 1.0  # s the sender waits for a round's lookups; the rest finish in the background
+MAX_PENDING = 64  # lookups in flight at once: a stop waits on few, a dead resolver is not flooded
+DOWN_AFTER = 8  # failed lookups in a row after which the resolver counts as down: nobody waits on it
 
 
 class ProviderTableError(ValueError):
@@ -192,6 +194,7 @@ class _MxCache:
         self.entries: OrderedDict[str, tuple[tuple[str, ...], float]] = OrderedDict()
         self.lock = threading.Lock()
         self.pending: set[str] = set()
+        self.failures = 0  # lookups in a row that timed out or failed
 
 
 class ProviderResolver:
@@ -252,7 +255,7 @@ class ProviderResolver:
         if hit is not None and hit[1] > self.clock():
             return hit[0]
         name = _normal(domain)
-        if name in self._cache.pending:
+        if name in self._cache.pending or (self.down and self._cached(name) is None):
             return self.provider_of_cached(name)
         group = self.provider_of(name)
         entry = self._cache.entries.get(name)
@@ -261,6 +264,14 @@ class ProviderResolver:
                 self._memo.clear()
             self._memo[domain] = (group, entry[1])
         return group
+
+    @property
+    def down(self) -> bool:
+        """The last lookups all failed: a domain not cached is its own group without waiting."""
+        return self._cache.failures >= DOWN_AFTER
+
+    def pending(self) -> int:
+        return len(self._cache.pending)
 
     def expires_in(self, domain: str) -> float:
         entry = self._cache.entries.get(_normal(domain))
@@ -273,6 +284,8 @@ class ProviderResolver:
         todo = []
         with cache.lock:
             for domain in {_normal(d) for d in domains}:
+                if len(cache.pending) >= MAX_PENDING:
+                    break  # the rest are looked up in a later round
                 if domain in cache.pending or self._fresh(domain):
                     continue
                 cache.pending.add(domain)
@@ -282,7 +295,7 @@ class ProviderResolver:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="mx-lookup")
         futures = [self._pool.submit(self._lookup, domain) for domain in todo]
-        wait(futures, timeout=deadline)
+        wait(futures, timeout=0 if self.down else deadline)
 
     # -- inside ------------------------------------------------------------------------------
 
@@ -301,27 +314,30 @@ class ProviderResolver:
 
     def _lookup(self, domain: str) -> tuple[str, ...]:
         try:
-            hosts, ttl = self._query(domain)
+            hosts, ttl, failed = self._query(domain)
         finally:
             with self._cache.lock:
                 self._cache.pending.discard(domain)
+        with self._cache.lock:
+            self._cache.failures = self._cache.failures + 1 if failed else 0
         self._store(domain, hosts, ttl)
         return hosts
 
-    def _query(self, domain: str) -> tuple[tuple[str, ...], float]:
+    def _query(self, domain: str) -> tuple[tuple[str, ...], float, bool]:
+        """(MX hosts by preference, seconds to keep them, whether the lookup failed)."""
         if self._resolver is None:
-            return (), self.failure_ttl
+            return (), self.failure_ttl, True
         try:
             answer = self._resolver.resolve(domain, "MX", search=False, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN:
-            return (), NEGATIVE_TTL
+            return (), NEGATIVE_TTL, False
         except (dns.exception.DNSException, OSError, ValueError):  # timeout, SERVFAIL, refused, unreachable
-            return (), self.failure_ttl
+            return (), self.failure_ttl, True
         if answer.rrset is None:
-            return (), NEGATIVE_TTL
+            return (), NEGATIVE_TTL, False
         records = sorted(answer.rrset, key=lambda mx: (mx.preference, mx.exchange.to_text()))
         hosts = tuple(mx.exchange.to_text().rstrip(".").lower() for mx in records)
-        return hosts, min(max(float(answer.rrset.ttl), MIN_TTL), MAX_TTL)
+        return hosts, min(max(float(answer.rrset.ttl), MIN_TTL), MAX_TTL), False
 
     def _store(self, domain: str, hosts: tuple[str, ...], ttl: float) -> None:
         cache = self._cache

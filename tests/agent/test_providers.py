@@ -267,3 +267,15 @@ def test_the_agent_config_names_the_dns_server_of_the_mx_lookups(write_config) -
     for bad in ("dns.example", "127.0.0.1:0", "127.0.0.1:x", 53, ""):
         with pytest.raises(ConfigError, match="dns_server\" must be an IP address with an optional port"):
             write_config(dns_server=bad)
+
+
+def test_a_dead_resolver_costs_one_wait_not_one_per_round(silent_dns: int) -> None:
+    resolver = ProviderResolver(ProviderTable(), nameserver="127.0.0.1", port=silent_dns, timeout=0.3)
+    resolver.prefetch([f"a{i}.test" for i in range(200)], deadline=1.0)
+    assert resolver.pending() <= 64  # lookups in flight are bounded: a stop never waits on hundreds
+    time.sleep(1.5)  # the first lookups time out and are counted
+    started = time.monotonic()
+    resolver.prefetch([f"b{i}.test" for i in range(200)], deadline=1.0)
+    assert time.monotonic() - started < 0.3  # the resolver is known to be down: no more waiting per round
+    assert resolver.provider_now("b7.test") == "b7.test"  # its own group meanwhile, at once
+    assert time.monotonic() - started < 0.5
