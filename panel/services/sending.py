@@ -161,18 +161,26 @@ def campaign_stats(campaign: Campaign) -> dict[str, int | str]:
     }
 
 
-def letters_by_server(campaign: Campaign) -> dict[int, dict[str, int]]:
-    """{server id: {state: letters}} of the campaign's letters that a server took, from the kept
-    counts (`server:<id>:<state>`); letters no server took yet are the `pending` of campaign_stats
-    less these."""
+def letters_by_server(campaign: Campaign) -> dict[int | None, dict[str, int]]:
+    """{server id: {state: letters}} of the campaign's letters, from the kept counts
+    (`server:<id>:<state>`); None: the letters no server has taken yet (all pending)."""
     rows = db.session.execute(
         select(CampaignCount.name, CampaignCount.n).where(
-            CampaignCount.campaign_id == campaign.id, CampaignCount.name.like("server:%"), CampaignCount.n != 0)
+            CampaignCount.campaign_id == campaign.id, CampaignCount.n != 0,
+            or_(CampaignCount.name.like("server:%"), CampaignCount.name == "status:pending"))
     ).all()
-    by_server: dict[int, dict[str, int]] = {}
+    by_server: dict[int | None, dict[str, int]] = {}
+    pending = 0
     for name, n in rows:
+        if name == "status:pending":
+            pending += n
+            continue
         _, server_id, state = name.split(":", 2)
         by_server.setdefault(int(server_id), {})[state] = n
+        if state == "pending":
+            pending -= n
+    if pending > 0:
+        by_server[None] = {"pending": pending}
     return by_server
 
 

@@ -7,6 +7,7 @@ checked is what the panel's database then holds: which server and IP took which 
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import timedelta
 
 import pytest
@@ -352,3 +353,20 @@ def test_a_cancel_leaves_letters_the_agent_may_hold_to_its_answer(app, seed, ali
         dispatch_server(agent, db.session.get(Server, server_id))
         assert [len(batch["recipients"]) for batch in agent.batches] == [30]  # pushed again for its answer
         assert db.session.get(DispatchBatch, tried).status == "pushed"
+
+
+def test_the_campaign_page_shows_each_servers_letters_by_state(app, seed, alice, agents, as_alice):
+    first_id = agents.start().register(app, alice, "alpha worker")
+    second_id = agents.start().register(app, alice, "beta worker")
+    campaign_id = _started(app, seed, alice, 500)
+    _round(app, DaemonState())
+    with app.app_context():
+        done = db.session.scalars(select(Delivery.id).where(Delivery.server_id == second_id).limit(30)).all()
+        db.session.execute(update(Delivery).where(Delivery.id.in_(done)).values(status="delivered"))
+        db.session.commit()
+    page = as_alice.get(f"/campaigns/{campaign_id}").get_data(as_text=True)
+    rows = re.findall(r'<tr data-server="([^"]+)">(.*?)</tr>', page, re.S)
+    shown = {server: dict(re.findall(r'data-letters="(\w+)">[^<]*?([\d,]+)</span>', cells)) for server, cells in rows}
+    assert shown == {str(first_id): {"queued": "200"}, str(second_id): {"queued": "170", "delivered": "30"},
+                     "none": {"pending": "100"}}
+    assert "alpha worker" in page and "not taken by a server yet" in page

@@ -20,7 +20,7 @@ from ...services.campaigns import (
 )
 from ...services.letters import preview_letter
 from ...services.lists import user_lists
-from ...services.sending import SendingError, campaign_stats, set_campaign_state, start_campaign
+from ...services.sending import SendingError, campaign_stats, letters_by_server, set_campaign_state, start_campaign
 from ...services.templates import starter_letter
 from ...services.domains import user_domains
 from ...services.servers import user_servers
@@ -117,6 +117,24 @@ def view(campaign_id: int):
     return _page(_own_campaign(campaign_id))
 
 
+# A letter's state as the "Letters by server" table names it, in the order of its way out.
+SERVER_STATE_LABELS = (("pending", "not yet pushed"), ("queued", "on the agent"), ("sent", "in Exim"),
+                       ("deferred", "deferred"), ("delivered", "delivered"), ("failed", "failed"),
+                       ("cancelled", "not sent"))
+
+
+def _by_server(campaign: Campaign) -> dict:
+    """Each server's letters by state (kept counts, no letter counted); servers by name, the
+    letters no server took yet last."""
+    counts = letters_by_server(campaign)
+    names = {server.id: server.name for server in user_servers(current_user) if server.id in counts}
+    rows = sorted(((server_id, states) for server_id, states in counts.items() if server_id is not None),
+                  key=lambda row: (names.get(row[0], ""), row[0]))
+    if None in counts:
+        rows.append((None, counts[None]))
+    return {"by_server": rows, "server_names": names, "state_labels": SERVER_STATE_LABELS}
+
+
 def _page(campaign: Campaign, priority_form: PriorityForm | None = None):
     return render_template(
         "campaigns/view.html",
@@ -124,6 +142,7 @@ def _page(campaign: Campaign, priority_form: PriorityForm | None = None):
         priority_form=priority_form or PriorityForm(formdata=None, priority=campaign.priority),
         priority_hint=PRIORITY_HINT,
         stats=campaign_stats(campaign),
+        **_by_server(campaign),
         failures=latest_failures(campaign),
         variables=campaign_variables(campaign),
         links=link_stats(campaign),
