@@ -2,7 +2,10 @@
 
 The agent keeps events until the panel acks their seq; the panel stores events and the
 new ack in one transaction. A daemon stopped before commit asks again from the old ack,
-and applying an event twice leaves the same state (transitions only move forward).
+and applying an event twice leaves the same state (transitions only move forward). The ack
+goes with the epoch of the agent's queue it counts in: an agent reinstalled with a fresh
+queue answers with a new epoch and all its events from seq 1, and the ack starts again.
+Each event's time is when the agent says it happened (Exim's log), within sane bounds.
 
 An agent is not trusted: what it reports counts only for letters its server was given (its own,
 and pushed to it); anything else, or anything malformed, is acked and dropped, and said once per
@@ -13,7 +16,9 @@ agent says is kept cut and cleaned (agent_text).
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
+from datetime import datetime, timezone
 from itertools import islice
 from typing import Iterable, Iterator
 
@@ -21,7 +26,7 @@ from flask import current_app
 from sqlalchemy import ColumnElement, and_, bindparam, insert, or_, select, update
 
 from ..extensions import db
-from ..models import BounceMessage, Campaign, Delivery, DeliveryEvent, DispatchBatch, Server
+from ..models import BounceMessage, Campaign, Delivery, DeliveryEvent, DispatchBatch, Server, ServerEvent
 from ..models.base import is_row_id, utcnow
 from ..services.bounces.apply import process_bounce, process_pending_bounces, process_refusal
 from ..services.tokens import delivery_id_from_token
@@ -44,6 +49,11 @@ _CHUNK = 900  # ids per IN (...): under SQLite's bound-parameter limit
 MAX_EVENTS_PER_REPORT = 10_000
 MAX_BOUNCES_PER_REPORT = 2_000
 MESSAGE_KINDS = ("bounce", "unsubscribe")
+EPOCH = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # as worker_agent/queue.py makes them (and takes them back)
+# An event's time is taken from the agent within these bounds of the panel's clock; beyond (a
+# clock gone wrong, not a number) the panel's own time stands in.
+EVENT_TIME_PAST = 366 * 86400  # s: an agent may hold events while it cannot reach the panel
+EVENT_TIME_FUTURE = 600  # s: clocks a little apart
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -84,6 +94,16 @@ def _well_formed(event: object) -> bool:
             and isinstance(event.get("text"), (str, type(None))))
 
 
+def _event_time(value: object, now: datetime) -> datetime:
+    """When the agent says it happened (unix seconds, Exim's log time), if that is a number within
+    the bounds; else `now`. (A comparison is exact for any int, and false for NaN.)"""
+    stamp = now.replace(tzinfo=timezone.utc).timestamp()
+    if (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and stamp - EVENT_TIME_PAST <= value <= stamp + EVENT_TIME_FUTURE):
+        return datetime.fromtimestamp(value, timezone.utc).replace(tzinfo=None)
+    return now
+
+
 def apply_events(server: Server, events: list[dict], dropped: Counter | None = None) -> int:
     """Store events and move deliveries forward; returns how many deliveries changed. Events about
     letters the server was not given, and malformed ones, are counted in `dropped` and ignored."""
@@ -99,7 +119,8 @@ def apply_events(server: Server, events: list[dict], dropped: Counter | None = N
             dropped["events"] += 1  # not a letter this server was given
             continue
         code, text = event.get("code"), reply_text(event.get("text"))
-        history.append({"delivery_id": delivery_id, "status": status, "code": code, "text": text, "created_at": now})
+        history.append({"delivery_id": delivery_id, "status": status, "code": code, "text": text,
+                        "created_at": _event_time(event.get("at"), now)})
         if status == "failed" and (code or text):
             refusals.append((delivery_id, code, text))
         if states[delivery_id] in _REPLACES[status]:
@@ -190,17 +211,42 @@ def _with_seq(items: list, dropped: Counter) -> list[dict]:
     return taken
 
 
+def _take_epoch(server: Server, reply: object) -> bool:
+    """Note the epoch of the agent's queue; True if it changed. Another one than the ack counts in
+    means the queue was made anew (a reinstall): the agent took our ack as nothing and answered
+    from seq 1, so the ack starts again from 0. No epoch: an agent from before them, acks as they are."""
+    epoch = reply.get("epoch") if isinstance(reply, dict) else None
+    if epoch is None or epoch == server.outcome_epoch:
+        return False
+    if not isinstance(epoch, str) or not EPOCH.match(epoch):
+        raise AgentError("the agent's outcomes reply is malformed: its epoch is not 1 to 64 letters, digits, '-' or '_'")
+    if server.outcome_epoch is not None:
+        message = ("the agent's queue was replaced (reinstalled?): its outcomes are read from the start of the new "
+                   "queue; letters the old queue held and had not reported on are not in it")
+        db.session.add(ServerEvent(server_id=server.id, kind="queue_replaced", message=message))
+        log.warning("server %s (%s): %s (ack was %d)", server.id, server.name, message, server.outcome_ack)
+        server.outcome_ack = 0
+    server.outcome_epoch = epoch  # first heard (a new server, or one from before epochs): its ack stands
+    return True
+
+
 def collect_outcomes(client: AgentClient, server: Server) -> bool:
     """Fetch and apply events until the agent has no more; True if anything arrived."""
     arrived = False
     while True:
-        reply = client.call("/v1/outcomes", {"ack": server.outcome_ack})
+        request: dict[str, object] = {"ack": server.outcome_ack}
+        if server.outcome_epoch is not None:
+            request["epoch"] = server.outcome_epoch
+        reply = client.call("/v1/outcomes", request)
+        epoch_changed = _take_epoch(server, reply)
         dropped: Counter = Counter()
         events = _with_seq(_items(reply, "events", MAX_EVENTS_PER_REPORT), dropped)
         bounces = _with_seq(_items(reply, "bounces", MAX_BOUNCES_PER_REPORT), dropped)
         seqs = [item["seq"] for item in events + bounces]
         if not seqs:
             _say_dropped(server, dropped)
+            if epoch_changed:
+                db.session.commit()
             return arrived
         apply_events(server, events, dropped)
         store_bounces(server, bounces, dropped)

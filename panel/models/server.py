@@ -42,8 +42,10 @@ class Server(db.Model):
     status: Mapped[str] = mapped_column(String(20), default="new", index=True)
     last_seen_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
-    # Highest outcome event seq stored; sent back to the agent as its ack.
+    # Highest outcome event seq stored; sent back to the agent as its ack, with the epoch of the
+    # agent's queue it counts in (a reinstalled agent's fresh queue has another; NULL: none heard yet).
     outcome_ack: Mapped[int] = mapped_column(default=0)
+    outcome_epoch: Mapped[str | None] = mapped_column(String(64))
     # Settings the daemon pushes to the agent (HELO names, rate limits): bumped on every change;
     # config_applied is the version the agent last said it holds (0: none pushed yet).
     config_version: Mapped[int] = mapped_column(default=0, server_default="0")

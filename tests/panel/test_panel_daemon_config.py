@@ -143,7 +143,8 @@ def test_a_change_reaches_the_agent_and_a_reinstalled_agent_gets_it_again(app, s
     round_(app, DaemonState())  # a new daemon process: pings first
     assert agent.ping()["config_version"] == 2
     assert "fresh.example.net" in (agent.root / "helo-map").read_text()
-    assert [kind for kind, _ in events(seed, server_id)] == ["config", "config"]
+    # and its outcome queue is a new one (a new epoch): said once
+    assert [kind for kind, _ in events(seed, server_id)] == ["config", "config", "queue_replaced"]
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
