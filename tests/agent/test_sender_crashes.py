@@ -58,6 +58,7 @@ class Relay:
         self.reply_delay = 0.0
         self.hold_dot = False  # hold the next end of DATA before Exim sees it
         self.hold_reply = False  # hold Exim's answer to the next end of DATA
+        self.drop_reply = False  # cut the sender's connection instead of passing on that answer
         self.held = threading.Event()
         self.release = threading.Event()
         self._closed = False
@@ -128,6 +129,9 @@ class Relay:
                     if self.hold_reply and chunk.startswith(b"250"):
                         self.hold_reply = False
                         self._hold()
+                    if self.drop_reply:
+                        self.drop_reply = False
+                        client.shutdown(socket.SHUT_RDWR)  # the sender sees its connection lost during DATA
                 try:
                     client.sendall(chunk)
                 except OSError:
@@ -242,6 +246,25 @@ def test_a_sender_killed_in_data_sends_each_letter_once(crash_setup: Callable[..
     assert statuses(db) == {i: ["sent", "delivered"] for i in range(1, 4)}
     rows = db.conn().execute("SELECT id, state, attempts FROM letters ORDER BY id").fetchall()
     assert rows == [(i, "submitted", 1) for i in range(1, 4)]
+
+
+@needs_root
+def test_a_connection_lost_during_data_is_settled_by_exims_log_not_retried(
+        crash_setup: Callable[..., tuple], capture: CaptureServer) -> None:
+    """Exim took the letter, the sender's connection broke before its answer came: the letter is
+    recorded sent from Exim's log, never submitted again, and uses one attempt."""
+    relay, sender, db = crash_setup()
+    db.queue_batch("b1", campaign(), [make_recipient(i) for i in range(1, 4)])
+    relay.drop_reply = True
+    sender.start()
+    wait_for(lambda: all(s[-1:] == ["delivered"] for s in statuses(db).values()) and len(statuses(db)) == 3,
+             "three letters delivered", timeout=60)
+    time.sleep(2.0)
+    assert sorted(m.rcpt_to for m in capture.messages()) == [f"user{i}@example.org" for i in range(1, 4)]
+    assert statuses(db) == {i: ["sent", "delivered"] for i in range(1, 4)}
+    assert db.conn().execute("SELECT id, state, attempts FROM letters ORDER BY id").fetchall() == [
+        (i, "submitted", 1) for i in range(1, 4)]
+    assert "connection to local Exim lost during DATA" in sender.output()
 
 
 @needs_root
