@@ -85,11 +85,6 @@ def prune(session: Session, older_than: float = 600.0) -> None:
     session.commit()
 
 
-def live_daemons(session: Session) -> int:
-    """Daemons alive now (each renews its `daemon:<id>` lease), at least 1: the one asking."""
-    return max(len(held(session, "daemon:")), 1)
-
-
 def holder_of(session: Session, name: str) -> tuple[str, datetime] | None:
     row = session.execute(select(DaemonLease.holder, DaemonLease.expires_at).where(DaemonLease.name == name)).first()
     session.commit()

@@ -3,7 +3,8 @@
 Every DAEMON_LEASE_SECONDS / 5 the main thread renews this daemon's leases (daemon/leases.py): its
 own `daemon:<id>` (it is alive), each `server:<id>` it serves, `global` and `provision` if it holds
 them. It serves at most its share of the ready servers (ready servers / live daemons, rounded up):
-one holding more lets the extras go, so a daemon started later gets work; one holding fewer takes
+one holding more lets the extras go, and so does one above the rounded-down share while another
+daemon holds less than that, so a daemon started later gets work; one holding fewer takes
 servers whose lease is free or expired, so a killed daemon's servers are taken over once its leases
 expire (within DAEMON_LEASE_SECONDS plus a renewal). Each held server is served by its own thread,
 with its own app context and DB session, so a slow or unreachable agent delays nobody else; before
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 import random
 import threading
 import time
@@ -102,13 +104,13 @@ class Daemon:
         self._take(f"daemon:{self.me}")
         ready = set(db.session.scalars(db.select(Server.id).where(Server.ready)))
         db.session.commit()
-        share = math.ceil(len(ready) / leases.live_daemons(db.session))
         self._renew_servers(ready)
+        taken = leases.held(db.session, "server:")
+        share = self._share(len(ready), taken)
         serving = sorted(sid for sid, worker in self.workers.items() if not worker.leaving)
         for server_id in serving[share:]:  # over this daemon's share: the others take them
             self._let_go(server_id)
         if len(serving) < share:
-            taken = leases.held(db.session, "server:")
             free = [sid for sid in ready if sid not in self.workers and taken.get(_server_lease(sid), self.me) == self.me]
             random.shuffle(free)  # daemons starting together try different servers first
             for server_id in free[:share - len(serving)]:
@@ -117,6 +119,15 @@ class Daemon:
         self._global_work()
         if self.provision:
             self._provision()
+
+    def _share(self, servers: int, taken: dict[str, str]) -> int:
+        """How many servers this daemon may serve: servers / live daemons, rounded up; rounded down
+        while another live daemon serves fewer than that (one started later), so it gets work."""
+        live = [name.partition(":")[2] for name in leases.held(db.session, "daemon:")] or [self.me]
+        low, high = servers // len(live), math.ceil(servers / len(live))
+        counts = Counter(taken.values())
+        starved = any(counts[other] < low for other in live if other != self.me)
+        return low if starved else high
 
     def _renew_servers(self, ready: set[int]) -> None:
         for server_id, worker in list(self.workers.items()):

@@ -171,6 +171,18 @@ def test_two_daemons_share_the_servers_and_one_killed_is_taken_over(app, seed, a
     _no_batch_twice(app, started)
     assert second.poll() is None
 
+    # Two more daemons started: the one holding all four lets some go, and each new one gets work.
+    third, fourth = daemons.start(), daemons.start()
+
+    def shared_by_three():
+        counts = {}
+        for holder in _server_holders(seed).values():
+            counts[_pid(holder)] = counts.get(_pid(holder), 0) + 1
+        return sum(counts.values()) == 4 and set(counts) == {second.pid, third.pid, fourth.pid}
+
+    _wait(shared_by_three, "the servers shared by the three live daemons", 30, daemons)
+    _no_batch_twice(app, started)
+
 
 def _lease_holder(seed, name: str) -> str | None:
     return seed.query(lambda s: s.execute(text("SELECT holder FROM daemon_leases WHERE name = :name AND expires_at > :now"),
