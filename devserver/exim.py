@@ -386,6 +386,27 @@ class Exim:
                 parts.append(f"--- {path}\n{path.read_text(errors='replace')[-4000:]}")
         return "\n".join(parts) or "(no output)"
 
+    @property
+    def running(self) -> bool:
+        """Whether the daemon this object started is still alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the daemon and every process it started at once, as a crash would; the spool, logs
+        and the config's trust are left as they are, for `start()` to go on from."""
+        victims = {proc.pid: proc for proc in self._processes()}
+        if self.running:
+            assert self._process is not None
+            with contextlib.suppress(psutil.NoSuchProcess):
+                victims.setdefault(self._process.pid, psutil.Process(self._process.pid))
+        for proc in victims.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(list(victims.values()), timeout=10)
+        if self._process is not None:
+            self._process.wait(timeout=10)
+            self._process = None
+
     def stop(self) -> None:
         """Stop the daemon and every process it started, and unregister the config."""
         try:

@@ -3,14 +3,17 @@ database backend) and to read the panel's database as its processes see it."""
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import requests
 from sqlalchemy import Engine, create_engine
 
-from devserver.stack import LocalStack
+from devserver.stack import LocalStack, StackSettings
 
 
 class Api:
@@ -63,3 +66,14 @@ def panel_rows(panel_engine: Engine) -> Callable[[str, tuple], list[tuple]]:
 def panel_db(panel_rows: Callable[[str, tuple], list[tuple]]) -> Callable[[str, tuple], dict]:
     """Query the panel's database; returns {first column: second column}."""
     return lambda sql, params: dict(panel_rows(sql, params))
+
+
+@contextlib.contextmanager
+def running_stack(base: Path, databases: Any, **options: Any) -> Iterator[LocalStack]:
+    """A whole system of a module's own shape (e.g. several workers: StackSettings' options), on the
+    session's database backend; for a module that overrides the `stack` fixture."""
+    root = Path(tempfile.mkdtemp(dir=base, prefix="stack-"))
+    root.chmod(0o755)  # Exim's processes run as Debian-exim and must reach its run directory
+    with databases.for_system() as database_url:
+        with LocalStack(StackSettings(root=root, database_url=database_url, **options)) as running:
+            yield running
