@@ -14,7 +14,7 @@ import secrets
 import socket
 from datetime import datetime, timedelta
 
-from sqlalchemy import DateTime, delete, func, literal_column, or_, select, type_coerce
+from sqlalchemy import DateTime, delete, literal_column, or_, select, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 

@@ -111,7 +111,8 @@ class Daemon:
         for server_id in serving[share:]:  # over this daemon's share: the others take them
             self._let_go(server_id)
         if len(serving) < share:
-            free = [sid for sid in ready if sid not in self.workers and taken.get(_server_lease(sid), self.me) == self.me]
+            free = [sid for sid in ready
+                    if sid not in self.workers and taken.get(_server_lease(sid), self.me) == self.me]
             random.shuffle(free)  # daemons starting together try different servers first
             for server_id in free[:share - len(serving)]:
                 if self._take(_server_lease(server_id)):

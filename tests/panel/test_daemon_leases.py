@@ -94,14 +94,16 @@ def _wait(predicate, what: str, timeout: float, daemons: Daemons | None = None):
         if value:
             return value
         time.sleep(0.1)
-    logs = "".join(f"\n--- {p.log.name}\n{p.log.read_text(errors='replace')[-3000:]}" for p in (daemons.started if daemons else []))
+    logs = "".join(f"\n--- {p.log.name}\n{p.log.read_text(errors='replace')[-3000:]}"
+                   for p in (daemons.started if daemons else []))
     raise AssertionError(f"{what}: not within {timeout} s{logs}")
 
 
 def _campaign(app, seed, user_id: int, server_id: int, letters: int) -> int:
     """A running campaign of `letters` letters that only `server_id` may take."""
     n = next(_names)
-    list_id = seed.list(user_id, f"readers {n}", [{"email": f"r{n}.{i}@example.org", "name": f"R{i}"} for i in range(letters)])
+    readers = [{"email": f"r{n}.{i}@example.org", "name": f"R{i}"} for i in range(letters)]
+    list_id = seed.list(user_id, f"readers {n}", readers)
     campaign_id = seed.campaign(user_id, [list_id], servers=[server_id])
     with app.app_context():
         start_campaign(db.session.get(User, user_id), db.session.get(Campaign, campaign_id))
@@ -112,7 +114,8 @@ def _campaign(app, seed, user_id: int, server_id: int, letters: int) -> int:
 def _server_holders(seed) -> dict[int, str]:
     """server id -> the daemon holding its lease now."""
     rows = seed.query(lambda s: s.execute(text(
-        "SELECT name, holder FROM daemon_leases WHERE name LIKE 'server:%' AND expires_at > :now"), {"now": utcnow()}).all())
+        "SELECT name, holder FROM daemon_leases WHERE name LIKE 'server:%' AND expires_at > :now"),
+        {"now": utcnow()}).all())
     return {int(name.split(":")[1]): holder for name, holder in rows}
 
 
@@ -122,14 +125,16 @@ def _pid(holder: str) -> int:
 
 def _all_pushed(app) -> bool:
     with app.app_context():
-        return not db.session.scalar(select(func.count()).select_from(DispatchBatch).where(DispatchBatch.status != "pushed"))
+        return not db.session.scalar(
+            select(func.count()).select_from(DispatchBatch).where(DispatchBatch.status != "pushed"))
 
 
 def _no_batch_twice(app, started) -> None:
     pushed = [entry["batch_id"] for agent in started for entry in _batches(agent)]
     assert len(pushed) == len(set(pushed)), f"batches pushed more than once: {sorted(pushed)}"
     with app.app_context():
-        batches = db.session.scalar(select(func.count()).select_from(DispatchBatch).where(DispatchBatch.status == "pushed"))
+        batches = db.session.scalar(
+            select(func.count()).select_from(DispatchBatch).where(DispatchBatch.status == "pushed"))
         queued = db.session.scalar(select(func.count()).select_from(Delivery).where(Delivery.status == "queued"))
         pending = db.session.scalar(select(func.count()).select_from(Delivery).where(Delivery.status == "pending"))
     assert len(set(pushed)) == batches and pending == 0 and queued > 0
@@ -163,7 +168,8 @@ def test_two_daemons_share_the_servers_and_one_killed_is_taken_over(app, seed, a
     killed_at = time.monotonic()
     for server_id in orphaned:
         _campaign(app, seed, alice, server_id, 5)
-    _wait(lambda: all(len(_batches(agent_of[s])) == 4 for s in orphaned), "the killed daemon's servers served", 30, daemons)
+    _wait(lambda: all(len(_batches(agent_of[s])) == 4 for s in orphaned), "the killed daemon's servers served", 30,
+          daemons)
     assert time.monotonic() - killed_at < 30
     assert set(map(_pid, _server_holders(seed).values())) == {second.pid}
     # Served by one daemon at a time: no batch reached an agent twice, every letter pushed once.
@@ -185,8 +191,9 @@ def test_two_daemons_share_the_servers_and_one_killed_is_taken_over(app, seed, a
 
 
 def _lease_holder(seed, name: str) -> str | None:
-    return seed.query(lambda s: s.execute(text("SELECT holder FROM daemon_leases WHERE name = :name AND expires_at > :now"),
-                                          {"name": name, "now": utcnow()}).scalar())
+    return seed.query(lambda s: s.execute(
+        text("SELECT holder FROM daemon_leases WHERE name = :name AND expires_at > :now"),
+        {"name": name, "now": utcnow()}).scalar())
 
 
 def _channel_answers(instance: Path) -> bool:
@@ -213,8 +220,9 @@ def test_provisioning_runs_in_one_daemon_and_moves_when_it_dies(app, seed, alice
         job_id = job.id
 
     second = daemons.start(instance)
-    _wait(lambda: any(_pid(h) == second.pid for h in seed.query(lambda s: s.execute(text(
-        "SELECT holder FROM daemon_leases WHERE name LIKE 'daemon:%'")).scalars().all())), "the second daemon alive", 20, daemons)
+    alive = lambda: seed.query(lambda s: s.execute(text(  # noqa: E731
+        "SELECT holder FROM daemon_leases WHERE name LIKE 'daemon:%'")).scalars().all())
+    _wait(lambda: any(_pid(h) == second.pid for h in alive()), "the second daemon alive", 20, daemons)
     time.sleep(LEASE / 2)  # its first rounds of leases are done
     assert seed.get(ProvisionJob, job_id).status == "running", "a second daemon failed the first one's running job"
     assert _pid(_lease_holder(seed, "provision")) == first.pid and _channel_answers(instance)
