@@ -153,7 +153,17 @@ class LogFollower:
         self._pending = data[start:]
         if lines:
             self.offset = lines[-1][1]
+        # a short read reached the end of the file (busy logs seldom give an empty one)
+        self.at_end = len(chunk) < READ_CHUNK and not self._pending and self._still_ours()
         return lines
+
+    def _still_ours(self) -> bool:
+        """The path still names the file we read (not rotated away or truncated meanwhile)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True  # rotated, new one not created yet: what was written went to ours
+        return st.st_ino == self.inode and st.st_size >= self.offset
 
     def _open(self) -> bool:
         try:
@@ -231,7 +241,7 @@ class EximLogReader:
                 self._handle(record, end - len(raw) - 1, stop)
         if lines:
             self._flush(self.follower.offset)
-        elif self.follower.at_end:
+        if self.follower.at_end:
             self.caught_up = started
         return len(lines)
 

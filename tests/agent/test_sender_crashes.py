@@ -441,3 +441,30 @@ def test_a_letter_exim_never_took_goes_back_to_the_queue_once_exim_is_done(recon
     (claimed,) = db.claim(1)
     assert claimed.attempts == 2  # the offer that reached Exim counted; the claim again
     assert db.outcomes(0)["events"] == []
+
+
+def test_the_log_counts_as_read_to_its_end_only_when_it_was(queue_db: QueueDB, tmp_path: Path) -> None:
+    """A read that reached the end of the file says so even with lines in it (a busy log seldom
+    gives an empty read); a part line, or a file rotated away meanwhile, does not."""
+    log = tmp_path / "mainlog"
+    log.write_text("2026-11-28 00:38:10 Start queue run: pid=1\n" * 3)
+    reader = EximLogReader(queue_db, log)
+    before = time.time()
+    assert reader.poll() == 3
+    assert reader.caught_up >= before
+    seen = reader.caught_up
+    with open(log, "a") as f:
+        f.write("2026-11-28 00:38:11 End queue")  # Exim half way through a line
+    assert reader.poll() == 0 and reader.caught_up == seen
+    with open(log, "a") as f:
+        f.write(" run: pid=1\n")
+    assert reader.poll() == 1 and reader.caught_up > seen
+    seen = reader.caught_up
+    os.rename(log, tmp_path / "mainlog.1")
+    log.write_text("2026-11-28 00:38:12 Start queue run: pid=2\n")
+    with open(tmp_path / "mainlog.1", "a") as f:
+        f.write("2026-11-28 00:38:12 End queue run: pid=1\n")
+    assert reader.poll() == 1 and reader.caught_up == seen  # the old file's end is not the log's
+    assert reader.poll() == 0 and reader.caught_up == seen  # switched to the new file: not read yet
+    assert reader.poll() == 1 and reader.caught_up > seen
+    reader.close()
