@@ -14,6 +14,7 @@ same batch again on its next round, and the agent queues it once (idempotent bat
 from __future__ import annotations
 
 import logging
+import threading
 
 from flask import current_app
 from itertools import islice
@@ -31,6 +32,9 @@ from .agent_client import AgentClient
 log = logging.getLogger(__name__)
 
 SENDABLE = ("running",)
+# SQLite has no SKIP LOCKED and takes its write lock only at the UPDATE, so two server threads of its one
+# daemon (daemon/runner.py) would read the same free letters: they claim one at a time.
+_SQLITE_CLAIMS = threading.Lock()
 _CHUNK = 900  # ids per IN (...): under SQLite's bound-parameter limit
 # Why a letter of a running campaign was not sent: its address was suppressed after the start.
 SUPPRESSED_REPLY = ("not sent: the address went on your suppression list (unsubscribed, bounced or complained) "
@@ -65,6 +69,13 @@ def _claim(campaign: Campaign, server: Server, size: int) -> DispatchBatch | Non
     """Take up to `size` of the campaign's letters that no server holds yet into a new batch of this
     server, choosing each one's IP and sending domain now; committed before any push. None: no
     letter left to take (or no active IP)."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        return _take_letters(campaign, server, size)
+    with _SQLITE_CLAIMS:
+        return _take_letters(campaign, server, size)
+
+
+def _take_letters(campaign: Campaign, server: Server, size: int) -> DispatchBatch | None:
     slots = _slots(server, [domain.name for domain in campaign.domains])
     if not slots:
         return None
@@ -88,15 +99,23 @@ def _claim(campaign: Campaign, server: Server, size: int) -> DispatchBatch | Non
     by_slot: dict[int, list[int]] = {}
     for position, delivery_id in enumerate(ids):
         by_slot.setdefault((offset + position) % len(slots), []).append(delivery_id)
+    taken = 0
     for index, chosen in by_slot.items():
         ip, domain = slots[index]
         for chunk in _chunks(chosen, _CHUNK):
-            db.session.execute(
+            # Only letters still free: on SQLite the ids above were read before this transaction
+            # took the write lock, and another server's thread may have taken some meanwhile.
+            taken += len(db.session.execute(
                 update(Delivery)
-                .where(Delivery.id.in_(chunk))
+                .where(Delivery.id.in_(chunk), Delivery.server_id.is_(None), Delivery.status == "pending")
                 .values(server_id=server.id, source_ip=ip, sending_domain=domain, batch_id=batch.id)
+                .returning(Delivery.id)
                 .execution_options(synchronize_session=False)
-            )
+            ).all())
+    if taken == 0:
+        db.session.rollback()
+        return None
+    batch.size = taken
     db.session.commit()
     return batch
 

@@ -23,7 +23,7 @@ report_file. `mode` says how /v1/ping is answered (every other path is answered 
 - slow          every path answered honestly, but only after `delay` seconds (a slow or far agent)
 
 With `record_file`, every request is appended to it as a JSON line {"t": time, "path": …, "batch_id": …}
-when it arrives (batch_id for pushes only): which daemon-side calls reached this agent, and when.
+when it arrives (batch_id and the letters' ids for pushes only): which daemon-side calls reached this agent, and when.
 
 /v1/outcomes answers with the items of `report_file` (JSON {"events": [...], "bounces": [...]},
 each item with its seq) whose seq is above the panel's ack, read anew on every call.
@@ -106,7 +106,8 @@ class Handler(BaseHTTPRequestHandler):
     def _record(self, key: bytes, body: bytes) -> None:
         entry = {"t": time.time(), "path": self.path}
         if self.path == "/v1/batches":
-            entry["batch_id"] = protocol.unseal(key, self.path, body).data.get("batch_id")
+            data = protocol.unseal(key, self.path, body).data
+            entry["batch_id"], entry["ids"] = data.get("batch_id"), [r.get("id") for r in data.get("recipients", [])]
         with open(self.config["record_file"], "a") as f:  # one short write a line: whole lines
             f.write(json.dumps(entry) + "\n")
 

@@ -54,8 +54,8 @@ class Daemons:
                    MAILFLEET_SECRET_KEY=config["SECRET_KEY"], MAILFLEET_SECRETS_KEY=SECRETS_KEY,
                    MAILFLEET_PUBLIC_URL=config["PUBLIC_URL"], MAILFLEET_BOUNCE_DOMAIN=config["BOUNCE_DOMAIN"],
                    MAILFLEET_ALLOWED_HOST_NETWORKS="127.0.0.0/8", MAILFLEET_DAEMON_INTERVAL="0.2",
-                   MAILFLEET_DAEMON_LEASE_SECONDS=str(LEASE), MAILFLEET_DISPATCH_BATCH_SIZE="10",
-                   **{f"MAILFLEET_{name}": value for name, value in settings.items()})
+                   MAILFLEET_DAEMON_LEASE_SECONDS=str(LEASE), MAILFLEET_DISPATCH_BATCH_SIZE="10")
+        env.update({f"MAILFLEET_{name}": value for name, value in settings.items()})
         log = self.root / f"daemon{n}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen([sys.executable, "-m", "panel.daemon"], cwd=REPO, env=env, stdout=out,
@@ -252,6 +252,27 @@ def test_a_slow_agent_does_not_delay_the_others(app, seed, alice, agents, daemon
         assert _batches(agent)[0]["t"] - contacted < 3.0, "a fast agent waited for the slow one"
     _wait(lambda: _batches(slow) and _all_pushed(app), "the slow agent's push answered", 40, daemons)
     _no_batch_twice(app, [slow, *fast])
+
+
+def test_servers_served_at_once_never_take_the_same_letter(app, seed, alice, agents, daemons):
+    """One campaign for the whole fleet: its letters go to whichever server has room, and the servers'
+    threads claim them at the same time; each letter is pushed to one agent, once."""
+    started = [agents.start(record_file=str(agents.root / f"record{n}.jsonl")) for n in range(4)]
+    for n, agent in enumerate(started):
+        agent.register(app, alice, f"worker {n}")
+    n = next(_names)
+    list_id = seed.list(alice, f"readers {n}", [{"email": f"r{n}.{i}@example.org", "name": "R"} for i in range(400)])
+    campaign_id = seed.campaign(alice, [list_id])
+    with app.app_context():
+        start_campaign(db.session.get(User, alice), db.session.get(Campaign, campaign_id))
+        db.session.commit()
+    daemons.start(DISPATCH_BATCH_SIZE="5")
+    _wait(lambda: _all_pushed(app) and sum(len(e["ids"]) for a in started for e in _batches(a)) >= 400,
+          "the 400 letters pushed", 60, daemons)
+    pushed = [i for agent in started for entry in _batches(agent) for i in entry["ids"]]
+    assert len(pushed) == 400 and len(set(pushed)) == 400, f"{len(pushed) - len(set(pushed))} letters pushed twice"
+    assert sum(1 for agent in started if _batches(agent)) > 1  # the servers did share the campaign
+    _no_batch_twice(app, started)
 
 
 def test_sqlite_runs_one_daemon(app, seed, alice, agents, daemons, db_backend):
