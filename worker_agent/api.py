@@ -99,7 +99,8 @@ def _whole_number(value: Any) -> bool:
 def _ping(queue: QueueDB, data: Any) -> dict[str, Any]:
     queued, sending = queue.counts()
     return {"ok": True, "version": __version__, "queued": queued, "sending": sending, "time": int(time.time()),
-            "config_version": remote_config.stored_version(queue), "epoch": queue.epoch}
+            "config_version": remote_config.stored_version(queue), "epoch": queue.epoch,
+            "shaping": queue.get_state("shaping") or []}  # written by the sender (backoff.py)
 
 
 def _batches(queue: QueueDB, data: Any) -> dict[str, Any]:

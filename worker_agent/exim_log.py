@@ -215,10 +215,13 @@ class EximLogReader:
     """Turns new main-log lines into events in the queue; ``poll`` does one round."""
 
     def __init__(self, queue: QueueDB, log_path: Path, claim_wait: float = CLAIM_WAIT,
-                 in_flight: Callable[[int], bool] | None = None) -> None:
+                 in_flight: Callable[[int], bool] | None = None,
+                 observe: Callable[[list[Event]], None] | None = None) -> None:
         """``in_flight``: whether the sender is still waiting for Exim's answer for a letter in
-        'submitting' (its result comes soon); any other letter Exim logged is taken over at once."""
+        'submitting' (its result comes soon); any other letter Exim logged is taken over at once.
+        ``observe``: told of the outcome events once they are committed (backoff.py reads them)."""
         self.queue = queue
+        self.observe = observe
         saved = queue.get_state(POSITION_KEY) or {}
         same_file = saved.get("path") == str(log_path)
         self.follower = LogFollower(log_path, saved.get("inode") if same_file else None,
@@ -322,4 +325,10 @@ class EximLogReader:
             self.queue.add_events(conn, events)
             self.queue.set_state(conn, POSITION_KEY, {"path": str(self.follower.path),
                                                       "inode": self.follower.inode, "offset": offset})
+        observed = self._events
         self._events, self._takeovers, self._exim_ids = [], [], []
+        if self.observe is not None and observed:
+            try:
+                self.observe(observed)
+            except Exception:  # shaping is advice: the events are stored whatever it does
+                log.exception("observing outcome events failed")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
+from .backoff import Backoff
 from .providers import ProviderLimit, ProviderResolver, limit_for
 
 
@@ -40,13 +41,25 @@ def _hour_window(per_hour: float) -> _Window:
 class TokenBucket:
     """``per_minute`` letters a minute and/or ``per_hour`` an hour (None: no limit of that kind)."""
 
-    __slots__ = ("windows", "updated", "backlog")
+    __slots__ = ("windows", "updated", "backlog", "factor", "base")
 
     def __init__(self, per_minute: float | None, now: float, per_hour: float | None = None) -> None:
         self.windows = [w for w in (_minute_window(per_minute) if per_minute else None,
                                     _hour_window(per_hour) if per_hour else None) if w is not None]
         self.updated = now
         self.backlog = 0  # letters told to wait during the current claim round
+        self.factor = 1.0  # share of the limit in force (backoff.py)
+        self.base = [(w.rate, w.capacity) for w in self.windows]
+
+    def scale(self, factor: float, now: float) -> None:
+        """Run at ``factor`` times the limit (tokens earned so far at the old rate are kept)."""
+        if factor == self.factor:
+            return
+        self.refill(now)
+        self.factor = factor
+        for w, (rate, capacity) in zip(self.windows, self.base):
+            w.rate, w.capacity = rate * factor, max(1.0, capacity * factor)
+            w.tokens = min(w.tokens, w.capacity)
 
     @property
     def rate(self) -> float:
@@ -91,8 +104,9 @@ class RateLimiter:
     ``provider_limits``, the group given by ``resolver`` (no resolver: the domain is its group)."""
 
     def __init__(self, rate_for: Callable[[str, str], float | None], *, resolver: ProviderResolver | None = None,
-                 provider_limits: Iterable[ProviderLimit] = ()) -> None:
+                 provider_limits: Iterable[ProviderLimit] = (), backoff: Backoff | None = None) -> None:
         self._rate_for = rate_for
+        self._backoff = backoff
         self._resolver = resolver
         self._provider_limits = tuple(provider_limits)
         self._buckets: dict[tuple[str, str], TokenBucket | None] = {}  # (ip, domain)
@@ -108,11 +122,24 @@ class RateLimiter:
             return domain
         return self._resolver.provider_now(domain)
 
+    def known_group(self, domain: str) -> str:
+        """The domain's group from the MX cache only (never waits: for Exim's log thread)."""
+        if self._resolver is None or not self._provider_limits:
+            return domain
+        return self._resolver.provider_of_cached(domain)
+
     def wait(self, source_ip: str, domain: str, now: float | None = None) -> float:
         """Seconds this letter must wait (0.0: send it now)."""
         now = time.monotonic() if now is None else now
-        buckets = [b for b in (self._domain_bucket(source_ip, domain, now),
-                               self._group_bucket(source_ip, self.group_of(domain), now)) if b is not None]
+        group = self.group_of(domain)
+        group_bucket = self._group_bucket(source_ip, group, now)
+        if self._backoff is not None:  # a pair the provider throttled: suspended, or a share of its limit
+            factor, suspended = self._backoff.shape(source_ip, group)
+            if suspended > 0:
+                return suspended
+            if group_bucket is not None:
+                group_bucket.scale(factor, now)
+        buckets = [b for b in (self._domain_bucket(source_ip, domain, now), group_bucket) if b is not None]
         if not buckets:
             return 0.0
         for bucket in buckets:

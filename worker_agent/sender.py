@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import bounce_spool, remote_config
+from .backoff import Backoff
 from .config import AgentConfig, ConfigError, rate_for
 from .exim_log import EximLogReader
 from .providers import ProviderResolver, ProviderTable
-from .queue import Claimed, QueueDB
+from .queue import Claimed, Event, QueueDB
 from .rate_limit import RateLimiter
 from .reconcile import Reconciler
 from .render import CampaignError, Letter, Renderer, RenderError
@@ -43,6 +44,7 @@ RETRY_DELAYS = (30.0, 120.0, 600.0, 1800.0, 3600.0)  # s before attempt 2, 3, â€
 UNREACHABLE_BACKOFF = (1.0, 30.0)  # s: first and longest pause while the local Exim does not answer
 HOUSEKEEPING_EVERY = 1.0  # s: bounce spool, cancelled campaigns
 COALESCE = 0.02  # s to gather more results into one commit
+SHAPING_KEY = "shaping"  # agent_state: the backoff states the ping reports
 
 
 @dataclass
@@ -69,7 +71,9 @@ class Sender:
         # durable: a 'submitting' mark or a hand-over to Exim lost in a power cut would send a letter twice
         self.queue = QueueDB(config.queue_db, durable=True)
         self.renderer = Renderer()
-        self.limiter = RateLimiter(config.rate_for)  # replaced by _load_rate_limits when the panel pushed rules
+        self.backoff = Backoff()  # outlives config versions, like the MX cache
+        self._shaping_written = -1  # self.backoff.version last written for the ping
+        self.limiter = RateLimiter(config.rate_for, backoff=self.backoff)  # replaced when the panel pushed rules
         # MX answers outlive config versions: each new provider table gets the same cache
         self._resolver = ProviderResolver(ProviderTable(), nameserver=config.dns_server, port=config.dns_port)
         self._config_version: int | None = None  # of the rules in self.limiter
@@ -100,7 +104,8 @@ class Sender:
                 log.info("recovered claimed letters: %d queued again, %d failed", requeued, failed)
             threads = [threading.Thread(target=self._submit_loop, name=f"smtp-{i}", daemon=True)
                        for i in range(self.config.smtp_connections)]
-            reader = EximLogReader(self.queue, self.config.exim_mainlog, in_flight=self._flying.__contains__)
+            reader = EximLogReader(self.queue, self.config.exim_mainlog, in_flight=self._flying.__contains__,
+                                   observe=self._observe)
             self._reconciler = Reconciler(self.queue, reader, self.config.exim_spool, self.config.smtp_port,
                                           self.config.max_attempts)
             # Catch up with Exim's log before claiming (outcomes in order). Letters the last sender
@@ -162,6 +167,7 @@ class Sender:
     def _housekeeping(self) -> None:
         try:
             self._load_rate_limits()
+            self._write_shaping()
             bounce_spool.collect(self.queue, self.config.bounce_spool)
             bounce_spool.remove_stale_tmp(self.config.bounce_spool)
             self.queue.cancel_orphans()
@@ -184,7 +190,7 @@ class Sender:
         rules = remote_config.rate_limits(self.config, remote)
         self.limiter = RateLimiter(lambda ip, domain: rate_for(rules, ip, domain),
                                    resolver=self._resolver.with_table(remote_config.provider_table(remote)),
-                                   provider_limits=remote_config.provider_limits(remote))
+                                   provider_limits=remote_config.provider_limits(remote), backoff=self.backoff)
         if self._config_version is None:
             log.info("%d rate limits from %s", len(rules),
                      "the config file" if remote is None else f"the panel's config version {version}")
@@ -193,6 +199,31 @@ class Sender:
             log.info("config version %d: %d rate limits now in force, %d held letters due again",
                      version, len(rules), released)
         self._config_version = version
+
+    def _observe(self, events: list[Event]) -> None:
+        """Exim's outcomes (its log thread): throttling answers slow their (IP, provider) down."""
+        conn = self.queue.conn()
+        for e in events:
+            if e.status not in ("delivered", "deferred", "failed"):
+                continue
+            row = conn.execute("SELECT source_ip, email FROM letters WHERE id = ?", (e.delivery_id,)).fetchone()
+            if row is not None:
+                group = self.limiter.known_group(row[1].rpartition("@")[2].lower())
+                self.backoff.observe(row[0], group, e.status, e.code, e.text)
+
+    def _write_shaping(self) -> None:
+        """The pairs' states for the ping (another process), when one changed."""
+        self.backoff.tick()
+        for change in self.backoff.drain_changes():
+            log.info("shaping %s/%s: %s at %.0f %% of its limit (%s)", change["source_ip"], change["provider"],
+                     change["state"], change["factor"] * 100, change["why"])
+        if self.backoff.version == self._shaping_written:
+            return
+        version = self.backoff.version
+        states = self.backoff.states()
+        with self.queue.write() as conn:
+            self.queue.set_state(conn, SHAPING_KEY, states)
+        self._shaping_written = version
 
     def _claim_and_render(self, limit: int) -> int:
         claimed = self.queue.claim(limit)

@@ -1,0 +1,138 @@
+"""Automatic backoff per (source IP, provider group) (issue 9, point 5), on a virtual clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker_agent.backoff import Backoff, is_throttling
+from worker_agent.providers import ProviderLimit
+from worker_agent.rate_limit import RateLimiter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+GMAIL_421 = "421-4.7.28 [192.0.2.10] Our system has detected an unusual rate of unsolicited mail. rate limited"
+
+
+@pytest.mark.parametrize(("code", "text"), [
+    (421, GMAIL_421),
+    (421, "421 4.7.0 [TSS04] Messages from 192.0.2.10 temporarily deferred due to unexpected volume"),
+    (451, "451 4.7.650 The mail server [192.0.2.10] has been temporarily rate limited"),
+    (450, "450 too many connections from your IP"),
+    (451, "451 rate limit exceeded, try again later"),
+    (452, "452 4.7.1 try again later"),
+    (None, "SMTP error from remote mail server after RCPT TO:<a@b>: 421 4.7.28 throttled"),
+])
+def test_throttling_answers_are_recognised(code, text):
+    assert is_throttling(code, text)
+
+
+@pytest.mark.parametrize(("code", "text"), [
+    (450, "450 4.2.2 mailbox full"),
+    (451, "451 4.3.0 temporary local problem"),
+    (550, "550 5.1.1 no such user"),
+    (421, "421 4.4.2 connection timed out"),
+    (None, None),
+])
+def test_other_answers_are_not_throttling(code, text):
+    assert not is_throttling(code, text)
+
+
+def test_throttle_halves_and_suspends_then_cools_and_steps_up_to_the_limit():
+    clock = Clock()
+    b = Backoff(cooling=60.0, step=0.1, step_every=60.0, clock=clock)
+    assert b.shape("192.0.2.10", "google") == (1.0, 0.0)
+    b.observe("192.0.2.10", "google", "deferred", 421, GMAIL_421)
+    factor, wait = b.shape("192.0.2.10", "google")
+    assert factor == 0.5 and wait == pytest.approx(60.0)
+    state = b.states()[0]
+    assert state["state"] == "suspended" and state["why"] == GMAIL_421 and state["since"] == clock.now
+    # more deferrals of the same burst while suspended do not halve it again
+    b.observe("192.0.2.10", "google", "deferred", 421, GMAIL_421)
+    assert b.shape("192.0.2.10", "google")[0] == 0.5
+    clock.now += 60.0
+    assert b.shape("192.0.2.10", "google") == (0.5, 0.0)
+    assert b.states()[0]["state"] == "backing_off"
+    # deliveries within a step do not raise it yet; a minute of them raises it by 10 % of the limit
+    b.observe("192.0.2.10", "google", "delivered", 250, "250 ok")
+    assert b.shape("192.0.2.10", "google")[0] == 0.5
+    for _ in range(5):
+        clock.now += 60.0
+        b.observe("192.0.2.10", "google", "delivered", 250, "250 ok")
+    assert b.shape("192.0.2.10", "google")[0] == pytest.approx(1.0)
+    assert b.states()[0]["state"] == "normal"
+    clock.now += 600.0
+    b.observe("192.0.2.10", "google", "delivered", 250, "250 ok")
+    assert b.shape("192.0.2.10", "google")[0] == 1.0  # never above its limit
+
+
+def test_no_step_up_without_deliveries():
+    clock = Clock()
+    b = Backoff(cooling=60.0, step=0.1, step_every=60.0, clock=clock)
+    b.observe("192.0.2.10", "google", "deferred", 421, GMAIL_421)
+    clock.now += 600.0
+    assert b.shape("192.0.2.10", "google")[0] == 0.5
+
+
+def test_a_throttle_while_backing_off_halves_again_with_a_floor():
+    clock = Clock()
+    b = Backoff(cooling=60.0, clock=clock, floor=0.1)
+    for _ in range(10):
+        b.observe("192.0.2.10", "google", "deferred", 421, GMAIL_421)
+        clock.now += 61.0
+    assert b.shape("192.0.2.10", "google")[0] == pytest.approx(0.1)
+
+
+def test_other_pairs_are_not_affected():
+    clock = Clock()
+    b = Backoff(cooling=60.0, clock=clock)
+    b.observe("192.0.2.10", "google", "deferred", 421, GMAIL_421)
+    b.observe("192.0.2.10", "microsoft", "deferred", 451, "451 4.2.0 mailbox busy")  # not throttling
+    assert b.shape("192.0.2.11", "google") == (1.0, 0.0)
+    assert b.shape("192.0.2.10", "microsoft") == (1.0, 0.0)
+    assert [s["provider"] for s in b.states()] == ["google"]
+
+
+def test_changes_are_counted_once_each():
+    clock = Clock()
+    b = Backoff(cooling=60.0, step=0.5, step_every=60.0, clock=clock)
+    b.observe("192.0.2.10", "google", "deferred", 421, GMAIL_421)
+    b.observe("192.0.2.10", "google", "deferred", 421, GMAIL_421)
+    clock.now += 60.0
+    b.tick()
+    clock.now += 60.0
+    b.observe("192.0.2.10", "google", "delivered", 250, "250 ok")
+    assert [c["state"] for c in b.drain_changes()] == ["suspended", "backing_off", "normal"]
+    assert b.drain_changes() == []
+
+
+def test_limiter_applies_the_factor_and_the_suspension_to_that_pair_only():
+    clock = Clock()
+    b = Backoff(cooling=60.0, step=0.1, step_every=60.0, clock=clock)
+    limiter = RateLimiter(lambda ip, domain: None, backoff=b,
+                          provider_limits=[ProviderLimit("*", "*", per_minute=600)])
+
+    def sent_in(seconds: float, ip: str, domain: str, start: float) -> int:
+        """Letters the limiter lets go over ``seconds`` when asked every 10 ms."""
+        n, t = 0, start
+        while t < start + seconds:
+            limiter.new_round()
+            if limiter.wait(ip, domain, now=t) == 0.0:
+                n += 1
+            t += 0.01
+        return n
+
+    assert 590 <= sent_in(60, "192.0.2.10", "gmail.com", 0.0) <= 612
+    b.observe("192.0.2.10", "gmail.com", "deferred", 421, GMAIL_421)
+    assert sent_in(59, "192.0.2.10", "gmail.com", 100.0) == 0  # suspended
+    assert 590 <= sent_in(60, "192.0.2.11", "gmail.com", 100.0) <= 612  # another IP: its pace
+    assert 590 <= sent_in(60, "192.0.2.10", "outlook.com", 200.0) <= 612  # another provider: its pace
+    clock.now += 60.0
+    assert 290 <= sent_in(60, "192.0.2.10", "gmail.com", 300.0) <= 306  # half the rate
+    assert limiter.wait("192.0.2.10", "gmail.com", now=400.0) >= 0.0
