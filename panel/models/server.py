@@ -50,6 +50,8 @@ class Server(db.Model):
     # config_applied is the version the agent last said it holds (0: none pushed yet).
     config_version: Mapped[int] = mapped_column(default=0, server_default="0")
     config_applied: Mapped[int] = mapped_column(default=0, server_default="0")
+    # The agent's backoff per (source IP, provider) as its last ping reported it, JSON (services/shaping.py).
+    shaping: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     ips: Mapped[list[ServerIP]] = relationship(

@@ -29,6 +29,7 @@ from ...services.suppressions import (MAX_PAGE_SIZE, PAGE_SIZE, SuppressionError
                                       export_suppressions, find_suppression, remove_suppression, search_suppressions)
 from ...services.sending import SendingError, campaign_stats, server_letters, set_campaign_state, start_campaign
 from ...services.server_config import RateLimitInput, replace_settings, settings_json
+from ...services import shaping
 from ...services.servers import ServerError, get_server, user_servers
 from ...services.tracking import link_stats
 from ...services.users import TokenRefused, authenticate_token
@@ -623,7 +624,7 @@ def _own_server(server_id: int) -> Server:
 def server_get(server_id: int):
     item = _own_server(server_id)
     # Letters of running and paused campaigns this server holds, by state (issue 9: failover).
-    return jsonify({**_server_json(item), "letters": server_letters(item.id)})
+    return jsonify({**_server_json(item), "letters": server_letters(item.id), "shaping": shaping.current(item)})
 
 
 @bp.post("/servers/<int:server_id>/gone")

@@ -20,6 +20,7 @@ from ...services.provisioning import (
     start_job,
 )
 from ...services.sending import server_letters
+from ...services import shaping
 from ...services.servers import ServerError, get_server, server_events, user_servers
 from .forms import AddServerForm
 
@@ -82,6 +83,7 @@ def page_context(server) -> dict:
     return dict(
         server=server, events=server_events(server), jobs=server_jobs(server),
         busy=active_job(server) is not None, actions=JOB_LABELS, letters=server_letters(server.id),
+        shaping=shaping.current(server),
     )
 
 
