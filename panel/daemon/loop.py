@@ -21,6 +21,7 @@ from ..services import agent_keys, domains, failover, network_policy, server_con
 from ..services.agent_keys import open_agent_key
 from ..services.imports.jobs import imports_dir, prune_files
 from ..services.imports.sources import ImportLimits
+from . import recall
 from .agent_client import AgentClient, AgentError, AgentUnreachable, Limits
 from .dispatch import dispatch_server
 from .outcomes import collect_outcomes, finish_campaigns
@@ -46,6 +47,8 @@ class DaemonState:
     told: dict[tuple[int, int], str] = field(default_factory=dict)
     # server id -> (config version the agent refused, when): not pushed again at once
     config_failed: dict[int, tuple[int, float]] = field(default_factory=dict)
+    # server id -> when its waiting letters were last checked against the suppressions (daemon/recall.py)
+    suppression_scans: dict[int, float] = field(default_factory=dict)
     dns_looked: float = float("-inf")
     pruned: float = float("-inf")
     # server id -> the error its last round ended with: the same error round after round is recorded once
@@ -76,6 +79,7 @@ class DaemonState:
         self.last_ping.pop(server_id, None)
         self.config_failed.pop(server_id, None)
         self.failing.pop(server_id, None)
+        self.suppression_scans.pop(server_id, None)
         for key in list(self.told):  # list(): a snapshot, other servers' threads add keys meanwhile
             if key[1] == server_id:
                 self.told.pop(key, None)
@@ -200,14 +204,20 @@ def serve_server(state: DaemonState, server: Server) -> bool:
     except network_policy.HostRefused as exc:
         _refused(state, server, f"not contacted: {exc}")
         return False
+    silent = recall.silent_too_long(server, current_app.config["SERVER_FAILOVER_AFTER"])
     if not _heartbeat(state, server, client):
         return False
     try:
         _push_config(state, server, client)
         _hand_over_key(server, client)
         _tell_campaign_states(state, server, client)
-        pushed = dispatch_server(client, server)
+        if silent:  # its letters went on waiting while the others sent: they go to whoever has room
+            recall.recall_after_silence(client, server)
+        # Outcomes first: they free the window, and a replaced queue's letters (outcomes._take_epoch)
+        # go back to their campaigns before new ones are pushed to the new queue.
         collect_outcomes(client, server)
+        recall.recall_suppressed(client, server, state.suppression_scans)
+        pushed = dispatch_server(client, server)
     except AgentUnreachable as exc:
         db.session.rollback()
         _mark(server, "offline", str(exc))

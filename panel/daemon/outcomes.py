@@ -28,6 +28,7 @@ from sqlalchemy import ColumnElement, and_, bindparam, insert, or_, select, upda
 from ..extensions import db
 from ..models import BounceMessage, Campaign, Delivery, DeliveryEvent, DispatchBatch, Server, ServerEvent
 from ..models.base import is_row_id, utcnow
+from ..services import failover
 from ..services.bounces.apply import process_bounce, process_pending_bounces, process_refusal
 from ..services.tokens import delivery_id_from_token
 from ..services.unsubscribe import apply_pending_unsubscribe_messages, apply_unsubscribe_message
@@ -221,8 +222,9 @@ def _take_epoch(server: Server, reply: object) -> bool:
     if not isinstance(epoch, str) or not EPOCH.match(epoch):
         raise AgentError("the agent's outcomes reply is malformed: its epoch is not 1 to 64 letters, digits, '-' or '_'")
     if server.outcome_epoch is not None:
+        lost = failover.release_lost(server)
         message = ("the agent's queue was replaced (reinstalled?): its outcomes are read from the start of the new "
-                   "queue; letters the old queue held and had not reported on are not in it")
+                   f"queue; {lost} letters the old queue held and had not reported on went back to their campaigns")
         db.session.add(ServerEvent(server_id=server.id, kind="queue_replaced", message=message))
         log.warning("server %s (%s): %s (ack was %d)", server.id, server.name, message, server.outcome_ack)
         server.outcome_ack = 0

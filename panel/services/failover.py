@@ -52,6 +52,19 @@ def release_unsent(server: Server) -> int:
     return release_batches(_never_pushed([server.id]).get(server.id, []))
 
 
+def release_lost(server: Server) -> int:
+    """The agent's queue was replaced (a reinstall): the letters it held that its Exim had not taken,
+    as far as it reported, are gone with it and go back to their campaigns. Returns how many."""
+    released = db.session.execute(
+        update(Delivery)
+        .where(Delivery.server_id == server.id, Delivery.status == "queued")
+        .values(status="pending", server_id=None, source_ip=None, sending_domain=None, batch_id=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.flush()
+    return released
+
+
 def release_stranded(after_seconds: float, now: datetime | None = None) -> dict[int, int]:
     """For every server silent for more than `after_seconds`: its letters never pushed go back to
     their campaigns, said in a server event. Returns {server id: letters released}."""

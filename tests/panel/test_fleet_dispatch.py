@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, text, update
 
-from panel.daemon.dispatch import _claim, dispatch_server, fair_shares
+from panel.daemon.dispatch import _claim, _take_letters, dispatch_server, fair_shares
 from panel.daemon.loop import DaemonState, run_round
 from panel.extensions import db
 from panel.models import Campaign, Delivery, DispatchBatch, Server, ServerEvent, ServerIP, User
@@ -370,3 +370,53 @@ def test_the_campaign_page_shows_each_servers_letters_by_state(app, seed, alice,
     assert shown == {str(first_id): {"queued": "200"}, str(second_id): {"queued": "170", "delivered": "30"},
                      "none": {"pending": "100"}}
     assert "alpha worker" in page and "not taken by a server yet" in page
+
+
+def test_servers_taking_letters_at_once_never_take_the_same_one(app, seed, alice):
+    """Each server is served in its own thread (on SQLite one at a time, under a lock of the process).
+    Here another claim — another process's, which no lock of this one holds off — runs and commits
+    right after this one read the free letters (on SQLite nothing locks them while it reads): the
+    letters it took must not be taken again, and each batch holds exactly the letters it counts."""
+    import threading
+
+    from sqlalchemy import event
+
+    first, second = seed.server(alice, name="first"), seed.server(alice, name="second", ips=("192.0.2.20",))
+    campaign_id = _started(app, seed, alice, 100)
+    other: list[int | None] = []
+
+    def claim_by_second() -> None:
+        try:
+            with app.app_context():
+                batch = _take_letters(db.session.get(Campaign, campaign_id), db.session.get(Server, second), 60)
+                other.append(batch.id if batch else None)
+        except BaseException as exc:  # noqa: BLE001 (the test says it)
+            other.append(exc)
+
+    def after_read(_conn, _cursor, statement, *_args) -> None:
+        if not other and statement.lstrip().upper().startswith("SELECT DELIVERIES.ID"):
+            other.append(None)  # once: the second server's own read comes through here too
+            thread = threading.Thread(target=claim_by_second)
+            thread.start()
+            thread.join(60)
+            other.pop(0)
+
+    with app.app_context():
+        engine = db.engine
+        event.listen(engine, "after_cursor_execute", after_read)
+        try:
+            mine = _claim(db.session.get(Campaign, campaign_id), db.session.get(Server, first), 80)
+        finally:
+            event.remove(engine, "after_cursor_execute", after_read)
+        assert other and isinstance(other[0], int), other
+        sizes = dict(db.session.execute(select(DispatchBatch.id, DispatchBatch.size)).all())
+        held = dict(db.session.execute(select(Delivery.batch_id, func.count()).where(
+            Delivery.campaign_id == campaign_id, Delivery.batch_id.is_not(None)).group_by(Delivery.batch_id)).all())
+        assert held == sizes  # no letter in two batches, none counted in a batch it is not in
+        # SQLite: the other took 60 of the 80 this claim had read, which takes the 20 still free of
+        # them; PostgreSQL: this claim's read locked its 80 (SKIP LOCKED), the other took the 20 left.
+        expected = (20, 60) if db.engine.dialect.name == "sqlite" else (80, 20)
+        assert mine is not None and (sizes[mine.id], sizes[other[0]]) == expected
+        mismatched = db.session.scalar(select(func.count()).select_from(Delivery).join(
+            DispatchBatch, DispatchBatch.id == Delivery.batch_id).where(DispatchBatch.server_id != Delivery.server_id))
+        assert mismatched == 0

@@ -182,3 +182,22 @@ def test_a_time_out_of_bounds_or_no_number_is_the_panel_s_own(app, seed, alice, 
     assert [status for _, status in letters(seed, campaign)] == ["sent", "sent"]  # applied all the same
     times = seed.query(lambda s: list(s.scalars(select(DeliveryEvent.created_at).order_by(DeliveryEvent.id))))
     assert len(times) == 2 and all(before <= t <= after for t in times), (before, times, after)
+
+
+def test_letters_lost_with_a_replaced_queue_go_back_and_reach_the_new_one(app, seed, alice, agent: Agent):
+    server_id = register(app, alice, agent.port, agent.key, agent.fingerprint)
+    campaign = started(app, seed, alice, server_id, ["ann@example.org", "bea@example.org", "cat@example.org"])
+    state = DaemonState()
+    daemon_round(app, state)
+    daemon_round(app, state)  # the epoch heard once
+    assert [status for _, status in letters(seed, campaign)] == ["queued"] * 3
+    agent.stop()  # reinstalled before its sender took any of them: they are gone with the old queue
+    for path in (agent.root / "data").glob("queue.sqlite3*"):
+        path.unlink()
+    agent.start()
+    daemon_round(app, state)
+    assert [status for _, status in letters(seed, campaign)] == ["queued"] * 3  # pushed again, to the new queue
+    with closing(QueueDB(agent.root / "data" / "queue.sqlite3")) as queue:
+        assert sorted(c.id for c in queue.claim(100)) == [i for i, _ in letters(seed, campaign)]
+    (said,) = server_events(seed, server_id, "queue_replaced")
+    assert "3 letters the old queue held and had not reported on went back to their campaigns" in said
