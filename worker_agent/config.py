@@ -50,6 +50,10 @@ class AgentConfig:
     # DNS server the MX lookups of provider grouping ask (providers.py); None: the system's resolver
     dns_server: str | None = None
     dns_port: int = 53
+    # automatic backoff (backoff.py): seconds a throttled (IP, provider) pair sends nothing, and
+    # seconds of deliveries per step back up (a tenth of its limit each)
+    backoff_cooling: int = 60
+    backoff_step_every: int = 60
     path: Path | None = None  # the file this came from, so `serve` can hand it on
 
     @property
@@ -112,7 +116,7 @@ _KNOWN = {
     "data_dir", "key_file", "cert_file", "cert_key_file", "bounce_spool", "exim_mainlog", "helo_map", "dkim_dir",
     "bounce_domains_file", "listen", "exim_spool",
     "smtp_host", "smtp_port", "smtp_connections", "source_ips", "rate_limits", "hostname", "max_attempts",
-    "key_grace", "dns_server",
+    "key_grace", "dns_server", "backoff_cooling", "backoff_step_every",
 }
 
 
@@ -177,6 +181,8 @@ def parse_config(raw: dict[str, Any], *, base: Path, path: Path | None = None) -
         hostname=hostname,
         max_attempts=an_int("max_attempts", 5, 1, 100),
         key_grace=an_int("key_grace", 300, 0, 86400),
+        backoff_cooling=an_int("backoff_cooling", 60, 1, 3600),
+        backoff_step_every=an_int("backoff_step_every", 60, 1, 3600),
         **_dns_server(raw.get("dns_server")),
         path=path,
     )

@@ -128,6 +128,11 @@ class RateLimiter:
             return domain
         return self._resolver.provider_of_cached(domain)
 
+    def per_minute(self, source_ip: str, group: str) -> float | None:
+        """The pair's provider limit a minute (None: none), as the ping reports it with its backoff."""
+        rule = limit_for(self._provider_limits, source_ip, group) if self._provider_limits else None
+        return None if rule is None else rule.per_minute
+
     def wait(self, source_ip: str, domain: str, now: float | None = None) -> float:
         """Seconds this letter must wait (0.0: send it now)."""
         now = time.monotonic() if now is None else now

@@ -71,7 +71,8 @@ class Sender:
         # durable: a 'submitting' mark or a hand-over to Exim lost in a power cut would send a letter twice
         self.queue = QueueDB(config.queue_db, durable=True)
         self.renderer = Renderer()
-        self.backoff = Backoff()  # outlives config versions, like the MX cache
+        # outlives config versions, like the MX cache
+        self.backoff = Backoff(cooling=config.backoff_cooling, step_every=config.backoff_step_every)
         self._shaping_written = -1  # self.backoff.version last written for the ping
         self.limiter = RateLimiter(config.rate_for, backoff=self.backoff)  # replaced when the panel pushed rules
         # MX answers outlive config versions: each new provider table gets the same cache
@@ -221,6 +222,9 @@ class Sender:
             return
         version = self.backoff.version
         states = self.backoff.states()
+        for state in states:  # the rate in force, for people
+            limit = self.limiter.per_minute(state["source_ip"], state["provider"])
+            state["per_minute"] = None if limit is None else round(limit * state["factor"], 1)
         with self.queue.write() as conn:
             self.queue.set_state(conn, SHAPING_KEY, states)
         self._shaping_written = version

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import time
+
 import pytest
 
+from tests.helpers import wait_for
+from worker_agent import remote_config
 from worker_agent.backoff import Backoff, is_throttling
 from worker_agent.providers import ProviderLimit
 from worker_agent.rate_limit import RateLimiter
+
+from .conftest import make_recipient
+from .test_sender_exim import campaign, make_agent  # noqa: F401 (a fixture)
+from .test_sender_providers import bind  # noqa: F401 (a fixture)
 
 
 class Clock:
@@ -136,3 +146,54 @@ def test_limiter_applies_the_factor_and_the_suspension_to_that_pair_only():
     clock.now += 60.0
     assert 290 <= sent_in(60, "192.0.2.10", "gmail.com", 300.0) <= 306  # half the rate
     assert limiter.wait("192.0.2.10", "gmail.com", now=400.0) >= 0.0
+
+
+# -- with a real Exim, BIND and the capture playing Gmail ----------------------------------------
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a real Exim and named need root")
+def test_a_throttling_provider_suspends_its_pair_and_the_other_keeps_its_pace(make_agent, bind, capture):
+    """The capture answers 421 4.7.28 once 127.0.0.2 sent 4 letters a minute to gmail.test; the
+    sender reads it from Exim's log, suspends (127.0.0.2, google) and sends it nothing more while
+    it cools, while plain.test's letters go at their own limit."""
+    config, sender, db = make_agent(rate_limits=[], dns_server=f"{bind.host}:{bind.port}", backoff_cooling=30)
+    pushed = remote_config.parse({"version": 1, "rate_limits": [], "helo": {},
+                                  "provider_limits": [{"source_ip": "*", "provider": "*", "per_minute": 120}]},
+                                 config.source_ips)
+    remote_config.apply(db, config, pushed)
+    capture.set_rule("@gmail.test", {"throttle_per_minute": 4})
+    gmail = [make_recipient(i, email=f"user{i}@gmail.test") for i in range(1, 41)]
+    plain = [make_recipient(i, email=f"user{i}@plain.test") for i in range(101, 141)]
+    db.queue_batch("b1", campaign(), [r for pair in zip(gmail, plain) for r in pair])
+    sender.start()
+
+    def shaping() -> list[dict]:
+        return db.get_state("shaping") or []
+
+    wait_for(lambda: any(s["state"] == "suspended" for s in shaping()), "the google pair suspended", timeout=30)
+    (pair,) = shaping()
+    assert (pair["source_ip"], pair["provider"], pair["factor"]) == ("127.0.0.2", "google", 0.5), pair
+    assert "4.7.28" in pair["why"], pair
+    assert pair["per_minute"] == 60.0
+    suspended_at = time.time()
+
+    def gmail_sent() -> int:
+        conn = sqlite3.connect(config.queue_db)
+        try:
+            return conn.execute("SELECT count(*) FROM events e JOIN letters l ON l.id = e.delivery_id "
+                                "WHERE e.status = 'sent' AND l.email LIKE '%@gmail.test'").fetchone()[0]
+        finally:
+            conn.close()
+
+    time.sleep(2)  # letters already handed to the SMTP threads when it was suspended
+    before = gmail_sent()
+    wait_for(lambda: capture.count() >= 4 + 40, "every plain.test letter", timeout=40)
+    plain_done = time.time() - suspended_at
+    assert gmail_sent() == before, "letters of a suspended pair were submitted"
+    assert plain_done < 25, plain_done  # 120 a minute: 40 letters in about 20 s from the start
+    attempts = [a for a in capture.attempts() if a["domain"] == "gmail.test"]
+    assert sum(a["result"] == "accepted" for a in attempts) == 4
+    # cooled: sending to Gmail again, at half its limit
+    wait_for(lambda: gmail_sent() > before, "the google pair sending again", timeout=40)
+    assert time.time() - suspended_at >= 29
+    (pair,) = shaping()
+    assert pair["state"] == "backing_off" and pair["per_minute"] == 60.0, pair
