@@ -27,6 +27,16 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class EximRetries:
+    """The sender forces Exim's deferred letters (``command`` + ["-M", id]) through the limits
+    (exim_retry.py); Exim's retry rule must then never retry before giving up (docs/shaping.md)."""
+
+    command: tuple[str, ...]
+    delays: tuple[int, ...] = (60, 300, 900, 1800, 3600)  # s after attempt 1, 2, … (the last repeats)
+    parallel: int = 4  # `exim -M` processes at once
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     data_dir: Path
     key_file: Path
@@ -54,6 +64,7 @@ class AgentConfig:
     # seconds of deliveries per step back up (a tenth of its limit each)
     backoff_cooling: int = 60
     backoff_step_every: int = 60
+    exim_retries: EximRetries | None = None  # None: Exim retries on its own schedule
     path: Path | None = None  # the file this came from, so `serve` can hand it on
 
     @property
@@ -117,6 +128,7 @@ _KNOWN = {
     "bounce_domains_file", "listen", "exim_spool",
     "smtp_host", "smtp_port", "smtp_connections", "source_ips", "rate_limits", "hostname", "max_attempts",
     "key_grace", "dns_server", "backoff_cooling", "backoff_step_every",
+    "exim_retries",
 }
 
 
@@ -183,6 +195,7 @@ def parse_config(raw: dict[str, Any], *, base: Path, path: Path | None = None) -
         key_grace=an_int("key_grace", 300, 0, 86400),
         backoff_cooling=an_int("backoff_cooling", 60, 1, 3600),
         backoff_step_every=an_int("backoff_step_every", 60, 1, 3600),
+        exim_retries=_exim_retries(raw.get("exim_retries")),
         **_dns_server(raw.get("dns_server")),
         path=path,
     )
@@ -205,6 +218,24 @@ def _dns_server(value: Any) -> dict[str, Any]:
         raise ConfigError(f"config \"dns_server\" must be an IP address with an optional port "
                           f"(\"127.0.0.1:5353\", \"[::1]:53\"), not {value!r}") from None
     return {"dns_server": host, "dns_port": number}
+
+
+def _exim_retries(value: Any) -> EximRetries | None:
+    """``{"command": ["/usr/sbin/exim4"], "delays": [60, 300], "parallel": 4}``; null: off."""
+    if value is None:
+        return None
+    usage = ('config "exim_retries" must be {"command": ["/usr/sbin/exim4", …], "delays": [seconds, …], '
+             '"parallel": 1-32} or null')
+    if not isinstance(value, dict) or set(value) - {"command", "delays", "parallel"}:
+        raise ConfigError(usage)
+    command, delays = value.get("command"), value.get("delays", list(EximRetries.delays))
+    parallel = value.get("parallel", EximRetries.parallel)
+    if not (isinstance(command, list) and command and all(isinstance(c, str) and c for c in command)
+            and isinstance(delays, list) and delays
+            and all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 86400 for d in delays)
+            and isinstance(parallel, int) and not isinstance(parallel, bool) and 1 <= parallel <= 32):
+        raise ConfigError(usage)
+    return EximRetries(tuple(command), tuple(delays), parallel)
 
 
 def _rate_limits(value: Any) -> tuple[RateLimit, ...]:

@@ -29,6 +29,7 @@ from . import bounce_spool, remote_config
 from .backoff import Backoff
 from .config import AgentConfig, ConfigError, rate_for
 from .exim_log import EximLogReader
+from .exim_retry import RetryDriver
 from .providers import ProviderResolver, ProviderTable
 from .queue import Claimed, Event, QueueDB
 from .rate_limit import RateLimiter
@@ -74,6 +75,9 @@ class Sender:
         # outlives config versions, like the MX cache
         self.backoff = Backoff(cooling=config.backoff_cooling, step_every=config.backoff_step_every)
         self._shaping_written = -1  # self.backoff.version last written for the ping
+        # Exim's deferred letters retried through the limiter (off: Exim retries on its own schedule)
+        self._retries = (RetryDriver(self.queue, config.exim_spool, config.exim_retries)
+                         if config.exim_retries is not None else None)
         self.limiter = RateLimiter(config.rate_for, backoff=self.backoff)  # replaced when the panel pushed rules
         # MX answers outlive config versions: each new provider table gets the same cache
         self._resolver = ProviderResolver(ProviderTable(), nameserver=config.dns_server, port=config.dns_port)
@@ -144,6 +148,8 @@ class Sender:
             self._work.put(None)
         for t in threads:
             t.join(timeout=10)
+        if self._retries is not None:
+            self._retries.stop()
         log.info("sender stopped")
 
     # -- main thread --------------------------------------------------------------------------
@@ -169,6 +175,8 @@ class Sender:
         try:
             self._load_rate_limits()
             self._write_shaping()
+            if self._retries is not None:
+                self._retries.step(self.limiter)
             bounce_spool.collect(self.queue, self.config.bounce_spool)
             bounce_spool.remove_stale_tmp(self.config.bounce_spool)
             self.queue.cancel_orphans()
@@ -207,10 +215,13 @@ class Sender:
         for e in events:
             if e.status not in ("delivered", "deferred", "failed"):
                 continue
-            row = conn.execute("SELECT source_ip, email FROM letters WHERE id = ?", (e.delivery_id,)).fetchone()
+            row = conn.execute("SELECT source_ip, email, exim_id FROM letters WHERE id = ?",
+                               (e.delivery_id,)).fetchone()
             if row is not None:
                 group = self.limiter.known_group(row[1].rpartition("@")[2].lower())
                 self.backoff.observe(row[0], group, e.status, e.code, e.text)
+                if e.status == "deferred" and row[2] and self._retries is not None:
+                    self._retries.deferred([row[2]])
 
     def _write_shaping(self) -> None:
         """The pairs' states for the ping (another process), when one changed."""
