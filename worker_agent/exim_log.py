@@ -37,6 +37,11 @@ _LINE = re.compile(
     r"^(?P<when>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?P<fraction>\.\d+)?(?: (?P<zone>[+-]\d{4}))?(?: \[\d+\])? "
     r"(?P<id>[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}) (?P<flag><=|=>|->|==|\*\*) (?P<rest>.*)$"
 )
+# "… 1tGxyz-000abc-De Completed": the message has left Exim's queue
+_COMPLETED = re.compile(
+    r"^(?P<when>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?P<fraction>\.\d+)?(?: (?P<zone>[+-]\d{4}))?(?: \[\d+\])? "
+    r"(?P<id>[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}) Completed(?: QT=\S+)?$"
+)
 _VERP = re.compile(r"^bounce\+(?P<token>[A-Za-z0-9._=-]+)@", re.IGNORECASE)
 _CONFIRMATION = re.compile(r' C="(?P<c>.*)"')  # greedy: the reply itself may hold a quote
 _RETURN_PATH = re.compile(r"(?:^| )P=<(?P<p>[^>]*)>")
@@ -230,6 +235,10 @@ class EximLogReader:
         self.in_flight = in_flight or (lambda delivery_id: False)
         self.caught_up = 0.0  # wall time: every line Exim wrote before it has been handled
         self._ids: OrderedDict[str, int] = OrderedDict()  # exim id -> delivery id seen on arrival lines
+        # Our letters whose arrival this reader saw and whose `=>` / `**` it has not: a `Completed` for one
+        # of them means Exim was killed between delivering it and logging so; its -J journal held the
+        # delivery and the restarted Exim finished the message without a `=>` line.
+        self._open: OrderedDict[str, int] = OrderedDict()
         self._events: list[Event] = []
         self._takeovers: list[tuple[int, str]] = []
         self._exim_ids: list[tuple[str, int]] = []
@@ -239,9 +248,12 @@ class EximLogReader:
         started = time.time()
         lines = self.follower.read_lines()
         for raw, end in lines:
-            record = parse_line(raw.decode("utf-8", "replace"))
+            line = raw.decode("utf-8", "replace")
+            record = parse_line(line)
             if record is not None:
                 self._handle(record, end - len(raw) - 1, stop)
+            elif (completed := _COMPLETED.match(line.rstrip("\r\n"))) is not None:
+                self._completed(completed)
         if lines:
             self._flush(self.follower.offset)
         if self.follower.at_end:
@@ -266,6 +278,8 @@ class EximLogReader:
         if record.flag == "<=":
             self._arrival(record, start, stop)
             return
+        if record.flag in ("=>", "->", "**"):
+            self._open.pop(record.exim_id, None)
         delivery_id = self._ids.get(record.exim_id)
         if delivery_id is None:
             row = self.queue.letter_by_exim_id(record.exim_id)
@@ -289,6 +303,9 @@ class EximLogReader:
             return
         delivery_id, state, _ = row
         self._remember(record.exim_id, delivery_id)
+        self._open[record.exim_id] = delivery_id
+        if len(self._open) > 50_000:
+            self._open.popitem(last=False)
         self._exim_ids.append((record.exim_id, delivery_id))
         if state == "claimed" or (state == "submitting" and self.in_flight(delivery_id)):
             # The sender is about to record it (with Exim's reply): let it, so 'sent' comes before 'delivered'.
@@ -302,6 +319,13 @@ class EximLogReader:
             # Exim has it although the sender did not hear so (connection lost after DATA):
             # record it as sent here, so that the letter is not submitted a second time.
             self._takeovers.append((delivery_id, record.exim_id))
+
+    def _completed(self, m: re.Match[str]) -> None:
+        delivery_id = self._open.pop(m["id"], None)
+        if delivery_id is not None:
+            self._events.append(Event(delivery_id, "delivered", None,
+                                      "delivered before Exim was stopped (its journal, not its log, held it)",
+                                      _logged_at(m)))
 
     def _remember(self, exim_id: str, delivery_id: int) -> None:
         self._ids[exim_id] = delivery_id
