@@ -34,6 +34,7 @@ bench: system-deps venv
 	$(PY) bench/suppressions.py
 	$(PY) bench/clicks.py
 	$(PY) bench/fuzz.py
+	$(PY) bench/chaos.py
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

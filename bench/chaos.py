@@ -41,8 +41,13 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the stack's folder (its logs) afterwards")
     args = parser.parse_args()
     # Stopped by a signal (a background job ignores SIGINT): stop the whole stack on the way out.
+    def stop(*_: object) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)  # a second signal must not cut the stack's stop short
+        sys.exit(130)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: sys.exit(130))
+        signal.signal(signum, stop)
     seed = args.seed if args.seed is not None else random.randrange(10**6)
     tmp = Path(tempfile.mkdtemp(prefix="mailfleet-chaos-"))
     tmp.chmod(0o755)  # Exim's processes (Debian-exim) keep their run directory in it
@@ -59,7 +64,7 @@ def main() -> None:
             running = stack.enter_context(LocalStack(settings))
             load_before = os.getloadavg()[0]
             headline = chaos.run(running, args.recipients, args.rounds, seed, emit=lambda r: None if "rounds" in r else emit(r),
-                                 finish_timeout=max(900, args.recipients / 5))
+                                 finish_timeout=max(300, args.recipients / 20))
         headline.pop("detail")
         emit({**headline, "database": args.database, "seed": seed,
               "load": [round(load_before, 2), round(os.getloadavg()[0], 2)]})

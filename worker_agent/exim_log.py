@@ -231,6 +231,8 @@ class EximLogReader:
         same_file = saved.get("path") == str(log_path)
         self.follower = LogFollower(log_path, saved.get("inode") if same_file else None,
                                     saved.get("offset", 0) if same_file else 0)
+        # Going on where an earlier process stopped: arrivals before that point were read by it.
+        self._resumed = bool(same_file and saved.get("offset"))
         self.claim_wait = claim_wait
         self.in_flight = in_flight or (lambda delivery_id: False)
         self.caught_up = 0.0  # wall time: every line Exim wrote before it has been handled
@@ -239,6 +241,7 @@ class EximLogReader:
         # of them means Exim was killed between delivering it and logging so; its -J journal held the
         # delivery and the restarted Exim finished the message without a `=>` line.
         self._open: OrderedDict[str, int] = OrderedDict()
+        self._done: OrderedDict[str, None] = OrderedDict()  # exim ids whose `=>` / `**` this reader read
         self._events: list[Event] = []
         self._takeovers: list[tuple[int, str]] = []
         self._exim_ids: list[tuple[str, int]] = []
@@ -280,6 +283,9 @@ class EximLogReader:
             return
         if record.flag in ("=>", "->", "**"):
             self._open.pop(record.exim_id, None)
+            self._done[record.exim_id] = None
+            if len(self._done) > 50_000:
+                self._done.popitem(last=False)
         delivery_id = self._ids.get(record.exim_id)
         if delivery_id is None:
             row = self.queue.letter_by_exim_id(record.exim_id)
@@ -321,11 +327,24 @@ class EximLogReader:
             self._takeovers.append((delivery_id, record.exim_id))
 
     def _completed(self, m: re.Match[str]) -> None:
-        delivery_id = self._open.pop(m["id"], None)
-        if delivery_id is not None:
-            self._events.append(Event(delivery_id, "delivered", None,
-                                      "delivered before Exim was stopped (its journal, not its log, held it)",
-                                      _logged_at(m)))
+        exim_id = m["id"]
+        delivery_id = self._open.pop(exim_id, None)
+        if exim_id in self._done:
+            del self._done[exim_id]
+            return  # its outcome was logged
+        if delivery_id is None:
+            if not self._resumed or exim_id in self._ids:
+                return
+            # Its arrival may have been read by the process before this one (killed with Exim, as a whole
+            # worker is): a letter of ours Exim finished. At worst its `=>` was read before too, and this
+            # second 'delivered' is one the panel ignores.
+            row = self.queue.letter_by_exim_id(exim_id)
+            if row is None or row[1] != "submitted":
+                return
+            delivery_id = row[0]
+        self._events.append(Event(delivery_id, "delivered", None,
+                                  "delivered before Exim was stopped (its journal, not its log, held it)",
+                                  _logged_at(m)))
 
     def _remember(self, exim_id: str, delivery_id: int) -> None:
         self._ids[exim_id] = delivery_id
