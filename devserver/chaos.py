@@ -10,6 +10,7 @@ counted there (by Message-ID), and the campaign's stats from the API compared wi
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -140,11 +141,33 @@ def settle(stack: LocalStack, timeout: float = 60) -> None:
         worker.exim.wait_queue_empty(max(1.0, deadline - time.monotonic()))
 
 
+def exim_redelivered(stack: LocalStack, twice: dict[str | None, int]) -> int:
+    """Of the extra copies of letters delivered more than once, those of a letter some worker's Exim took
+    only once (one `<=` line in all their logs): Exim was killed between the capture's 250 and its own
+    record of the delivery (its -J journal), and delivered the letter again after its restart. That window
+    is SMTP's own (RFC 1047), the same for every MTA; a copy Exim took twice is the agent's or the panel's."""
+    if not twice:
+        return 0
+    arrivals: Counter = Counter()
+    wanted = {mid.strip("<>") for mid in twice if mid}
+    for worker in stack.workers:
+        assert worker.exim is not None
+        with open(worker.exim.mainlog, errors="replace") as log:
+            for line in log:
+                if " <= " in line and (found := _LOG_MESSAGE_ID.search(line)) and found[1] in wanted:
+                    arrivals[found[1]] += 1
+    return sum(count - 1 for mid, count in twice.items() if mid and arrivals[mid.strip("<>")] == 1)
+
+
+_LOG_MESSAGE_ID = re.compile(r" id=(\S+)")
+
+
 def tally(stack: LocalStack, n: int, stats: dict) -> dict:
     """What the capture holds for the campaign's recipients, against the campaign's stats.
 
     delivered_once: recipients whose letter arrived exactly once; lost: recipients with none;
-    duplicates: copies beyond the first. Each recipient's copies are counted by Message-ID (one
+    duplicates: copies beyond the first (duplicates_exim_redelivered: how many of them Exim made on its
+    own after a kill, see exim_redelivered). Each recipient's copies are counted by Message-ID (one
     delivery has one Message-ID, kept through every retry): two Message-IDs for one recipient are two
     letters made for it, one Message-ID twice is one letter delivered twice; both are duplicates."""
     wanted = set(recipients(n))
@@ -156,6 +179,7 @@ def tally(stack: LocalStack, n: int, stats: dict) -> dict:
         else:
             strangers += 1
     copies = {email: sum(ids.values()) for email, ids in per_recipient.items()}
+    twice = {mid: count for ids in per_recipient.values() for mid, count in ids.items() if count > 1}
     arrived = sum(1 for c in copies.values() if c)
     stats_match = (stats["status"] == "finished" and stats["total"] == n and stats["delivered"] == arrived
                    and stats["queued"] == 0 and stats["sent"] == stats["delivered"])
@@ -163,6 +187,7 @@ def tally(stack: LocalStack, n: int, stats: dict) -> dict:
         "delivered_once": sum(1 for c in copies.values() if c == 1),
         "lost": sum(1 for c in copies.values() if c == 0),
         "duplicates": sum(c - 1 for c in copies.values() if c > 1),
+        "duplicates_exim_redelivered": exim_redelivered(stack, twice),
         "stats_match": stats_match,
         "stats": {key: stats[key] for key in ("status", "total", "queued", "sent", "delivered", "deferred",
                                               "failed", "cancelled")},
