@@ -1,6 +1,7 @@
 """`python bench/_profiled_daemon.py OUT.pstats`: the panel daemon (`python -m panel.daemon`) under
 cProfile, every thread of it (the daemon serves each server from a thread of its own, which
-`python -m cProfile` would miss), the threads' stats merged into OUT.pstats when it stops (SIGTERM).
+`python -m cProfile` would miss), timed in each thread's CPU time (waiting for the database or an
+agent costs none), the threads' stats merged into OUT.pstats when it stops (SIGTERM).
 For bench/fleet.py --profile; the profiler's own cost inflates the CPU figures of such a run."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import cProfile
 import pstats
 import sys
 import threading
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -20,7 +22,7 @@ _lock = threading.Lock()
 def _start_thread_profile(*_: object) -> None:
     """Installed by threading.setprofile in each new thread: its first event swaps itself for a
     profiler of that thread (Profile.enable() replaces the thread's profile function)."""
-    profile = cProfile.Profile()
+    profile = cProfile.Profile(time.thread_time)
     with _lock:
         _profiles.append(profile)
     profile.enable()
@@ -31,7 +33,7 @@ def main() -> None:
     from panel.daemon.__main__ import main as daemon_main
 
     threading.setprofile(_start_thread_profile)
-    main_profile = cProfile.Profile()
+    main_profile = cProfile.Profile(time.thread_time)
     _profiles.append(main_profile)
     main_profile.enable()
     try:

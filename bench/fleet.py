@@ -19,7 +19,9 @@ Exim no letter would ever be delivered and the campaign never finish. Exim costs
 CPU (so letters_per_s is the whole one-machine fleet's, bounded by its cores) but none of the
 panel's, which is what is measured. While letters arrive the bench watches only the capture's
 folder; it asks the panel's API for the campaign's stats only near the end (each request is
-panel and database CPU it counts).
+panel and database CPU it counts). Before the start it measures the idle panel for IDLE_S
+seconds (heartbeats, polling: "idle_cpu_ms_per_s"): on a slow (loaded) machine that fixed cost
+a second is a large part of the per-letter figure ("idle_share_of_per_letter").
 
 Prints a JSON line per run; the last line is the headline
 {"bench": "fleet", "letters": …, "agents": [...], "letters_per_s": [...], "panel_cpu_ms_per_letter": [...],
@@ -52,6 +54,7 @@ from devserver.postgres import PostgresServer  # noqa: E402
 from devserver.stack import LocalStack, StackSettings  # noqa: E402
 
 DOMAIN = "fleet.example"
+IDLE_S = 10  # seconds the idle panel is measured before the campaign starts
 
 
 def emit(record: dict) -> None:
@@ -151,6 +154,11 @@ def run(agents: int, letters: int, profile_dir: Path | None) -> dict:
             "text": "Hello {{ email }},\n\n" + "Some news text. " * 40 + "\n\nUnsubscribe: {{ unsubscribe_url }}\n",
             "lists": [list_id]})
         time.sleep(2)  # let the start-up work (provisioning, first heartbeats) settle before measuring
+        # What the panel spends with nothing to send (heartbeats, polling), to tell it from the per-letter cost.
+        idle_before, idle_started = cpu_now(stack, server), time.monotonic()
+        time.sleep(IDLE_S)
+        idle = cpu_now(stack, server)
+        idle_ms_per_s = {name: 1000 * (idle[name] - idle_before[name]) / (time.monotonic() - idle_started) for name in idle}
         before = cpu_now(stack, server)
         started = time.monotonic()
         api.call("POST", f"/campaigns/{campaign['id']}/start", {})
@@ -179,6 +187,12 @@ def run(agents: int, letters: int, profile_dir: Path | None) -> dict:
         "daemon_cpu_ms_per_letter": round(per_letter["daemon"], 4),
         "gunicorn_cpu_ms_per_letter": round(per_letter["gunicorn"], 4),
         "db_cpu_ms_per_letter": round(per_letter["db"], 4),
+        # CPU ms a second before the start, all three together, and that share of the per-letter figure.
+        "idle_cpu_ms_per_s": round(sum(idle_ms_per_s.values()), 1),
+        "idle_share_of_per_letter": round(sum(idle_ms_per_s.values()) * seconds / 1000 / max(sum(used.values()), 1e-9), 3),
+        # The per-letter figure less that idle cost over the run: what each letter itself costs.
+        "marginal_cpu_ms_per_letter": round((1000 * sum(used.values()) - sum(idle_ms_per_s.values()) * seconds)
+                                            / max(accounted, 1), 4),
         "profiled": profile_out is not None, "load": round(os.getloadavg()[0], 1),
     }
     if profile_out is not None and profile_out.exists():
