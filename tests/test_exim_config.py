@@ -248,13 +248,13 @@ def test_submission_reply_carries_the_exim_id_and_the_log_the_outcome(exim: Exim
     assert match, reply
     exim_id = match.group(1).decode()
     wait_for_count(capture, 1, timeout=20)
-    arrival = exim.wait_for_log(rf"^\S+ \S+ {re.escape(exim_id)} <= bounce\+77-abc@{BOUNCE_DOMAIN} ")[0]
+    arrival = exim.wait_for_log(rf"^\S+ \S+ (?:[-+]\d{{4}} )?{re.escape(exim_id)} <= bounce\+77-abc@{BOUNCE_DOMAIN} ")[0]
     assert "I=[127.0.0.1]" in arrival  # incoming interface
-    delivery = exim.wait_for_log(rf"^\S+ \S+ {re.escape(exim_id)} => ann@example\.org ")[0]
+    delivery = exim.wait_for_log(rf"^\S+ \S+ (?:[-+]\d{{4}} )?{re.escape(exim_id)} => ann@example\.org ")[0]
     assert "T=smtp_127_0_0_3" in delivery and "I=[127.0.0.3]" in delivery
     assert f"P=<bounce+77-abc@{BOUNCE_DOMAIN}>" in delivery  # VERP return path on delivery lines
     assert 'C="250 2.0.0 OK queued as ' in delivery  # the remote's reply
-    exim.wait_for_log(rf"^\S+ \S+ {re.escape(exim_id)} Completed")
+    exim.wait_for_log(rf"^\S+ \S+ (?:[-+]\d{{4}} )?{re.escape(exim_id)} Completed")
 
 
 # -- the DATA check on the source IP -----------------------------------------------------
