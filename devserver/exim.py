@@ -46,6 +46,15 @@ ANSIBLE_MANAGED = "Rendered by devserver/exim.py for a local Mailfleet Exim; edi
 
 _TRUSTED_CONFIGS_LOCK = Path("/run/lock/mailfleet-exim-trusted-configs.lock")
 
+# The role's retry rules (ansible/roles/exim/defaults/main.yml): Exim never retries a remote delivery
+# before giving up, the agent forces each retry through its limits (its config's "exim_retries");
+# the bounce pipe keeps a short rule. For an Exim whose agent runs the retry driver (the local stack).
+AGENT_RETRY_RULES = [
+    "*@+bounce_domains * F,10m,2m; F,2h,15m; G,16h,1h,1.5; F,2d,4h",
+    "*@+pushed_bounce_domains * F,10m,2m; F,2h,15m; G,16h,1h,1.5; F,2d,4h",
+    "* * F,2d,2d",
+]
+
 
 class EximError(RuntimeError):
     """Exim could not be set up, started or queried; the message says why."""

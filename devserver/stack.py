@@ -27,7 +27,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .exim import Exim, EximError, EximSettings, default_bounce_pipe_command, exim_user_can
+from .exim import (EXIM_BIN, AGENT_RETRY_RULES, Exim, EximError, EximSettings, default_bounce_pipe_command,
+                   exim_user_can)
 from .mail_capture import CaptureServer
 from .ports import free_port, wait_listening
 
@@ -73,6 +74,9 @@ class StackSettings:
     start_daemon: bool = True
     panel_workers: int = 2
     workers: int = 1  # worker pairs (Exim + agent), each a server of the admin
+    # s a worker's agent waits before retrying a deferred letter (attempt 1, 2, …; the last repeats):
+    # Exim never retries a remote delivery on its own, the agent does through its limits (docs/shaping.md)
+    exim_retry_delays: tuple[int, ...] = (60, 300, 900, 1800, 3600)
     # MAILFLEET_* settings for the panel and its daemon (e.g. {"MAILFLEET_DISPATCH_WINDOW": "5"}).
     panel_env: dict[str, str] = field(default_factory=dict)
 
@@ -311,6 +315,8 @@ class LocalStack:
                     bounce_spool=spool,
                     bounce_pipe_command=self._bounce_pipe_command(spool),
                     hostname=worker.hostname,
+                    # as on a worker: remote deliveries retried by the agent only (write_agent_config)
+                    overrides={"exim_retry_rules": AGENT_RETRY_RULES},
                 )
             )
             try:
@@ -343,6 +349,9 @@ class LocalStack:
             "helo_map": str(worker.exim.helo_map),  # HELO names pushed by the panel, read by this Exim
             "hostname": worker.hostname,
             "exim_spool": str(worker.exim.spool_directory),  # its own queue, searched after a crash
+            # Exim's deferred letters forced through the limits (its retry rule never retries them)
+            "exim_retries": {"command": [EXIM_BIN, "-C", str(worker.exim.config_path)],
+                             "delays": list(self.settings.exim_retry_delays)},
         }
         worker.config_path.write_text(json.dumps(config, indent=2))
         return worker.config_path

@@ -416,3 +416,32 @@ def test_start_fails_fast_when_the_port_is_taken(exim: Exim, exim_tmp: Path) -> 
     finally:
         clash.stop()
     assert exim.queue_count() == 0  # the running one is unharmed
+
+
+# -- retries: the agent's for remote deliveries, Exim's own for the bounce pipe ----------------
+
+
+def _retry_rule(config: Path, address: str) -> str:
+    result = subprocess.run([EXIM_BIN, "-C", str(config), "-brt", address], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return " ".join(result.stdout.split())
+
+
+def test_the_role_leaves_remote_retries_to_the_agent_and_keeps_a_short_rule_for_the_bounce_pipe(exim_tmp: Path) -> None:
+    """Exim never retries a remote delivery before giving up (the agent forces each retry through its
+    limits, docs/shaping.md); mail for the bounce pipe, configured or pushed bounce domains, still
+    retries within minutes, or a bounce intake that was down would wait two days."""
+    yaml = pytest.importorskip("yaml", reason="PyYAML comes with requirements-ansible.txt")
+    rules = yaml.safe_load(DEFAULTS_FILE.read_text(encoding="utf-8"))["exim_retry_rules"]
+    settings = _settings(exim_tmp, overrides={"exim_retry_rules": rules})
+    settings.helo_map_path.parent.mkdir(parents=True, exist_ok=True)
+    (settings.helo_map_path.parent / "bounce-domains").write_text("pushed.example\n", encoding="utf-8")
+    config = exim_tmp / "exim4.conf"
+    config.write_text(render_config(settings), encoding="utf-8")
+    assert _retry_rule(config, "ann@gmail.example").endswith("* * F,2d,2d;")
+    for address in (f"bounce+12-tok@{BOUNCE_DOMAIN}", "unsubscribe+12-tok@pushed.example"):
+        assert "F,10m,2m" in _retry_rule(config, address), address
+    # the local stack runs the role's rules
+    from devserver.exim import AGENT_RETRY_RULES
+
+    assert AGENT_RETRY_RULES == rules

@@ -172,6 +172,8 @@ def test_exim_accepts_the_rendered_configuration(rendered: Path) -> None:
             "{${lookup{192.0.2.11/MAILFLEET_LETTER_DOMAIN}lsearch{MAILFLEET_HELO_MAP}{$value}"
             "{${lookup{192.0.2.11}lsearch{MAILFLEET_HELO_MAP}{$value}{mx2.example.net}}}}}{mx2.example.net}}\n") in text
     assert "domainlist bounce_domains = <; bounces.example.com\n" in text
+    # remote retries are the agent's (exim -M through its limits); the bounce pipe's are Exim's own
+    assert "\nbegin retry\n\n*@+bounce_domains * F,10m,2m;" in text and "\n* * F,2d,2d\n" in text
     assert ("command = /usr/bin/python3 /opt/mailfleet-agent/worker_agent/bounce_intake.py "
             "/var/spool/mailfleet/bounces\n") in text
     result = subprocess.run([str(EXIM_BIN), "-C", str(config), "-bV"], capture_output=True, text=True, check=False)
@@ -189,6 +191,7 @@ def test_the_agent_loads_the_rendered_config(rendered: Path) -> None:
     assert config.key_file == Path("/var/lib/mailfleet-agent/agent.key")
     assert config.rate_for("192.0.2.10", "gmail.com") == 600
     assert config.rate_for("192.0.2.10", "example.org") == 3000
+    assert config.exim_retries is not None and config.exim_retries.command == ("/usr/sbin/exim4",)
 
 
 @pytest.mark.parametrize("unit", ["mailfleet-agent-api.service", "mailfleet-agent-sender.service"])

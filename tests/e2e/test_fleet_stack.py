@@ -29,11 +29,13 @@ PANEL_ENV = {
     "MAILFLEET_DISPATCH_BATCH_SIZE": "5",
     "MAILFLEET_DAEMON_INTERVAL": "0.2",
 }
+RETRY_AFTER = 5  # s the agents wait before retrying a deferred letter (60 on a worker)
 
 
 @pytest.fixture(scope="module")
 def stack(exim_tmp_base: Path, databases) -> Iterator[LocalStack]:
-    with running_stack(exim_tmp_base, databases, workers=WORKERS, panel_env=PANEL_ENV) as running:
+    with running_stack(exim_tmp_base, databases, workers=WORKERS, panel_env=PANEL_ENV,
+                       exim_retry_delays=(RETRY_AFTER,)) as running:
         yield running
 
 
@@ -103,6 +105,31 @@ def test_a_campaign_goes_out_through_all_three_workers_each_letter_once(stack: L
         assert assigned[message.rcpt_to] == (owner[message.peer_ip], message.peer_ip)
     per_worker = Counter(owner[m.peer_ip] for m in arrived)
     assert set(per_worker) == {w.server_id for w in stack.workers}, f"letters per server: {per_worker}"
+
+
+def test_a_deferred_letter_is_retried_by_its_agent_not_by_exim(stack: LocalStack, api: Api) -> None:
+    """The workers' Exims never retry a remote delivery on their own (their rule would wait two days):
+    each agent forces its deferred letters with exim -M through its limits (docs/shaping.md)."""
+    domain = "later.test"
+    stack.capture.set_rule("@" + domain, "defer")
+    list_id = api.post("/lists", {"name": domain})["id"]
+    api.post(f"/lists/{list_id}/recipients", [{"email": f"r{i}@{domain}"} for i in range(3)])
+    campaign = api.post("/campaigns", {"name": domain, "subject": "Later", "from_email": "news@sender.example",
+                                       "text": "Hello.\n{{ unsubscribe_url }}\n", "lists": [list_id]})
+    api.post(f"/campaigns/{campaign['id']}/start", {})
+
+    def deferred() -> set[str]:
+        return {a["rcpt"] for a in stack.capture.attempts() if a["domain"] == domain and a["result"] == "deferred"}
+
+    wait_for(lambda: len(deferred()) == 3, what="the 3 letters deferred once", timeout=60)
+    stack.capture.set_rule("@" + domain, "accept")
+    # Exim's rule of old retried after 2 min at the soonest; the agents after RETRY_AFTER s
+    wait_for(lambda: api.get(f"/campaigns/{campaign['id']}/stats")["delivered"] == 3,
+             what="the 3 deferred letters retried by their agents and delivered", timeout=45)
+    arrived = Counter(m.message_id for m in _arrived(stack, domain))
+    assert len(arrived) == 3 and set(arrived.values()) == {1}, arrived
+    for worker in stack.workers:
+        assert worker.exim.queue_count() == 0
 
 
 def test_one_workers_parts_killed_and_started_again_and_a_worker_added(stack: LocalStack, api: Api) -> None:
