@@ -35,6 +35,7 @@ bench: system-deps venv
 	$(PY) bench/clicks.py
 	$(PY) bench/fuzz.py
 	$(PY) bench/chaos.py
+	$(PY) bench/shaping.py
 	$(PY) bench/fleet.py
 
 clean:
