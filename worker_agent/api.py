@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 from flask import Flask, Response, request
 
-from . import __version__, protocol, remote_config, render
+from . import __version__, protocol, remote_config, render, warmup
 from .config import AgentConfig, load_config
 from .keyring import KeyRing
 from .queue import CAMPAIGN_STATES, EPOCH_FORMAT, MAX_RECALL, QueueDB, QueueError
@@ -100,7 +100,8 @@ def _ping(queue: QueueDB, data: Any) -> dict[str, Any]:
     queued, sending = queue.counts()
     return {"ok": True, "version": __version__, "queued": queued, "sending": sending, "time": int(time.time()),
             "config_version": remote_config.stored_version(queue), "epoch": queue.epoch,
-            "shaping": queue.get_state("shaping") or []}  # written by the sender (backoff.py)
+            "shaping": queue.get_state("shaping") or [],  # written by the sender (backoff.py)
+            "warmup": warmup.report(queue, remote_config.warmup_plans(remote_config.stored(queue)))}
 
 
 def _batches(queue: QueueDB, data: Any) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_EVENTS_PER_REPLY = 5000
 MAX_BOUNCE_BYTES_PER_REPLY = 8 * 1024 * 1024
 MAX_BOUNCES_PER_REPLY = 1000
@@ -49,6 +49,17 @@ MAX_RECALL = 10_000  # letters examined by one recall: its reply stays far below
 # back, a retry after a lost connection): Exim may hold it, and the log reader will say so. Giving
 # it back could send it twice, so it stays the agent's until it is submitted or fails.
 _RECALLABLE = "state = 'queued' AND attempts = 0"
+
+# Letters counted against an IP's warm-up allowance (warmup.py), per provider group and day (its start).
+_WARMUP_SENT = """
+CREATE TABLE IF NOT EXISTS warmup_sent (
+    source_ip TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    day_start INTEGER NOT NULL,
+    sent INTEGER NOT NULL,
+    PRIMARY KEY (source_ip, day_start, provider)
+) WITHOUT ROWID;
+"""
 
 _SCHEMA = """
 CREATE TABLE campaigns (
@@ -107,7 +118,7 @@ CREATE INDEX nonces_expires ON nonces (expires);
 CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT INTO counters VALUES ('outcome', 0);
 CREATE TABLE agent_state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-"""
+""" + _WARMUP_SENT
 
 
 # Schema 1 -> 2: the 'submitting' state (a CHECK that only a copy of the table can change). A letter
@@ -124,7 +135,7 @@ INSERT INTO letters_v2 (id, campaign_id, email, fields, source_ip, token, state,
 DROP TABLE letters;
 ALTER TABLE letters_v2 RENAME TO letters;
 """ + "".join(line + "\n" for line in _SCHEMA.splitlines() if line.startswith("CREATE INDEX letters_"))
-_MIGRATIONS = {2: _TO_V2}
+_MIGRATIONS = {2: _TO_V2, 3: _WARMUP_SENT}  # 2 -> 3: warm-up counts
 
 
 class QueueError(Exception):
@@ -631,6 +642,21 @@ class QueueDB:
         conn.execute("INSERT INTO bounces (seq, token, kind, raw, spool_name, at) VALUES (?, ?, ?, ?, ?, ?)",
                      (_take_seqs(conn, 1), token, kind, raw, spool_name, time.time()))
         return True
+
+    def add_warmup_sent(self, counts: Iterable[tuple[tuple[str, str, int], int]]) -> None:
+        """Add letters to the warm-up counts ((source IP, provider, day start), letters), on disk before
+        this returns: they are written before those letters reach Exim. Days over a week old go."""
+        with self.write(durable=True) as conn:
+            conn.executemany(
+                "INSERT INTO warmup_sent VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (source_ip, day_start, provider) DO UPDATE SET sent = sent + excluded.sent",
+                [(ip, provider, day_start, n) for (ip, provider, day_start), n in counts])
+            conn.execute("DELETE FROM warmup_sent WHERE day_start < ?", (time.time() - 8 * 86400,))
+
+    def warmup_sent(self, source_ip: str, day_start: int) -> dict[str, int]:
+        """Letters counted per provider group for that IP's day."""
+        return dict(self.conn().execute("SELECT provider, sent FROM warmup_sent WHERE source_ip = ? AND day_start = ?",
+                                        (source_ip, day_start)).fetchall())
 
     def get_state(self, key: str) -> Any:
         row = self.conn().execute("SELECT value FROM agent_state WHERE key = ?", (key,)).fetchone()

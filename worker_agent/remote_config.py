@@ -11,7 +11,8 @@ got one. HELO names: the map holds the panel's names; an IP missing from it gree
 the Exim configuration was rendered with (Ansible's ``exim_source_ips``). Providers: ``providers``
 (the table grouping recipient domains by their MX hosts) and ``provider_limits`` (per source IP
 and provider group) are optional; absent, the built-in table and default limits apply
-(providers.py), an empty list of limits means none. DKIM: one private key
+(providers.py), an empty list of limits means none. Warm-up: ``warmup`` lists the source IPs on a warm-up
+schedule (warmup.py); an IP not listed has no daily cap. DKIM: one private key
 file per domain in ``dkim_dir`` (0640, group Debian-exim: Exim's delivery processes read them) and
 the map Exim looks a letter's From domain up in; the private keys are never stored in the queue
 DB nor echoed back. Bounce domains: a file of names Exim accepts bounce+/unsubscribe+ mail for,
@@ -32,6 +33,7 @@ from typing import Any
 from .config import AgentConfig, RateLimit
 from .providers import ProviderLimit, ProviderTable, ProviderTableError, default_limits
 from .queue import QueueDB
+from .warmup import WarmupError, WarmupPlan, parse_schedule
 
 STATE_KEY = "remote_config"
 VERSION_KEY = "config_version"
@@ -65,6 +67,7 @@ class RemoteConfig:
     helo_by_domain: dict[str, dict[str, str]] = field(default_factory=dict)  # ip -> sending domain -> name
     providers: dict[str, tuple[str, ...]] | None = None  # None: the built-in table
     provider_limits: tuple[ProviderLimit, ...] | None = None  # None: the built-in defaults
+    warmup: tuple[WarmupPlan, ...] = ()  # the source IPs warming up
 
     def to_json(self) -> dict[str, Any]:
         """What is stored in the queue DB: the private keys are not (they live in their files only)."""
@@ -79,6 +82,7 @@ class RemoteConfig:
             "providers": None if self.providers is None else {k: list(v) for k, v in self.providers.items()},
             "provider_limits": (None if self.provider_limits is None
                                 else [rule.to_json() for rule in self.provider_limits]),
+            "warmup": [plan.to_json() for plan in self.warmup],
         }
 
 
@@ -87,7 +91,7 @@ def parse(data: Any, source_ips: tuple[str, ...]) -> RemoteConfig:
     if not isinstance(data, dict):
         raise RemoteConfigError("the config must be a JSON object {\"version\", \"rate_limits\", \"helo\"}")
     known = {"version", "rate_limits", "helo", "helo_by_domain", "dkim", "bounce_domains", "providers",
-             "provider_limits"}
+             "provider_limits", "warmup"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise RemoteConfigError(f"unknown key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
@@ -106,7 +110,41 @@ def parse(data: Any, source_ips: tuple[str, ...]) -> RemoteConfig:
                         _parse_dkim(data.get("dkim", {})), _parse_bounce_domains(data.get("bounce_domains", [])),
                         _parse_helo_by_domain(data.get("helo_by_domain", {}), own),
                         None if table is None else table.providers,
-                        None if limits is None else _parse_provider_limits(limits, own, table or ProviderTable()))
+                        None if limits is None else _parse_provider_limits(limits, own, table or ProviderTable()),
+                        _parse_warmup(data.get("warmup", []), own, table or ProviderTable()))
+
+
+MAX_DAY_SECONDS = 7 * 86400
+
+
+def _parse_warmup(value: Any, own: dict[str, str], table: ProviderTable) -> tuple[WarmupPlan, ...]:
+    """``[{"source_ip", "start", "day_seconds"?, "schedule"}]`` (warmup.py), one entry per IP."""
+    if not isinstance(value, list) or len(value) > len(own):
+        raise RemoteConfigError(f"warmup must be a list of at most one {{\"source_ip\", \"start\", \"schedule\"}} "
+                                f"per source IP ({len(own)})")
+    plans: dict[str, WarmupPlan] = {}
+    for i, item in enumerate(value):
+        where = f"warmup[{i}]"
+        if not isinstance(item, dict) or not {"source_ip", "start", "schedule"} <= set(item) or \
+                set(item) - {"source_ip", "start", "schedule", "day_seconds"}:
+            raise RemoteConfigError(f"{where} must be an object with source_ip, start, schedule and optionally "
+                                    "day_seconds")
+        ip = _own_ip(item["source_ip"], own, f"{where}.source_ip")
+        if ip in plans:
+            raise RemoteConfigError(f"{where}: source_ip {ip} is given twice")
+        start = item["start"]
+        if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 <= start < 2**40:
+            raise RemoteConfigError(f"{where}.start must be a UNIX time (seconds), not {start!r}")
+        day_seconds = item.get("day_seconds", 86400)
+        if isinstance(day_seconds, bool) or not isinstance(day_seconds, int) or not 1 <= day_seconds <= MAX_DAY_SECONDS:
+            raise RemoteConfigError(f"{where}.day_seconds must be a whole number from 1 to {MAX_DAY_SECONDS}")
+        try:
+            steps = parse_schedule(item["schedule"], f"{where}.schedule", lambda name: name in table.providers
+                                   or ("." in name and DOMAIN_RE.fullmatch(name) is not None))
+        except WarmupError as exc:
+            raise RemoteConfigError(str(exc)) from None
+        plans[ip] = WarmupPlan(ip, float(start), steps, day_seconds)
+    return tuple(plans.values())
 
 
 _LIMIT_KEYS = ("per_minute", "per_hour", "connections", "per_connection")
@@ -288,7 +326,8 @@ def from_json(data: dict[str, Any]) -> RemoteConfig:
     return RemoteConfig(int(data["version"]), rules, dict(data["helo"]), dkim, tuple(data.get("bounce_domains", ())),
                         {ip: dict(names) for ip, names in data.get("helo_by_domain", {}).items()},
                         None if providers is None else {k: tuple(v) for k, v in providers.items()},
-                        None if limits is None else tuple(ProviderLimit(**rule) for rule in limits))
+                        None if limits is None else tuple(ProviderLimit(**rule) for rule in limits),
+                        tuple(WarmupPlan.from_json(plan) for plan in data.get("warmup", ())))
 
 
 def stored(queue: QueueDB) -> RemoteConfig | None:
@@ -314,6 +353,11 @@ def provider_table(remote: RemoteConfig | None) -> ProviderTable:
 def provider_limits(remote: RemoteConfig | None) -> tuple[ProviderLimit, ...]:
     """The limits per (source IP, provider) in force: the pushed ones, else the built-in defaults."""
     return default_limits() if remote is None or remote.provider_limits is None else remote.provider_limits
+
+
+def warmup_plans(remote: RemoteConfig | None) -> dict[str, WarmupPlan]:
+    """The warm-up plans in force, by source IP (none until the panel pushed some)."""
+    return {} if remote is None else {plan.source_ip: plan for plan in remote.warmup}
 
 
 def apply(queue: QueueDB, config: AgentConfig, remote: RemoteConfig) -> None:

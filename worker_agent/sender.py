@@ -36,6 +36,7 @@ from .rate_limit import RateLimiter
 from .reconcile import Reconciler
 from .render import CampaignError, Letter, Renderer, RenderError
 from .smtp_submit import EximSubmitter, Outcome
+from .warmup import Warmup
 
 log = logging.getLogger("worker_agent.sender")
 
@@ -82,6 +83,8 @@ class Sender:
         # MX answers outlive config versions: each new provider table gets the same cache
         self._resolver = ProviderResolver(ProviderTable(), nameserver=config.dns_server, port=config.dns_port)
         self._config_version: int | None = None  # of the rules in self.limiter
+        self.warmup = Warmup(self.queue, {})  # daily allowances of the IPs warming up (warmup.py)
+        self._groups = self._resolver  # provider groups of the table in force (warm-up counts by them)
         self._load_rate_limits()
         self._work: stdlib_queue.Queue[_Work | None] = stdlib_queue.Queue()
         self._done: stdlib_queue.Queue[tuple[Claimed, Outcome]] = stdlib_queue.Queue()
@@ -197,9 +200,10 @@ class Sender:
             return
         remote = remote_config.stored(self.queue)
         rules = remote_config.rate_limits(self.config, remote)
-        self.limiter = RateLimiter(lambda ip, domain: rate_for(rules, ip, domain),
-                                   resolver=self._resolver.with_table(remote_config.provider_table(remote)),
+        self._groups = self._resolver.with_table(remote_config.provider_table(remote))
+        self.limiter = RateLimiter(lambda ip, domain: rate_for(rules, ip, domain), resolver=self._groups,
                                    provider_limits=remote_config.provider_limits(remote), backoff=self.backoff)
+        self.warmup = Warmup(self.queue, remote_config.warmup_plans(remote))  # its counts are in the queue DB
         if self._config_version is None:
             log.info("%d rate limits from %s", len(rules),
                      "the config file" if remote is None else f"the panel's config version {version}")
@@ -245,13 +249,19 @@ class Sender:
         if not claimed:
             return 0
         self.limiter.new_round()
-        self.limiter.prepare(c.email.rpartition("@")[2].lower() for c in claimed)  # MX lookups, in parallel
+        domains = [c.email.rpartition("@")[2].lower() for c in claimed]
+        if self.warmup:
+            self._groups.prefetch(domains)
+        self.limiter.prepare(domains)  # MX lookups, in parallel
         wall = time.time()
         failed: list[tuple[int, int | None, str]] = []
         release: list[tuple[int, float]] = []
         campaigns: dict[int, dict[str, Any]] = {}
-        for c in claimed:
-            wait = self.limiter.wait(c.source_ip, c.email.rpartition("@")[2].lower())
+        work: list[_Work] = []
+        for c, domain in zip(claimed, domains):
+            group = self._groups.provider_now(domain) if self.warmup else domain
+            # a pair whose warm-up day is used up waits for the next day, spending no token
+            wait = self.warmup.wait(c.source_ip, group, wall) or self.limiter.wait(c.source_ip, domain)
             if wait > 0:
                 release.append((c.id, wall + wait))
                 continue
@@ -266,9 +276,13 @@ class Sender:
             except CampaignError as exc:
                 failed.append((c.id, None, f"campaign is unusable: {exc}"))
                 continue
+            self.warmup.count(c.source_ip, group, wall)
+            work.append(_Work(c, letter))
+        self.warmup.save()  # counted on disk before any of these letters can reach Exim
+        for item in work:
             self._in_flight += 1
-            self._flying.add(c.id)
-            self._work.put(_Work(c, letter))
+            self._flying.add(item.claimed.id)
+            self._work.put(item)
         if failed or release:
             self.queue.finish(failed=failed, release=release, max_attempts=self.config.max_attempts)
         return len(claimed)
