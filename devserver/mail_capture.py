@@ -29,11 +29,17 @@ Gmail's ``421-4.7.28 ... rate limited``. A throttle's other keys: "window_second
 "at": "rcpt" (default) or "data" (refuse at the end of DATA, as Gmail often does, so the
 refused letter's Message-ID is known).
 
+A slow domain, ``{"delay_seconds": 1.5}``, accepts its letters that long after their DATA (a
+busy provider: the sender's connections stay open meanwhile, so their number can be counted).
+
 Every answer to a recipient is appended to the attempts log (JSON lines, by default
 DIR.attempts.jsonl next to the Maildir): time, source IP, HELO, recipient, domain,
-provider group, result (accepted, deferred, rejected), code, reply and Message-ID (null
-for a recipient refused before DATA). Benchmarks read rates per (IP, provider) and the
-deferred share from it (:func:`read_attempts`, :func:`peak_per_window`, :func:`deferred_share`).
+provider group, result (accepted, deferred, rejected), code, reply, Message-ID (null
+for a recipient refused before DATA) and the SMTP connection it came on (``conn``). Each
+connection, once closed, is a line of the connections log (DIR.connections.jsonl): conn, source
+IP, opened, closed. Benchmarks and tests read rates per (IP, provider), the deferred share,
+concurrent connections and letters per connection from them (:func:`read_attempts`,
+:func:`peak_per_window`, :func:`deferred_share`, :func:`peak_connections`, :func:`letters_per_connection`).
 
 Tests and `make run` drive it through :class:`CaptureServer`.
 """
@@ -100,7 +106,14 @@ class Throttle:
     at: str  # "rcpt" or "data": where the refusal is answered
 
 
-Rule = str | Throttle
+@dataclass(frozen=True)
+class Slow:
+    """Accept, `delay` seconds after the end of DATA."""
+
+    delay: float
+
+
+Rule = str | Throttle | Slow
 
 
 class Rules:
@@ -171,6 +184,13 @@ def parse_rule(key: str, value: Any) -> Rule:
     domain = normalise_address(key)
     if not domain.startswith("@") or len(domain) == 1:
         raise ValueError(f"{key}: a throttle is per recipient domain: name it \"@domain\"")
+    if "delay_seconds" in value:
+        delay = value["delay_seconds"]
+        if set(value) != {"delay_seconds"}:
+            raise ValueError(f"{key}: a slow domain takes only delay_seconds")
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 < delay <= 60:
+            raise ValueError(f"{key}: delay_seconds must be a number of seconds above 0 and at most 60, not {delay!r}")
+        return Slow(float(delay))
     unknown = sorted(set(value) - set(THROTTLE_KEYS))
     if unknown:
         raise ValueError(f"{key}: unknown key(s) {', '.join(unknown)} (known: {', '.join(THROTTLE_KEYS)})")
@@ -277,11 +297,22 @@ def message_id_of(data: bytes) -> str | None:
 class CaptureHandler:
     """aiosmtpd hooks: rules at RCPT, one Maildir file per recipient at DATA, every answer logged."""
 
-    def __init__(self, maildir: MaildirWriter, rules: Rules, attempts: AttemptsLog | None = None) -> None:
+    def __init__(self, maildir: MaildirWriter, rules: Rules, attempts: AttemptsLog | None = None,
+                 connections: AttemptsLog | None = None) -> None:
         self.maildir = maildir
         self.rules = rules
         self.attempts = attempts or AttemptsLog(None)
+        self.connections = connections or AttemptsLog(None)
         self.counts = ThrottleCounts()
+        self._conn_ids = itertools.count(1)
+
+    def opened(self, session: Session) -> None:
+        session.capture_conn = next(self._conn_ids)  # type: ignore[attr-defined]
+        session.capture_opened = time.time()  # type: ignore[attr-defined]
+
+    def closed(self, session: Session) -> None:
+        self.connections.record(conn=getattr(session, "capture_conn", None), ip=_peer_ip(session),
+                                opened=round(getattr(session, "capture_opened", 0.0), 6), closed=round(time.time(), 6))
 
     def _record(self, session: Session, envelope: Envelope, rcpt: str, group: str, result: str, reply: str,
                 message_id: str | None, when: float | None = None) -> None:
@@ -289,7 +320,7 @@ class CaptureHandler:
             time=round(when if when is not None else time.time(), 6), ip=_peer_ip(session),
             helo=session.host_name or "", mail_from=envelope.mail_from or "", rcpt=rcpt, domain=domain_of(rcpt),
             group=group, result=result, code=int(reply[:3]), reply=reply[4:].replace("\r\n", "\n"),
-            message_id=message_id,
+            message_id=message_id, conn=getattr(session, "capture_conn", None),
         )
 
     async def handle_RCPT(
@@ -332,6 +363,9 @@ class CaptureHandler:
         for _, _, rule in rules:
             if isinstance(rule, Throttle) and rule.at == "data":
                 self.counts.take(peer, rule)
+        delay = max((rule.delay for _, _, rule in rules if isinstance(rule, Slow)), default=0.0)
+        if delay:
+            await asyncio.sleep(delay)  # the connection stays open meanwhile
         now = time.time()
         common = (
             f"X-Capture-Peer: {peer}\n"
@@ -369,6 +403,16 @@ class CaptureSMTP(SMTP):
     """
 
     line_length_limit = 1 << 16  # the reader's buffer limit: DATA comes in pieces of up to this
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.session is not None:
+            self.event_handler.opened(self.session)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.session is not None:
+            self.event_handler.closed(self.session)
+        super().connection_lost(error)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -427,13 +471,19 @@ def default_attempts_file(maildir: Path) -> Path:
     return maildir.with_name(maildir.name + ".attempts.jsonl")
 
 
+def default_connections_file(maildir: Path) -> Path:
+    return maildir.with_name(maildir.name + ".connections.jsonl")
+
+
 async def serve(
-    host: str, port: int, maildir: Path, rules_file: Path | None, attempts_file: Path | None = None
+    host: str, port: int, maildir: Path, rules_file: Path | None, attempts_file: Path | None = None,
+    connections_file: Path | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     writer = MaildirWriter(maildir)
     attempts = AttemptsLog(attempts_file or default_attempts_file(maildir))
-    handler = CaptureHandler(writer, Rules(rules_file), attempts)
+    connections = AttemptsLog(connections_file or default_connections_file(maildir))
+    handler = CaptureHandler(writer, Rules(rules_file), attempts, connections)
 
     def factory() -> SMTP:
         return CaptureSMTP(handler, hostname=SERVER_NAME, ident="Mailfleet mail capture", enable_SMTPUTF8=True, loop=loop)
@@ -460,12 +510,15 @@ def main(argv: list[str] | None = None) -> int:
                         help='JSON file {"address" or "@domain": "accept"|"defer"|"reject"|{"throttle_per_minute": N}}')
     parser.add_argument("--attempts", type=Path, default=None,
                         help="JSON lines file of every answer to a recipient (default: MAILDIR.attempts.jsonl)")
+    parser.add_argument("--connections", type=Path, default=None,
+                        help="JSON lines file of every SMTP connection, once closed (default: MAILDIR.connections.jsonl)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="mail_capture: %(levelname)s %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
     host, port = args.listen
     asyncio.run(serve(host, port, args.maildir.absolute(), args.rules.absolute() if args.rules else None,
-                      args.attempts.absolute() if args.attempts else None))
+                      args.attempts.absolute() if args.attempts else None,
+                      args.connections.absolute() if args.connections else None))
     return 0
 
 
@@ -581,6 +634,40 @@ def peak_per_window(attempts: Iterable[dict[str, Any]], window: float = 60.0) ->
     return peaks
 
 
+def peak_connections(attempts: Iterable[dict[str, Any]], connections: Iterable[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """The most connections open at once from each (source IP, provider group): a connection counts
+    for the groups of the recipients it carried, from its opening to its closing."""
+    groups: dict[Any, set[str]] = {}
+    for attempt in attempts:
+        groups.setdefault(attempt.get("conn"), set()).add(attempt["group"])
+    moments: dict[tuple[str, str], list[tuple[float, int]]] = {}
+    for conn in connections:
+        for group in groups.get(conn["conn"], ()):
+            moments.setdefault((conn["ip"], group), []).extend([(conn["opened"], 1), (conn["closed"], -1)])
+    peaks = {}
+    for key, marks in moments.items():
+        marks.sort(key=lambda m: (m[0], m[1]))  # a closing before an opening at the same instant
+        level = peak = 0
+        for _, step in marks:
+            level += step
+            peak = max(peak, level)
+        peaks[key] = peak
+    return peaks
+
+
+def letters_per_connection(attempts: Iterable[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """The most letters accepted on one connection, per (source IP, provider group)."""
+    counts: dict[tuple[str, str, Any], int] = {}
+    for attempt in attempts:
+        if attempt["result"] == "accepted":
+            key = (attempt["ip"], attempt["group"], attempt.get("conn"))
+            counts[key] = counts.get(key, 0) + 1
+    most: dict[tuple[str, str], int] = {}
+    for (ip, group, _), n in counts.items():
+        most[ip, group] = max(most.get((ip, group), 0), n)
+    return most
+
+
 def deferred_share(attempts: Iterable[dict[str, Any]]) -> float:
     """Deferred answers as a share of all answers (0.0 when there were none)."""
     results = [attempt["result"] for attempt in attempts]
@@ -595,13 +682,14 @@ class CaptureServer:
 
     def __init__(
         self, maildir: Path, *, host: str = "127.0.0.1", port: int = 0, rules_file: Path | None = None,
-        attempts_file: Path | None = None,
+        attempts_file: Path | None = None, connections_file: Path | None = None,
     ) -> None:
         self.maildir = Path(maildir).absolute()
         self.host = host
         self.port = port
         self.rules_file = (rules_file or self.maildir.with_name(self.maildir.name + ".rules.json")).absolute()
         self.attempts_file = (attempts_file or default_attempts_file(self.maildir)).absolute()
+        self.connections_file = (connections_file or default_connections_file(self.maildir)).absolute()
         self._process: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> CaptureServer:
@@ -624,7 +712,8 @@ class CaptureServer:
         listen = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         self._process = subprocess.Popen(
             [sys.executable, "-m", "devserver.mail_capture", "--listen", listen,
-             "--maildir", str(self.maildir), "--rules", str(self.rules_file), "--attempts", str(self.attempts_file)],
+             "--maildir", str(self.maildir), "--rules", str(self.rules_file), "--attempts", str(self.attempts_file),
+             "--connections", str(self.connections_file)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             text=True,
@@ -683,6 +772,10 @@ class CaptureServer:
     def attempts(self) -> list[dict[str, Any]]:
         """Every answer given to a recipient so far (see :func:`read_attempts`)."""
         return read_attempts(self.attempts_file)
+
+    def connections(self) -> list[dict[str, Any]]:
+        """Every SMTP connection closed so far: conn, ip, opened, closed."""
+        return read_attempts(self.connections_file)
 
     def count(self) -> int:
         return count_messages(self.maildir)

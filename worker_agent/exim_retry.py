@@ -84,8 +84,8 @@ class RetryDriver:
         waiting = []
         for row in self._candidates:
             exim_id, source_ip, email = row
-            if len(self._running) >= self.settings.parallel or limiter.wait(
-                    source_ip, email.rpartition("@")[2].lower()) > 0:
+            if len(self._running) >= self.settings.parallel or limiter.wait(  # a forced retry holds a connection
+                    source_ip, email.rpartition("@")[2].lower(), key=exim_id) > 0:
                 waiting.append(row)
                 continue
             self._tries[exim_id] = (now, self._tries.get(exim_id, (now, 1))[1])

@@ -4,15 +4,18 @@ by a due time, never a sleep.
 A letter goes when every bucket it falls under has a token: its domain's (the ``rate_limits``
 rules, per minute) and its provider group's (``provider_limits``, per minute and per hour; a
 domain outside the provider table is its own group). A bucket that holds it back counts it in
-its backlog, so the letters turned away in one round come back one by one at its pace.
+its backlog, so the letters turned away in one round come back one by one at its pace. A letter
+asked for with a ``key`` also needs a free slot of its pair's ``connections`` (connection_limit.py),
+checked before any token is spent and taken with them.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 from .backoff import Backoff
+from .connection_limit import FULL_WAIT, DeliverySlots
 from .providers import ProviderLimit, ProviderResolver, limit_for
 
 
@@ -104,9 +107,11 @@ class RateLimiter:
     ``provider_limits``, the group given by ``resolver`` (no resolver: the domain is its group)."""
 
     def __init__(self, rate_for: Callable[[str, str], float | None], *, resolver: ProviderResolver | None = None,
-                 provider_limits: Iterable[ProviderLimit] = (), backoff: Backoff | None = None) -> None:
+                 provider_limits: Iterable[ProviderLimit] = (), backoff: Backoff | None = None,
+                 slots: DeliverySlots | None = None) -> None:
         self._rate_for = rate_for
         self._backoff = backoff
+        self.slots = slots or DeliverySlots()
         self._resolver = resolver
         self._provider_limits = tuple(provider_limits)
         self._buckets: dict[tuple[str, str], TokenBucket | None] = {}  # (ip, domain)
@@ -133,10 +138,19 @@ class RateLimiter:
         rule = limit_for(self._provider_limits, source_ip, group) if self._provider_limits else None
         return None if rule is None else rule.per_minute
 
-    def wait(self, source_ip: str, domain: str, now: float | None = None) -> float:
-        """Seconds this letter must wait (0.0: send it now)."""
+    def connections(self, source_ip: str, group: str) -> int | None:
+        """The pair's limit of concurrent connections (None: none)."""
+        rule = limit_for(self._provider_limits, source_ip, group) if self._provider_limits else None
+        return None if rule is None else rule.connections
+
+    def wait(self, source_ip: str, domain: str, now: float | None = None, key: Hashable = None) -> float:
+        """Seconds this letter must wait (0.0: send it now). With a ``key`` (its delivery or Exim id) a
+        letter that may go takes one of its pair's connection slots, freed by ``slots.free(key)``."""
         now = time.monotonic() if now is None else now
         group = self.group_of(domain)
+        cap = self.connections(source_ip, group) if key is not None else None
+        if cap is not None and self.slots.full((source_ip, group), cap):
+            return FULL_WAIT  # no token spent: it asks again once a delivery may have ended
         group_bucket = self._group_bucket(source_ip, group, now)
         if self._backoff is not None:  # a pair the provider throttled: suspended, or a share of its limit
             factor, suspended = self._backoff.shape(source_ip, group)
@@ -145,16 +159,16 @@ class RateLimiter:
             if group_bucket is not None:
                 group_bucket.scale(factor, now)
         buckets = [b for b in (self._domain_bucket(source_ip, domain, now), group_bucket) if b is not None]
-        if not buckets:
-            return 0.0
         for bucket in buckets:
             bucket.refill(now)
         blocked = [b for b in buckets if not b.ready()]
-        if not blocked:
-            for bucket in buckets:
-                bucket.spend()
-            return 0.0
-        return max(b.hold() for b in blocked)
+        if blocked:
+            return max(b.hold() for b in blocked)
+        for bucket in buckets:
+            bucket.spend()
+        if cap is not None:
+            self.slots.take((source_ip, group), key)
+        return 0.0
 
     def new_round(self) -> None:
         for buckets in (self._buckets, self._groups):

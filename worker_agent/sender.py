@@ -28,6 +28,7 @@ from typing import Any
 from . import bounce_spool, remote_config
 from .backoff import Backoff
 from .config import AgentConfig, ConfigError, rate_for
+from .connection_limit import DeliverySlots
 from .exim_log import EximLogReader
 from .exim_retry import RetryDriver
 from .providers import ProviderResolver, ProviderTable
@@ -76,10 +77,11 @@ class Sender:
         # outlives config versions, like the MX cache
         self.backoff = Backoff(cooling=config.backoff_cooling, step_every=config.backoff_step_every)
         self._shaping_written = -1  # self.backoff.version last written for the ping
+        self.slots = DeliverySlots()  # letters in Exim's hands per (IP, provider); outlives config versions
         # Exim's deferred letters retried through the limiter (off: Exim retries on its own schedule)
         self._retries = (RetryDriver(self.queue, config.exim_spool, config.exim_retries)
                          if config.exim_retries is not None else None)
-        self.limiter = RateLimiter(config.rate_for, backoff=self.backoff)  # replaced when the panel pushed rules
+        self.limiter = RateLimiter(config.rate_for, backoff=self.backoff, slots=self.slots)  # replaced on a push
         # MX answers outlive config versions: each new provider table gets the same cache
         self._resolver = ProviderResolver(ProviderTable(), nameserver=config.dns_server, port=config.dns_port)
         self._config_version: int | None = None  # of the rules in self.limiter
@@ -140,6 +142,7 @@ class Sender:
                 break
             if item is not None:
                 unstarted.append(item.claimed.id)
+                self.slots.free(item.claimed.id)
                 self._in_flight -= 1
                 self._flying.discard(item.claimed.id)
         now = time.time()
@@ -202,7 +205,8 @@ class Sender:
         rules = remote_config.rate_limits(self.config, remote)
         self._groups = self._resolver.with_table(remote_config.provider_table(remote))
         self.limiter = RateLimiter(lambda ip, domain: rate_for(rules, ip, domain), resolver=self._groups,
-                                   provider_limits=remote_config.provider_limits(remote), backoff=self.backoff)
+                                   provider_limits=remote_config.provider_limits(remote), backoff=self.backoff,
+                                   slots=self.slots)
         self.warmup = Warmup(self.queue, remote_config.warmup_plans(remote))  # its counts are in the queue DB
         if self._config_version is None:
             log.info("%d rate limits from %s", len(rules),
@@ -222,6 +226,7 @@ class Sender:
             row = conn.execute("SELECT source_ip, email, exim_id FROM letters WHERE id = ?",
                                (e.delivery_id,)).fetchone()
             if row is not None:
+                self.slots.free(e.delivery_id, row[2])  # out of Exim's hands: its connection is free
                 group = self.limiter.known_group(row[1].rpartition("@")[2].lower())
                 self.backoff.observe(row[0], group, e.status, e.code, e.text)
                 if e.status == "deferred" and row[2] and self._retries is not None:
@@ -261,7 +266,7 @@ class Sender:
         for c, domain in zip(claimed, domains):
             group = self._groups.provider_now(domain) if self.warmup else domain
             # a pair whose warm-up day is used up waits for the next day, spending no token
-            wait = self.warmup.wait(c.source_ip, group, wall) or self.limiter.wait(c.source_ip, domain)
+            wait = self.warmup.wait(c.source_ip, group, wall) or self.limiter.wait(c.source_ip, domain, key=c.id)
             if wait > 0:
                 release.append((c.id, wall + wait))
                 continue
@@ -271,9 +276,11 @@ class Sender:
                     campaign = campaigns[c.campaign_id] = self._campaign(c.campaign_id)
                 letter = self.renderer.render(campaign, c.recipient())
             except RenderError as exc:
+                self.slots.free(c.id)  # its connection slot, taken with its tokens
                 failed.append((c.id, None, f"letter could not be built: {exc.reason}"))
                 continue
             except CampaignError as exc:
+                self.slots.free(c.id)
                 failed.append((c.id, None, f"campaign is unusable: {exc}"))
                 continue
             self.warmup.count(c.source_ip, group, wall)
@@ -320,6 +327,8 @@ class Sender:
                 return results
 
     def _sort(self, results: _Results, claimed: Claimed, outcome: Outcome, now: float) -> None:
+        if outcome.kind not in ("sent", "unknown"):  # not in Exim's hands: no connection of its own
+            self.slots.free(claimed.id)
         if outcome.kind == "sent":
             results.submitted.append((claimed.id, outcome.exim_id, outcome.code or 250, outcome.text))
             self._unreachable = 0

@@ -1,0 +1,66 @@
+"""Concurrent connections per (source IP, provider group): at most ``connections`` of a pair's letters
+in Exim's hands at once.
+
+Exim delivers each letter the agent hands it at once, in a delivery process of its own that opens
+one connection from the letter's source IP to the provider's MX (and passes it on only to letters
+already waiting for that host). So the letters of a pair handed over whose outcome Exim has not
+logged yet bound the connections that pair holds at the provider: a letter takes a slot when it is
+given to Exim (or forced by the retry driver) and frees it when Exim logs its delivery, deferral or
+failure, or when the submission did not hand it over. Exim's per-IP transports cannot be limited
+per provider (``max_parallel`` counts per transport and defers over the limit, and Exim 4.96 does
+not expand ``connection_max_messages``), hence the count here.
+
+A slot whose outcome never came (a log line missed, a letter left 'unknown') is freed after
+``SLOT_TTL``: longer than Exim's own SMTP timeouts give one delivery.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable
+
+SLOT_TTL = 330.0  # s: Exim's 5 min data timeout, and a little more
+FULL_WAIT = 0.25  # s a letter of a full pair waits before it asks again
+
+
+class DeliverySlots:
+    """Letters in Exim's hands per pair; shared by the sender's main thread and Exim's log thread."""
+
+    def __init__(self, ttl: float = SLOT_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.clock = ttl, clock
+        self._lock = threading.Lock()
+        self._pairs: dict[tuple[str, str], dict[Hashable, float]] = {}  # pair -> key -> since
+        self._pair_of: dict[Hashable, tuple[str, str]] = {}
+
+    def held(self, pair: tuple[str, str]) -> int:
+        with self._lock:
+            return len(self._expire(pair))
+
+    def full(self, pair: tuple[str, str], cap: int) -> bool:
+        return self.held(pair) >= cap
+
+    def take(self, pair: tuple[str, str], key: Hashable) -> None:
+        with self._lock:
+            self._pairs.setdefault(pair, {})[key] = self.clock()
+            self._pair_of[key] = pair
+
+    def free(self, *keys: Hashable) -> None:
+        """The letter (by any of its keys: delivery id, Exim id) is out of Exim's hands; unknown keys are ignored."""
+        with self._lock:
+            for key in keys:
+                pair = self._pair_of.pop(key, None)
+                if pair is not None:
+                    held = self._pairs.get(pair)
+                    if held is not None:
+                        held.pop(key, None)
+                        if not held:
+                            del self._pairs[pair]
+
+    def _expire(self, pair: tuple[str, str]) -> dict[Hashable, float]:
+        held = self._pairs.get(pair, {})
+        old = self.clock() - self.ttl
+        for key in [k for k, since in held.items() if since < old]:
+            del held[key]
+            self._pair_of.pop(key, None)
+        return held
