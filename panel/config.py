@@ -42,6 +42,8 @@ class Config:
     DISPATCH_WINDOW = 10000  # letters pushed to one server and not yet handed to its Exim
     # Seconds a server may be silent before the letters never pushed to it go to the other servers.
     SERVER_FAILOVER_AFTER = 60.0
+    # Seconds in a warm-up "day" (services/warmup.py): 86400; only tests and benchmarks compress it.
+    WARMUP_DAY_SECONDS = 86400
     # An agent is not trusted (its server's root may run anything there): each call is bounded (daemon/agent_client.py).
     AGENT_TIMEOUT = 30.0  # seconds one agent request may take in all: connecting, sending, the whole reply
     AGENT_CONNECT_TIMEOUT = 5.0  # seconds to connect to an agent

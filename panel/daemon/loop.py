@@ -17,7 +17,7 @@ from sqlalchemy import select
 from ..extensions import db
 from ..models import Campaign, DispatchBatch, Server, ServerEvent
 from ..models.base import MAX_ROW_ID, utcnow
-from ..services import agent_keys, domains, failover, network_policy, server_config, shaping
+from ..services import agent_keys, domains, failover, network_policy, server_config, shaping, warmup
 from ..services.agent_keys import open_agent_key
 from ..services.imports.jobs import imports_dir, prune_files
 from ..services.imports.sources import ImportLimits
@@ -113,6 +113,7 @@ def _heartbeat(state: DaemonState, server: Server, client: AgentClient) -> bool:
         server.config_applied = held  # e.g. 0 again after a reinstall: pushed again below
     if isinstance(reply, dict):
         shaping.record(server, reply.get("shaping"))  # the agent's backoff per (IP, provider)
+        warmup.record(server, reply.get("warmup"))  # the warming IPs' letters per provider today
     _mark(server, "online", "agent answered")
     return True
 

@@ -52,6 +52,8 @@ class Server(db.Model):
     config_applied: Mapped[int] = mapped_column(default=0, server_default="0")
     # The agent's backoff per (source IP, provider) as its last ping reported it, JSON (services/shaping.py).
     shaping: Mapped[str | None] = mapped_column(Text)
+    # Each warming IP's day and letters per provider today as its last ping reported them, JSON (services/warmup.py).
+    warmup: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     ips: Mapped[list[ServerIP]] = relationship(
@@ -88,6 +90,10 @@ class ServerIP(db.Model):
     helo: Mapped[str] = mapped_column(String(255))
     weight: Mapped[int] = mapped_column(default=1)
     active: Mapped[bool] = mapped_column(default=True)
+    # Warm-up (services/warmup.py): when its day 1 began (UTC; NULL: not warming up) and its schedule
+    # (JSON steps; NULL: the default one, worker_agent/warmup.py).
+    warmup_start: Mapped[datetime | None]
+    warmup_schedule: Mapped[str | None] = mapped_column(Text)
 
     server: Mapped[Server] = relationship(back_populates="ips")
 

@@ -258,6 +258,8 @@ def settings_json(server: Server) -> dict[str, Any]:
 
 def agent_config(server: Server) -> dict[str, Any]:
     """The body of ``POST /v1/config`` (docs/agent-protocol.md) for the server's current settings."""
+    from .warmup import agent_settings as warmup_settings  # warmup bumps the version through this module
+
     rules = db.session.scalars(
         select(ServerRateLimit).where(ServerRateLimit.server_id == server.id).order_by(ServerRateLimit.id)
     ).all()
@@ -267,6 +269,7 @@ def agent_config(server: Server) -> dict[str, Any]:
         "helo": {ip.ip: ip.helo for ip in server.ips},
         **provider_settings(server),
         **sending_domains(server),
+        **warmup_settings(server),
     }
 
 

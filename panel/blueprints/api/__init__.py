@@ -29,7 +29,7 @@ from ...services.suppressions import (MAX_PAGE_SIZE, PAGE_SIZE, SuppressionError
                                       export_suppressions, find_suppression, remove_suppression, search_suppressions)
 from ...services.sending import SendingError, campaign_stats, server_letters, set_campaign_state, start_campaign
 from ...services.server_config import RateLimitInput, replace_settings, settings_json
-from ...services import shaping
+from ...services import shaping, warmup
 from ...services.servers import ServerError, get_server, user_servers
 from ...services.tracking import link_stats
 from ...services.users import TokenRefused, authenticate_token
@@ -624,7 +624,8 @@ def _own_server(server_id: int) -> Server:
 def server_get(server_id: int):
     item = _own_server(server_id)
     # Letters of running and paused campaigns this server holds, by state (issue 9: failover).
-    return jsonify({**_server_json(item), "letters": server_letters(item.id), "shaping": shaping.current(item)})
+    return jsonify({**_server_json(item), "letters": server_letters(item.id), "shaping": shaping.current(item),
+                    "warmup": warmup.current(item)})
 
 
 @bp.post("/servers/<int:server_id>/gone")
@@ -635,6 +636,30 @@ def server_gone(server_id: int):
         raise ApiError(409, str(exc)) from None
     db.session.commit()
     return jsonify({"resent": report.resent, "may_repeat": report.may_repeat, "unknown": report.unknown})
+
+
+@bp.get("/servers/<int:server_id>/warmup")
+def server_warmup_get(server_id: int):
+    return jsonify(warmup.settings_json(_own_server(server_id)))
+
+
+@bp.put("/servers/<int:server_id>/warmup")
+def server_warmup_put(server_id: int):
+    """Warm-up per source IP: {"ips": {ip: {"enabled": bool, "start": "YYYY-MM-DD" or ISO time,
+    "schedule": [{"day", "limits": {provider or "*": letters}}] or null (the default)}}}; IPs and
+    fields left out keep theirs."""
+    item = _own_server(server_id)
+    data = _json_object()
+    unknown = sorted(set(data) - {"ips"})
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(unknown)} (send ips)")
+    try:
+        warmup.replace_warmup(item, data.get("ips", {}))
+    except ServerError as exc:
+        db.session.rollback()
+        raise ApiError(400, str(exc)) from None
+    db.session.commit()
+    return jsonify(warmup.settings_json(item))
 
 
 @bp.get("/servers/<int:server_id>/config")

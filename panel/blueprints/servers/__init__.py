@@ -20,7 +20,7 @@ from ...services.provisioning import (
     start_job,
 )
 from ...services.sending import server_letters
-from ...services import shaping
+from ...services import shaping, warmup
 from ...services.servers import ServerError, get_server, server_events, user_servers
 from .forms import AddServerForm
 
@@ -83,7 +83,7 @@ def page_context(server) -> dict:
     return dict(
         server=server, events=server_events(server), jobs=server_jobs(server),
         busy=active_job(server) is not None, actions=JOB_LABELS, letters=server_letters(server.id),
-        shaping=shaping.current(server),
+        shaping=shaping.current(server), warmup={item["source_ip"]: item for item in warmup.current(server)},
     )
 
 
@@ -125,7 +125,7 @@ def run_job(server_id: int, kind: str):
     return redirect(url_for("servers.view", server_id=server.id))
 
 
-from . import gone, keys, settings  # noqa: E402,F401  (register their views on bp)
+from . import gone, keys, settings, warmup_views  # noqa: E402,F401  (register their views on bp)
 
 
 @bp.post("/<int:server_id>/delete")
