@@ -5,7 +5,11 @@ code 4.7.x) halves that pair's rate and suspends it for a cooling period; once c
 "backing off" and each ``step_every`` seconds in which letters were delivered raise it by
 ``step`` (a share of its limit) until it is back at its limit ("normal"). More throttling
 answers while suspended are the same burst of letters already in flight: they do not halve it
-again. The limiter (rate_limit.py) asks ``shape`` for each letter; the sender reports
+again. A throttle while backing off shows where the provider's own limit lies: the pair then
+climbs back only to ``CEILING_SHARE`` of the rate it was throttled at and holds there until
+``ceiling_hold`` seconds pass without a throttle (else it would probe the provider every few
+minutes and run at half its rate in between: bench/shaping.py measured 31 a minute against a
+provider taking 60). The limiter (rate_limit.py) asks ``shape`` for each letter; the sender reports
 ``states`` to the panel through the ping (docs/agent-protocol.md).
 
 Thread-safe: Exim's log is read in its own thread, the limiter asks from the main thread.
@@ -24,6 +28,8 @@ COOLING = 60.0  # s a throttled pair sends nothing
 STEP = 0.1  # share of the limit given back per step
 STEP_EVERY = 60.0  # s of deliveries without throttling per step
 FLOOR = 0.05  # the rate never falls below this share of the limit (a pair must be able to recover)
+CEILING_SHARE = 0.9  # a pair throttled while backing off climbs back to this share of that rate
+CEILING_HOLD = 1800.0  # s without a throttle before it climbs past that again
 MAX_WHY = 300  # characters of the provider's answer kept as the reason
 
 _ENHANCED_47 = re.compile(r"(?<![\d.])4\.7\.\d{1,3}(?![\d.])")
@@ -55,12 +61,16 @@ class _Pair:
     last_step: float = 0.0  # when the factor was last raised (or the suspension ended)
     since: float = 0.0  # when the state last changed
     why: str | None = None  # the answer that throttled it last
+    ceiling: float = 1.0  # the step-ups stop here until ceiling_until
+    ceiling_until: float = 0.0
 
 
 class Backoff:
     def __init__(self, *, cooling: float = COOLING, step: float = STEP, step_every: float = STEP_EVERY,
-                 floor: float = FLOOR, clock: Callable[[], float] = time.time) -> None:
+                 floor: float = FLOOR, ceiling_hold: float = CEILING_HOLD,
+                 clock: Callable[[], float] = time.time) -> None:
         self.cooling, self.step, self.step_every, self.floor = cooling, step, step_every, floor
+        self.ceiling_hold = ceiling_hold
         self.clock = clock
         self._pairs: dict[tuple[str, str], _Pair] = {}
         self._changes: list[dict[str, Any]] = []
@@ -114,6 +124,9 @@ class Backoff:
             pair.why = why
             if pair.state == "suspended":
                 return  # the rest of the burst that was already on its way
+            if pair.state == "backing_off":  # throttled on the way back up: the provider's limit is below this
+                pair.ceiling = max(self.floor, pair.factor * CEILING_SHARE)
+                pair.ceiling_until = now + self.ceiling_hold
             pair.factor = max(self.floor, pair.factor / 2)
             pair.until = now + self.cooling
             self._set(key[0], key[1], pair, "suspended", now)
@@ -123,9 +136,12 @@ class Backoff:
             pair.last_step = pair.until
             self._set(ip, group, pair, "backing_off", now)
         if pair.state == "backing_off" and delivered and now - pair.last_step >= self.step_every:
-            pair.factor = min(1.0, pair.factor + self.step)
+            ceiling = pair.ceiling if now < pair.ceiling_until else 1.0
+            factor = max(pair.factor, min(ceiling, pair.factor + self.step))
             pair.last_step = now
-            self.version += 1
+            if factor != pair.factor:  # held at the ceiling: nothing new to report
+                pair.factor = factor
+                self.version += 1
             if pair.factor >= 1.0 - 1e-9:
                 pair.factor = 1.0
                 self._set(ip, group, pair, "normal", now)

@@ -99,6 +99,35 @@ def test_a_throttle_while_backing_off_halves_again_with_a_floor():
     assert b.shape("192.0.2.10", "google")[0] == pytest.approx(0.1)
 
 
+def test_a_throttle_while_backing_off_caps_the_step_ups_under_that_rate_for_a_while():
+    """A provider that throttles again while the pair is climbing back has shown where its own limit
+    lies: the pair climbs back only to 90 % of the rate it was throttled at, and holds there (rather
+    than probing the provider again every few minutes, at half its rate in between) until
+    ``ceiling_hold`` passes without a throttle; then it climbs on to its limit."""
+    clock = Clock()
+    b = Backoff(cooling=60.0, step=0.1, step_every=60.0, ceiling_hold=1800.0, clock=clock)
+    b.observe("192.0.2.10", "google", "deferred", 421, GMAIL_421)  # from its limit: no ceiling learnt
+    clock.now += 60.0
+    for _ in range(2):
+        clock.now += 60.0
+        b.observe("192.0.2.10", "google", "delivered", 250, "250 ok")
+    assert b.shape("192.0.2.10", "google")[0] == pytest.approx(0.7)
+    b.observe("192.0.2.10", "google", "deferred", 421, GMAIL_421)  # throttled again at 0.7
+    assert b.shape("192.0.2.10", "google")[0] == pytest.approx(0.35)
+    clock.now += 60.0
+    for _ in range(10):
+        clock.now += 60.0
+        b.observe("192.0.2.10", "google", "delivered", 250, "250 ok")
+    assert b.shape("192.0.2.10", "google")[0] == pytest.approx(0.63)  # 90 % of 0.7, held
+    assert b.states()[0]["state"] == "backing_off"
+    clock.now += 1800.0  # no throttle for ceiling_hold: it climbs on
+    for _ in range(4):
+        clock.now += 60.0
+        b.observe("192.0.2.10", "google", "delivered", 250, "250 ok")
+    assert b.shape("192.0.2.10", "google")[0] == 1.0
+    assert b.states()[0]["state"] == "normal"
+
+
 def test_other_pairs_are_not_affected():
     clock = Clock()
     b = Backoff(cooling=60.0, clock=clock)
