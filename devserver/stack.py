@@ -469,7 +469,7 @@ class LocalStack:
             state = json.loads(self.state_file.read_text())
             self.admin_password, self.api_token = state["password"], state["token"]
         else:
-            commands += [["users", "create", self.settings.admin_email, "--password", self.admin_password],
+            commands += [["users", "create", self.settings.admin_email, "--password", self.admin_password, "--admin"],
                          ["users", "create-token", self.settings.admin_email, "--name", "local"]]
         outputs = self._register_workers(commands)
         if len(commands) == 3:

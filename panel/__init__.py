@@ -42,6 +42,9 @@ def register_extensions(app: Flask) -> None:
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
     login_manager.init_app(app)
     csrf.init_app(app)
+    from .services.audit import watch_session
+
+    watch_session()  # the audit log notes what each changing request and command does
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         _tune_sqlite(app)
 

@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .extensions import db
 from .models import User
 from .models.base import is_row_id, utcnow
+from .services import audit
 from .services.csv_import import ImportFailed, ImportOptions, import_file
 from .services.imports.mx import MxChecker
 from .services.imports.report import csv_rows
@@ -37,7 +38,8 @@ class PanelGroup(AppGroup):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with audit.acting_from_cli():
+                return super().invoke(ctx)
         except SQLAlchemyError as exc:  # the app context (and its session) is gone by now
             reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
             raise click.ClickException(
@@ -69,13 +71,14 @@ def _user(email: str) -> User:
 @users_cli.command("create")
 @click.argument("email")
 @click.option("--password", help="The password; without it one is generated and printed.")
-def users_create(email: str, password: str | None) -> None:
+@click.option("--admin", is_flag=True, help="An admin: manages users, quotas, shared servers, the audit log.")
+def users_create(email: str, password: str | None, admin: bool) -> None:
     """Create a user who can log in to the panel. Prints the generated password, if any."""
     generated = password is None
     if password is None:
         password = generate_password()
     try:
-        user = create_user(email, password)
+        user = create_user(email, password, is_admin=admin)
     except UserError as exc:
         fail(str(exc))
     db.session.commit()

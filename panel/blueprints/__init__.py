@@ -23,7 +23,7 @@ API_PREFIX = "/api/"
 
 
 def register_all(app: Flask) -> None:
-    from . import api, auth, campaigns, domains, lists, servers, suppressions, tracking, unsubscribe
+    from . import admin, api, auth, campaigns, domains, lists, servers, suppressions, tracking, unsubscribe
 
     auth.init_login()
     app.register_blueprint(auth.bp)
@@ -32,6 +32,7 @@ def register_all(app: Flask) -> None:
     app.register_blueprint(servers.bp)
     app.register_blueprint(suppressions.bp)
     app.register_blueprint(domains.bp)
+    app.register_blueprint(admin.bp)
     app.register_blueprint(unsubscribe.bp)
     app.register_blueprint(tracking.bp)
     app.register_blueprint(api.bp)

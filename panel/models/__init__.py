@@ -16,6 +16,7 @@ from .campaign import (
     campaign_servers,
     campaign_tracking_domains,
 )
+from .audit import AuditEntry
 from .campaign_count import CampaignCount
 from .daemon_lease import DaemonLease
 from .domain import DMARC_POLICIES, DOMAIN_KINDS, TSIG_ALGORITHMS, Domain
@@ -27,6 +28,7 @@ from .server import JOB_KINDS, JOB_STATES, READY_STATES, ProvisionJob, Server, S
 from .user import TOKEN_SCOPES, ApiRateBucket, ApiToken, LoginThrottle, User
 
 __all__ = [
+    "AuditEntry",
     "ApiRateBucket", "ApiToken", "LoginThrottle", "TOKEN_SCOPES", "BounceMessage", "CAMPAIGN_STATES", "Campaign", "CampaignCount", "CampaignLink", "Click", "DaemonLease",
     "Open", "campaign_tracking_domains", "DELIVERY_STATES", "Delivery",
     "DeliveryEvent", "DispatchBatch", "DMARC_POLICIES", "DOMAIN_KINDS", "Domain", "TSIG_ALGORITHMS", "ENCODINGS", "FINAL_STATES", "IMPORT_STATES", "ImportJob", "JOB_KINDS", "JOB_STATES", "MailingList",

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from flask_login import UserMixin
 from sqlalchemy import Float, ForeignKey, Index, String
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..extensions import db
@@ -22,6 +23,10 @@ class User(UserMixin, db.Model):
     # Part of every session's and remember cookie's user id (get_id): bumped by logout and by a
     # password change, so a cookie copied before is refused after.
     session_generation: Mapped[int] = mapped_column(default=0, server_default="0")
+    # An admin manages users, quotas, shared servers and reads the audit log (blueprints/admin).
+    is_admin: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
+    # Set by an admin: no login, no session, no token works until it is cleared; the rows stay.
+    disabled_at: Mapped[datetime | None]
 
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete-orphan")
 

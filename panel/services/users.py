@@ -51,7 +51,7 @@ def find_user(email: str) -> User | None:
     return db.session.scalar(select(User).where(User.email == email.strip().lower()))
 
 
-def create_user(email: str, password: str) -> User:
+def create_user(email: str, password: str, is_admin: bool = False) -> User:
     try:
         email = normalise_address(email)
     except InvalidAddress as exc:
@@ -59,7 +59,7 @@ def create_user(email: str, password: str) -> User:
     _check_password_length(password)
     if find_user(email) is not None:
         raise UserError(f"a user {email} already exists")
-    user = User(email=email, password_hash=generate_password_hash(password))
+    user = User(email=email, password_hash=generate_password_hash(password), is_admin=is_admin)
     db.session.add(user)
     db.session.flush()
     return user
@@ -85,7 +85,9 @@ def load_session_user(session_id: str) -> User | None:
     if not user_id.isdigit() or not generation.isdigit():
         return None
     user = get_user(int(user_id))
-    return user if user is not None and user.session_generation == int(generation) else None
+    if user is None or user.disabled_at is not None:
+        return None
+    return user if user.session_generation == int(generation) else None
 
 
 def end_sessions(user: User) -> None:
@@ -100,7 +102,12 @@ def change_password(user: User, current: str, new: str) -> None:
     if not check_password_hash(user.password_hash, current):
         raise UserError("the current password is not right: nothing was changed")
     _check_password_length(new)
-    user.password_hash = generate_password_hash(new)
+    set_password(user, new)
+
+
+def set_password(user: User, password: str) -> None:
+    """Store `password`'s hash and end every session of `user`."""
+    user.password_hash = generate_password_hash(password)
     end_sessions(user)
 
 
@@ -176,6 +183,8 @@ def authenticate_token(token: str) -> ApiToken:
     if api_token is None:
         raise TokenRefused(f"this API token is not valid: check it, or {make_one}")
     now = utcnow()
+    if api_token.user.disabled_at is not None:
+        raise TokenRefused("this API token's account is disabled: ask the panel's admin to enable it")
     if api_token.revoked_at is not None:
         raise TokenRefused(f"this API token ({api_token.name!r}) was revoked on {_when(api_token.revoked_at)}: "
                            f"{make_one}")

@@ -701,3 +701,6 @@ def server_config_put(server_id: int):
         raise ApiError(400, str(exc)) from None
     db.session.commit()
     return jsonify(settings_json(item))
+
+
+from . import admin  # noqa: E402,F401  (the admin API under /admin/, refused to ordinary users)

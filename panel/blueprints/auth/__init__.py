@@ -14,7 +14,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy.exc import SQLAlchemyError
 
 from ...extensions import db, login_manager
-from ...services import login_throttle
+from ...services import audit, login_throttle
 from ...services.users import authenticate, end_sessions, load_session_user
 from .forms import LoginForm
 
@@ -79,15 +79,28 @@ def login():
     if form.validate_on_submit():
         wait = reserve_attempt(form.email.data)
         if wait:
+            _note_failure(form.email.data, "throttled: no password was checked")
             return too_many_failures("auth/login.html", wait, form=form)
         user = authenticate(form.email.data, form.password.data)
+        if user is not None and user.disabled_at is not None:  # told only to whoever knows the password
+            _note_failure(form.email.data, "the account is disabled")
+            flash("This account is disabled: ask the panel's admin to enable it.", "error")
+            return render_template("auth/login.html", form=form)
         if user is not None:
             login_throttle.succeeded(form.email.data, request.remote_addr)
+            audit.record("login", actor_id=user.id, actor_email=user.email, address=request.remote_addr)
             db.session.commit()
             login_user(user, remember=form.remember.data)
             return redirect(_safe_next(request.args.get("next")) or url_for("campaigns.index"))
+        _note_failure(form.email.data, "wrong e-mail or password")
         flash("That e-mail and password do not match an account.", "error")
     return render_template("auth/login.html", form=form)
+
+
+def _note_failure(email: str, why: str) -> None:
+    """A failed login in the audit log, under the address tried (committed on its own)."""
+    audit.record("login.failed", detail=why, actor_email=email.strip().lower(), address=request.remote_addr)
+    db.session.commit()
 
 
 @bp.post("/logout")
