@@ -25,6 +25,7 @@ from sqlalchemy import Select, and_, func, or_, select, update
 from ..extensions import db
 from ..models import Campaign, Delivery, DispatchBatch, Recipient, Server, Suppression
 from ..models.base import utcnow
+from ..services import quotas
 from ..services.letters import campaign_payload, recipient_payload
 from ..services.tokens import delivery_token
 from .agent_client import AgentClient
@@ -77,7 +78,8 @@ def _claim(campaign: Campaign, server: Server, size: int) -> DispatchBatch | Non
 
 def _take_letters(campaign: Campaign, server: Server, size: int) -> DispatchBatch | None:
     slots = _slots(server, [domain.name for domain in campaign.domains])
-    if not slots:
+    size = quotas.letters_allowed(campaign.user_id, size)  # the user's day and month (issue 10)
+    if not slots or size <= 0:
         return None
     free = (
         select(Delivery.id)
@@ -116,6 +118,7 @@ def _take_letters(campaign: Campaign, server: Server, size: int) -> DispatchBatc
         db.session.rollback()
         return None
     batch.size = taken
+    quotas.count_letters(campaign.user_id, taken)  # in the claim's transaction: counted exactly once
     db.session.commit()
     return batch
 

@@ -17,6 +17,7 @@ from .campaign import (
     campaign_tracking_domains,
 )
 from .audit import AuditEntry
+from .quota import QUOTA_FIELDS, UserLetterCount, UserQuota
 from .campaign_count import CampaignCount
 from .daemon_lease import DaemonLease
 from .domain import DMARC_POLICIES, DOMAIN_KINDS, TSIG_ALGORITHMS, Domain
@@ -28,7 +29,7 @@ from .server import JOB_KINDS, JOB_STATES, READY_STATES, ProvisionJob, Server, S
 from .user import TOKEN_SCOPES, ApiRateBucket, ApiToken, LoginThrottle, User
 
 __all__ = [
-    "AuditEntry",
+    "AuditEntry", "QUOTA_FIELDS", "UserLetterCount", "UserQuota",
     "ApiRateBucket", "ApiToken", "LoginThrottle", "TOKEN_SCOPES", "BounceMessage", "CAMPAIGN_STATES", "Campaign", "CampaignCount", "CampaignLink", "Click", "DaemonLease",
     "Open", "campaign_tracking_domains", "DELIVERY_STATES", "Delivery",
     "DeliveryEvent", "DispatchBatch", "DMARC_POLICIES", "DOMAIN_KINDS", "Domain", "TSIG_ALGORITHMS", "ENCODINGS", "FINAL_STATES", "IMPORT_STATES", "ImportJob", "JOB_KINDS", "JOB_STATES", "MailingList",

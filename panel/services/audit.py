@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 
 from ..extensions import db
-from ..models import AuditEntry, Campaign, Domain, ImportJob, MailingList, Server, User
+from ..models import QUOTA_FIELDS, AuditEntry, Campaign, Domain, ImportJob, MailingList, Server, User, UserQuota
 from ..models.base import utcnow
 from ..models.user import ApiToken
 
@@ -111,6 +111,18 @@ def _list_name(session: Session, list_id: int) -> str:
     return f"list {list_id} ({item.name})" if item is not None else f"list {list_id}"
 
 
+def _user_name(session: Session, user_id: int) -> str:
+    with session.no_autoflush:
+        user = session.get(User, user_id)
+    return f"user {user_id} ({user.email})" if user is not None else f"user {user_id}"
+
+
+def _quota_detail(quota: UserQuota) -> str:
+    """The quotas as they now are (numbers, no secret in them)."""
+    return ", ".join(f"{name} {'no limit' if getattr(quota, name) is None else getattr(quota, name)}"
+                     for name in QUOTA_FIELDS)
+
+
 CAMPAIGN_STATUS_ACTIONS = {"running": "campaign.started", "paused": "campaign.paused",
                            "cancelled": "campaign.cancelled"}
 # Columns a request may touch on the way without anyone acting on the object.
@@ -134,6 +146,8 @@ def _notes(session: Session) -> Iterator[tuple[str, str, str]]:
             yield "token.created", f"token ({obj.name})", f"scope {obj.scope}"
         elif isinstance(obj, User):
             yield "user.created", f"user ({obj.email})", "admin" if obj.is_admin else ""
+        elif isinstance(obj, UserQuota):
+            yield "quota.changed", _user_name(session, obj.user_id), _quota_detail(obj)
         elif getattr(obj, "server_id", None) is not None and _is_server_setting(obj):
             yield "server.changed", _server_name(session, obj.server_id), f"{type(obj).__name__} added"
     for obj in list(session.dirty):
@@ -162,6 +176,8 @@ def _notes(session: Session) -> Iterator[tuple[str, str, str]]:
             yield "domain.changed", f"domain {obj.id} ({obj.name})", ", ".join(changed)
         elif isinstance(obj, ApiToken) and "revoked_at" in changed:
             yield "token.revoked", f"token {obj.id} ({obj.name})", f"of user {obj.user_id}"
+        elif isinstance(obj, UserQuota):
+            yield "quota.changed", _user_name(session, obj.user_id), _quota_detail(obj)
         elif isinstance(obj, User):
             target = f"user {obj.id} ({obj.email})"
             if "disabled_at" in changed:

@@ -28,6 +28,7 @@ from ..extensions import db
 from ..models import MailingList, Recipient, Suppression
 from ..models.base import insert_unless_present, utcnow
 from .addresses import InvalidAddress, normalise_address
+from . import quotas
 from .imports.errors import ImportFailed
 from .imports.mx import MxChecker
 from .imports.sources import ImportLimits, archive_kind, open_members
@@ -214,6 +215,9 @@ class _Importer:
                 "in that case: correct the rows the report lists and import the file again"
             )
         if self.report.added and self.mailing_list is not None:
+            refusal = quotas.recipients_refusal(self.mailing_list.user_id, self.report.added)
+            if refusal:
+                raise ImportFailed(refusal)
             if self.new_fields:
                 self.mailing_list.fields = [*self.mailing_list.fields, *self.new_fields]
             self.mailing_list.recipient_count = MailingList.recipient_count + self.report.added

@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 from ..extensions import db
 from ..models import MailingList, Recipient, User
 from ..models.base import is_row_id
+from . import quotas
 
 
 class ListError(Exception):
@@ -49,6 +50,8 @@ def create_list(user: User, name: str) -> MailingList:
     )
     if taken:
         raise ListNameTaken(f"you already have a list named {name!r}: choose another name")
+    if refusal := quotas.list_refusal(user):
+        raise ListError(refusal)
     mailing_list = MailingList(user_id=user.id, name=name, fields=[], recipient_count=0)
     db.session.add(mailing_list)
     db.session.flush()

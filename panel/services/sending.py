@@ -20,6 +20,7 @@ from ..models import (
     User,
 )
 from ..models.base import utcnow
+from . import quotas
 from .servers import user_servers
 from .tracking import tracking_counts
 
@@ -60,6 +61,8 @@ def start_campaign(user: User, campaign: Campaign) -> int:
         raise SendingError("campaign not found")
     if campaign.status != "draft":
         raise SendingError(f"campaign is {campaign.status}; only a draft can be started")
+    if refusal := quotas.start_refusal(user):
+        raise SendingError(refusal)
     if not campaign.lists:
         raise SendingError("choose at least one list to send to")
     not_ready = [server for server in campaign.servers if not server.ready]

@@ -9,8 +9,9 @@ from flask_login import current_user, login_required
 from ...extensions import db
 from ...services.admin_users import (add_user, all_users, delete_user, disable_user, enable_user, get_any_user,
                                      reset_password)
+from ...services import quotas
 from ...services.users import UserError
-from .forms import NewUserForm
+from .forms import NewUserForm, QuotaForm
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
 
@@ -25,6 +26,12 @@ def _admins_only() -> None:
 def _users_page(form: NewUserForm | None = None, created=None, password: str | None = None, status: int = 200):
     return render_template("admin/users.html", users=all_users(), form=form or NewUserForm(formdata=None),
                            created=created, password=password), status
+
+
+@bp.app_template_global()
+def quota_hold(user_id: int) -> str | None:
+    """For the campaign page: why the user's letters are held (a used-up day or month), if they are."""
+    return quotas.sending_held(user_id)
 
 
 @bp.get("/")
@@ -60,8 +67,14 @@ def _user(user_id: int):
     return user
 
 
-def _user_page(user, password: str | None = None, error: str | None = None, status: int = 200):
-    return render_template("admin/user.html", user=user, password=password, error=error), status
+def _user_page(user, password: str | None = None, error: str | None = None, status: int = 200,
+               quota_form: QuotaForm | None = None):
+    quota = quotas.quota_of(user.id)
+    if quota_form is None:
+        quota_form = QuotaForm(formdata=None, obj=quota)
+    day, month = quotas.letters_sent(user.id)
+    return render_template("admin/user.html", user=user, password=password, error=error, quota_form=quota_form,
+                           sent_today=day, sent_month=month, held=quotas.sending_held(user.id)), status
 
 
 @bp.get("/users/<int:user_id>")
@@ -116,4 +129,4 @@ def user_delete(user_id: int):
     return redirect(url_for("admin.users"))
 
 
-from . import audit_views  # noqa: E402,F401  (its views join this blueprint)
+from . import audit_views, quota_views  # noqa: E402,F401  (their views join this blueprint)

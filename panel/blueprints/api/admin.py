@@ -12,7 +12,7 @@ from ...extensions import db
 from ...models import User
 from ...services.admin_users import (add_user, all_users, delete_user, disable_user, enable_user, get_any_user,
                                      reset_password)
-from ...services import audit
+from ...services import audit, quotas
 from ...services.users import UserError
 from . import ApiError, _json_object, bp
 
@@ -122,3 +122,24 @@ def admin_audit():
     entries = list(audit.search(q, action, int(before) if before else None))
     return jsonify(entries=[audit.entry_json(entry) for entry in entries],
                    next_before=entries[-1].id if len(entries) == audit.PAGE_SIZE else None)
+
+
+@bp.get("/admin/users/<int:user_id>/quota")
+def admin_user_quota(user_id: int):
+    """The user's quotas (null: no limit) and the letters handed to servers today and this month."""
+    user = _user(user_id)
+    day, month = quotas.letters_sent(user.id)
+    return jsonify({**quotas.quota_json(quotas.quota_of(user.id)), "sent_today": day, "sent_this_month": month})
+
+
+@bp.put("/admin/users/<int:user_id>/quota")
+def admin_user_quota_put(user_id: int):
+    """Set the quotas named in the body ({"letters_per_day": 1000, "lists": null, …}); the others stay."""
+    user = _user(user_id)
+    try:
+        quotas.set_quota(user.id, _json_object())
+    except quotas.QuotaError as exc:
+        db.session.rollback()
+        raise ApiError(400, str(exc)) from None
+    db.session.commit()
+    return admin_user_quota(user.id)
