@@ -181,8 +181,9 @@ class Warmup:
     def _count(self, source_ip: str, group: str, day_start: int) -> int:
         if (source_ip, day_start) not in self._loaded:
             self._loaded.add((source_ip, day_start))
+            # before any count of that day (count() asks here first), so nothing pending is overwritten
             for name, sent in self.queue.warmup_sent(source_ip, day_start).items():
-                self._sent[source_ip, name, day_start] = sent + self._pending.get((source_ip, name, day_start), 0)
+                self._sent[source_ip, name, day_start] = sent
         return self._sent.setdefault((source_ip, group, day_start), 0)
 
 

@@ -139,3 +139,17 @@ def test_the_agent_reports_what_is_left_today_and_the_page_and_api_show_it(app, 
     assert "day 1 of 30" in page
     assert re.search(r'data-warmup="127.0.0.2 google".*?3 of 50 left', page, re.S)
     assert re.search(r'data-warmup="127.0.0.2 yandex".*?0 of 50 left', page, re.S)
+
+
+def test_a_bad_report_is_left_out_and_breaks_nothing(app, seed, alice):
+    server_id = register(app, alice, 1, Fernet.generate_key().decode(), "f" * 64)
+    with app.app_context():
+        from panel.services import warmup
+
+        server = db.session.get(Server, server_id)
+        warmup.set_warmup(server, server.ips[0], warmup.WarmupInput(True))
+        warmup.record(server, "not a list")
+        warmup.record(server, ["x", {"source_ip": IP, "day": "one"}, {"source_ip": IP, "day": 1, "providers": [
+            {"provider": "google", "sent": -1}, {"provider": "yahoo", "sent": 7, "limit": 50}, "y"]}])
+        (item,) = warmup.current(server)
+        assert item["reported"] and item["providers"] == [{"provider": "yahoo", "limit": 50, "sent": 7, "left": 43}]
