@@ -135,7 +135,7 @@ def exim_factory(
     """Builds and starts an Exim delivering every remote domain to `capture`.
 
     ``exim_factory(source_ips=[(ip, helo), ...], *, bounce_domains=["bounces.test"],
-    stub_intake=False, queue_only=False, **template_overrides) -> Exim``; the bounce
+    stub_intake=False, queue_only=False, queue_interval="5s", **template_overrides) -> Exim``; the bounce
     spool is ``exim.bounce_spool`` (in exim_tmp) and the pipe runs the real bounce
     intake when worker_agent/bounce_intake.py exists (the stub with stub_intake=True
     or until then). All are stopped at teardown, and a
@@ -149,6 +149,7 @@ def exim_factory(
         bounce_domains: Sequence[str] = (BOUNCE_DOMAIN,),
         stub_intake: bool = False,
         queue_only: bool = False,
+        queue_interval: str = "5s",
         **overrides: Any,
     ) -> Exim:
         number = len(started)
@@ -169,6 +170,7 @@ def exim_factory(
                         else bounce_pipe_command(spool)
                     ),
                     queue_only=queue_only,
+                    queue_interval=queue_interval,
                     overrides=overrides,
                 )
             )

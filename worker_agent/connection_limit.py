@@ -10,6 +10,13 @@ failure, or when the submission did not hand it over. Exim's per-IP transports c
 per provider (``max_parallel`` counts per transport and defers over the limit, and Exim 4.96 does
 not expand ``connection_max_messages``), hence the count here.
 
+Letters per connection (``per_connection``): Exim sends one letter per connection as the agent hands
+them over, but passes a connection on to letters already waiting for the same host (a backlog after
+deferrals, a queue run), up to the transport's ``connection_max_messages``. Each source IP has a
+transport per class of that number (the Exim role's template); the agent names the class of the
+letter's pair, its limit rounded down to one of ``PER_CONNECTION_CLASSES``, in the header
+``X-Mailfleet-Per-Connection`` (removed before the letter leaves), so no connection carries more.
+
 A slot whose outcome never came (a log line missed, a letter left 'unknown') is freed after
 ``SLOT_TTL``: longer than Exim's own SMTP timeouts give one delivery.
 """
@@ -19,9 +26,28 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Hashable
+from dataclasses import replace
+
+from .render import Letter
 
 SLOT_TTL = 330.0  # s: Exim's 5 min data timeout, and a little more
 FULL_WAIT = 0.25  # s a letter of a full pair waits before it asks again
+# The same list as the Exim role's template (ansible/roles/exim/templates/etc/exim4/exim4.conf.j2).
+PER_CONNECTION_CLASSES = (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500)
+
+
+def per_connection_class(limit: int) -> int | None:
+    """The largest class not above the limit; None above the largest (Exim's own default, 500, is lower)."""
+    if limit >= PER_CONNECTION_CLASSES[-1]:
+        return None
+    return max(c for c in PER_CONNECTION_CLASSES if c <= limit)
+
+
+def tag_per_connection(letter: Letter, limit: int | None) -> Letter:
+    """The letter with the header that picks its source IP's transport of that class."""
+    if limit is None or (n := per_connection_class(limit)) is None:
+        return letter
+    return replace(letter, data=b"X-Mailfleet-Per-Connection: %d\r\n" % n + letter.data)
 
 
 class DeliverySlots:

@@ -143,6 +143,13 @@ class RateLimiter:
         rule = limit_for(self._provider_limits, source_ip, group) if self._provider_limits else None
         return None if rule is None else rule.connections
 
+    def per_connection(self, source_ip: str, domain: str) -> int | None:
+        """The limit of letters per connection of this letter's pair (None: none)."""
+        if not self._provider_limits:
+            return None
+        rule = limit_for(self._provider_limits, source_ip, self.group_of(domain))
+        return None if rule is None else rule.per_connection
+
     def wait(self, source_ip: str, domain: str, now: float | None = None, key: Hashable = None) -> float:
         """Seconds this letter must wait (0.0: send it now). With a ``key`` (its delivery or Exim id) a
         letter that may go takes one of its pair's connection slots, freed by ``slots.free(key)``."""

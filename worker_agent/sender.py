@@ -28,7 +28,7 @@ from typing import Any
 from . import bounce_spool, remote_config
 from .backoff import Backoff
 from .config import AgentConfig, ConfigError, rate_for
-from .connection_limit import DeliverySlots
+from .connection_limit import DeliverySlots, tag_per_connection
 from .exim_log import EximLogReader
 from .exim_retry import RetryDriver
 from .providers import ProviderResolver, ProviderTable
@@ -275,6 +275,7 @@ class Sender:
                 if campaign is None:
                     campaign = campaigns[c.campaign_id] = self._campaign(c.campaign_id)
                 letter = self.renderer.render(campaign, c.recipient())
+                letter = tag_per_connection(letter, self.limiter.per_connection(c.source_ip, domain))
             except RenderError as exc:
                 self.slots.free(c.id)  # its connection slot, taken with its tokens
                 failed.append((c.id, None, f"letter could not be built: {exc.reason}"))
