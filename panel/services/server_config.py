@@ -19,8 +19,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from worker_agent.providers import BUILTIN_PROVIDERS, DEFAULT_LIMITS
-
 from ..extensions import db
 from ..models import Domain, Server, ServerEvent, ServerIP, ServerRateLimit
 from . import secret_box
@@ -274,13 +272,12 @@ def agent_config(server: Server) -> dict[str, Any]:
 
 
 def provider_settings(server: Server) -> dict[str, Any]:
-    """The provider table and the limits per (source IP, provider): the agent's built-in ones, sent
-    explicitly so that the panel's view is what every agent holds whatever version it runs."""
-    return {
-        "providers": {name: list(suffixes) for name, suffixes in BUILTIN_PROVIDERS.items()},
-        "provider_limits": [{key: value for key, value in rule.to_json().items() if value is not None}
-                            for rule in DEFAULT_LIMITS.values()],
-    }
+    """The provider table and the limits per (source IP, provider) in force: the server's own
+    (services/provider_limits.py), else the agent's built-in ones, sent explicitly so that the
+    panel's view is what every agent holds whatever version it runs."""
+    from .provider_limits import provider_settings as in_force  # it bumps the version through this module
+
+    return in_force(server)
 
 
 def sending_domains(server: Server) -> dict[str, Any]:

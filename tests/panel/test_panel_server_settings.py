@@ -191,7 +191,10 @@ def test_api_reads_and_replaces_the_settings(api_put, seed, server_id):
     assert api_put(server_id, None, method="GET").get_json() == {
         "config_version": 0, "config_applied": 0, "rate_limits": [],
         "helo": {"192.0.2.10": "mx1.example.net", "192.0.2.11": "mx2.example.net"},
-        "ips": {"192.0.2.10": {"weight": 1, "active": True}, "192.0.2.11": {"weight": 1, "active": True}}}
+        "ips": {"192.0.2.10": {"weight": 1, "active": True}, "192.0.2.11": {"weight": 1, "active": True}},
+        # the provider table and limits (tests/panel/test_provider_limits.py): the built-in ones
+        "providers": {name: list(suffixes) for name, suffixes in BUILTIN_PROVIDERS.items()}, "providers_built_in": True,
+        "provider_limits": [], "default_provider_limits": [rule.to_json() for rule in DEFAULT_LIMITS.values()]}
     body = {"helo": {"192.0.2.11": "Out2.Example.net"},
             "rate_limits": [{"domain": "gmail.com", "per_minute": 600},
                             {"source_ip": "192.0.2.10", "domain": "*", "per_minute": 60}]}

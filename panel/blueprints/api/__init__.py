@@ -29,7 +29,7 @@ from ...services.suppressions import (MAX_PAGE_SIZE, PAGE_SIZE, SuppressionError
                                       export_suppressions, find_suppression, remove_suppression, search_suppressions)
 from ...services.sending import SendingError, campaign_stats, server_letters, set_campaign_state, start_campaign
 from ...services.server_config import RateLimitInput, replace_settings, settings_json
-from ...services import shaping, warmup
+from ...services import provider_limits, shaping, warmup
 from ...services.servers import ServerError, get_server, user_servers
 from ...services.tracking import link_stats
 from ...services.users import TokenRefused, authenticate_token
@@ -664,7 +664,8 @@ def server_warmup_put(server_id: int):
 
 @bp.get("/servers/<int:server_id>/config")
 def server_config_get(server_id: int):
-    return jsonify(settings_json(_own_server(server_id)))
+    item = _own_server(server_id)
+    return jsonify({**settings_json(item), **provider_limits.settings_json(item)})
 
 
 @bp.put("/servers/<int:server_id>/config")
@@ -674,9 +675,10 @@ def server_config_put(server_id: int):
     name, rules left out of "rate_limits" are removed, IPs (and fields) left out of "ips" keep theirs."""
     item = _own_server(server_id)
     data = _json_object()
-    unknown = sorted(set(data) - {"helo", "rate_limits", "ips"})
+    unknown = sorted(set(data) - {"helo", "rate_limits", "ips", "providers", "provider_limits"})
     if unknown:
-        raise ApiError(400, f"unknown field(s): {', '.join(unknown)} (send helo, rate_limits and/or ips)")
+        raise ApiError(400, f"unknown field(s): {', '.join(unknown)} "
+                            "(send helo, rate_limits, ips, providers and/or provider_limits)")
     helo, rules, ips = data.get("helo", {}), data.get("rate_limits", None), data.get("ips", {})
     if not isinstance(helo, dict) or not all(isinstance(v, str) for v in helo.values()):
         raise ApiError(400, "helo must be an object {\"<source IP>\": \"<host name>\"}")
@@ -696,11 +698,14 @@ def server_config_put(server_id: int):
         inputs.append(RateLimitInput(source_ip, domain, rule["per_minute"]))
     try:
         replace_settings(item, helo=helo, rate_limits=inputs, ips=ips)
+        # providers: {name: [MX host suffix]} or null (the built-in table); provider_limits: the whole list
+        provider_limits.replace_provider_settings(item, table=data.get("providers", ...),
+                                                  limits=data.get("provider_limits"))
     except ServerError as exc:
         db.session.rollback()
         raise ApiError(400, str(exc)) from None
     db.session.commit()
-    return jsonify(settings_json(item))
+    return jsonify({**settings_json(item), **provider_limits.settings_json(item)})
 
 
 from . import admin  # noqa: E402,F401  (the admin API under /admin/, refused to ordinary users)

@@ -125,7 +125,7 @@ def run_job(server_id: int, kind: str):
     return redirect(url_for("servers.view", server_id=server.id))
 
 
-from . import gone, keys, settings, warmup_views  # noqa: E402,F401  (register their views on bp)
+from . import gone, keys, providers, settings, warmup_views  # noqa: E402,F401  (register their views on bp)
 
 
 @bp.post("/<int:server_id>/delete")

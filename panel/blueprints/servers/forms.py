@@ -1,6 +1,6 @@
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, IntegerField, PasswordField, SelectField, StringField, TextAreaField
-from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
+from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
 
 
 class AddServerForm(FlaskForm):
@@ -36,3 +36,24 @@ class RateLimitForm(FlaskForm):
     def __init__(self, server, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.source_ip.choices = [("*", "every source IP")] + [(ip.ip, ip.ip) for ip in server.ips]
+
+
+class ProviderLimitForm(FlaskForm):
+    """Limits from a source IP ("*": each) to a mailbox provider ("*": each); an empty number is no limit of that kind."""
+
+    source_ip = SelectField("From source IP", default="*", validate_choice=True)
+    provider = StringField("To provider", validators=[DataRequired(), Length(max=253)])
+    per_minute = IntegerField("Letters per minute", validators=[Optional(), NumberRange(1, 1_000_000)])
+    per_hour = IntegerField("Letters per hour", validators=[Optional(), NumberRange(1, 60_000_000)])
+    connections = IntegerField("Concurrent connections", validators=[Optional(), NumberRange(1, 1000)])
+    per_connection = IntegerField("Letters per connection", validators=[Optional(), NumberRange(1, 100_000)])
+
+    def __init__(self, server, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.source_ip.choices = [("*", "every source IP")] + [(ip.ip, ip.ip) for ip in server.ips]
+
+
+class ProviderTableForm(FlaskForm):
+    """The server's provider table, one provider a line: ``name: MX host suffix, …``."""
+
+    table = TextAreaField("Provider table", validators=[Length(max=100_000)])
