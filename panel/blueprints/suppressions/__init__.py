@@ -6,7 +6,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from flask import Blueprint, Response, current_app, flash, redirect, render_template, request, stream_with_context, url_for
+from flask import Blueprint, abort, Response, current_app, flash, redirect, render_template, request, stream_with_context, url_for
 from flask_login import current_user, login_required
 
 from ...extensions import db
@@ -58,11 +58,12 @@ def add():
 @bp.post("/<int:entry_id>/remove")
 def remove(entry_id: int):
     entry = find_suppression(current_user, str(entry_id))
-    if entry is not None:
-        email = entry.email
-        remove_suppression(current_user, entry)
-        db.session.commit()
-        flash(f"{email} may be mailed again.", "success")
+    if entry is None:  # none, or another user's: the same 404 (issue 10 point 12)
+        abort(404)
+    email = entry.email
+    remove_suppression(current_user, entry)
+    db.session.commit()
+    flash(f"{email} may be mailed again.", "success")
     return redirect(url_for("suppressions.index", q=request.args.get("q") or None))
 
 
