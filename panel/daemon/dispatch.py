@@ -20,10 +20,10 @@ from flask import current_app
 from itertools import islice
 from typing import Iterable, Iterator
 
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import Select, and_, or_, select, update
 
 from ..extensions import db
-from ..models import Campaign, Delivery, DispatchBatch, Recipient, Server, Suppression
+from ..models import Campaign, CampaignCount, Delivery, DispatchBatch, Recipient, Server, Suppression
 from ..models.base import utcnow
 from ..services import quotas
 from ..services.letters import campaign_payload, recipient_payload
@@ -240,11 +240,14 @@ def fair_shares(campaigns: list[Campaign]) -> dict[int, float]:
 
 
 def _in_flight(server: Server) -> dict[int, int]:
-    """Letters on this server's agent that its Exim has not taken yet, per campaign (the window)."""
+    """Letters on this server's agent that its Exim has not taken yet, per campaign (the window): the
+    `server:<id>:queued` counts the triggers keep exact, read by key for each campaign that can hold
+    such letters (a finished or draft one holds none), rather than counting up to a window of rows."""
     return dict(db.session.execute(
-        select(Delivery.campaign_id, func.count())
-        .where(Delivery.server_id == server.id, Delivery.status == "queued")
-        .group_by(Delivery.campaign_id)
+        select(CampaignCount.campaign_id, CampaignCount.n)
+        .join(Campaign, Campaign.id == CampaignCount.campaign_id)
+        .where(Campaign.status.in_(("running", "paused", "cancelled")),
+               CampaignCount.name == f"server:{server.id}:queued", CampaignCount.n > 0)
     ).all())
 
 

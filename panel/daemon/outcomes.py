@@ -15,6 +15,7 @@ agent says is kept cut and cleaned (agent_text).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import Counter
@@ -23,10 +24,11 @@ from itertools import islice
 from typing import Iterable, Iterator
 
 from flask import current_app
-from sqlalchemy import ColumnElement, and_, bindparam, insert, or_, select, update
+from sqlalchemy import ColumnElement, DateTime, and_, bindparam, or_, select
+from sqlalchemy import text as sql
 
 from ..extensions import db
-from ..models import BounceMessage, Campaign, Delivery, DeliveryEvent, DispatchBatch, Server, ServerEvent
+from ..models import BounceMessage, Campaign, CampaignCount, Delivery, DispatchBatch, Server, ServerEvent
 from ..models.base import is_row_id, utcnow
 from ..services import failover
 from ..services.bounces.apply import process_bounce, process_pending_bounces, process_refusal
@@ -105,6 +107,45 @@ def _event_time(value: object, now: datetime) -> datetime:
     return now
 
 
+# A report's events and state changes go to the database as one statement each (per chunk of rows in
+# JSON, a single parameter): an executemany is one statement per row, and on PostgreSQL every statement
+# on deliveries or delivery_events runs the statement-level count triggers once (campaign_counts and
+# the campaign's figures), so a report of 5,000 events would run them 5,000 times.
+_JSON_CHUNK = 5000
+_ROWS = {
+    "postgresql": "jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(id bigint, status text, code integer, "
+                  "text text, at timestamp)",
+    "sqlite": "(SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.status') AS status, "
+              "json_extract(value, '$.code') AS code, json_extract(value, '$.text') AS text, "
+              "json_extract(value, '$.at') AS at FROM json_each(:rows)) AS v",
+}
+
+
+def _dialect() -> str:
+    return db.session.get_bind().dialect.name
+
+
+def _as_stored(moment: datetime) -> str:
+    """A time as the DateTime columns hold it: ISO on PostgreSQL (cast), SQLAlchemy's text form on SQLite."""
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _insert_events(history: list[dict]) -> None:
+    rows = _ROWS[_dialect()]
+    statement = sql(f"INSERT INTO delivery_events (delivery_id, status, code, text, created_at) "
+                    f"SELECT v.id, v.status, v.code, v.text, v.at FROM {rows}")
+    for chunk in _chunks(history, _JSON_CHUNK):
+        db.session.execute(statement, {"rows": json.dumps(chunk, separators=(",", ":"))})
+
+
+def _update_letters(changes: list[dict], now: datetime) -> None:
+    rows = _ROWS[_dialect()]
+    statement = sql(f"UPDATE deliveries SET status = v.status, code = v.code, reply = v.text, updated_at = :now "
+                    f"FROM {rows} WHERE deliveries.id = v.id").bindparams(bindparam("now", type_=DateTime()))
+    for chunk in _chunks(changes, _JSON_CHUNK):
+        db.session.execute(statement, {"rows": json.dumps(chunk, separators=(",", ":")), "now": now})
+
+
 def apply_events(server: Server, events: list[dict], dropped: Counter | None = None) -> int:
     """Store events and move deliveries forward; returns how many deliveries changed. Events about
     letters the server was not given, and malformed ones, are counted in `dropped` and ignored."""
@@ -120,23 +161,17 @@ def apply_events(server: Server, events: list[dict], dropped: Counter | None = N
             dropped["events"] += 1  # not a letter this server was given
             continue
         code, text = event.get("code"), reply_text(event.get("text"))
-        history.append({"delivery_id": delivery_id, "status": status, "code": code, "text": text,
-                        "created_at": _event_time(event.get("at"), now)})
+        history.append({"id": delivery_id, "status": status, "code": code, "text": text,
+                        "at": _as_stored(_event_time(event.get("at"), now))})
         if status == "failed" and (code or text):
             refusals.append((delivery_id, code, text))
         if states[delivery_id] in _REPLACES[status]:
             states[delivery_id] = status
-            changes[delivery_id] = {"b_id": delivery_id, "b_status": status, "b_code": code, "b_reply": text}
+            changes[delivery_id] = {"id": delivery_id, "status": status, "code": code, "text": text}
     if history:
-        db.session.execute(insert(DeliveryEvent), history)
+        _insert_events(history)
     if changes:
-        table = Delivery.__table__
-        db.session.execute(
-            update(table)
-            .where(table.c.id == bindparam("b_id"))
-            .values(status=bindparam("b_status"), code=bindparam("b_code"), reply=bindparam("b_reply"), updated_at=now),
-            list(changes.values()),
-        )
+        _update_letters(list(changes.values()), now)
     for delivery_id, code, text in refusals:  # what the refusing server said, judged like a bounce
         process_refusal(db.session.get(Delivery, delivery_id), code, text)
     return len(changes)
@@ -268,13 +303,18 @@ def finish_campaigns() -> None:
     if process_pending_bounces() + apply_pending_unsubscribe_messages():
         db.session.commit()
     # A deferred letter is still Exim's to retry: the campaign goes on until Exim delivers or gives up.
-    waiting = ("pending", "queued", "sent", "deferred")
-    for campaign in db.session.scalars(select(Campaign).where(Campaign.status == "running")).all():
-        busy = db.session.scalar(
-            select(Delivery.id).where(Delivery.campaign_id == campaign.id, Delivery.status.in_(waiting)).limit(1)
-        )
-        if busy is None:
-            campaign.status = "finished"
-            campaign.finished_at = utcnow()
+    # Read from the counts the triggers keep (one query for all running campaigns, not a scan each).
+    waiting = [f"status:{status}" for status in ("pending", "queued", "sent", "deferred")]
+    running = db.session.scalars(select(Campaign).where(Campaign.status == "running")).all()
+    if running:
+        busy = set(db.session.scalars(
+            select(CampaignCount.campaign_id)
+            .where(CampaignCount.campaign_id.in_([campaign.id for campaign in running]),
+                   CampaignCount.name.in_(waiting), CampaignCount.n > 0)
+            .distinct()
+        ))
+        for campaign in running:
+            if campaign.id not in busy:
+                campaign.status = "finished"
+                campaign.finished_at = utcnow()
     db.session.commit()
-
