@@ -262,7 +262,7 @@ class Sender:
         failed: list[tuple[int, int | None, str]] = []
         release: list[tuple[int, float]] = []
         campaigns: dict[int, dict[str, Any]] = {}
-        work: list[_Work] = []
+        counted: list[_Work] = []  # letters of warming IPs: handed out once their count is on disk
         for c, domain in zip(claimed, domains):
             group = self._groups.provider_now(domain) if self.warmup else domain
             # a pair whose warm-up day is used up waits for the next day, spending no token
@@ -284,16 +284,21 @@ class Sender:
                 self.slots.free(c.id)
                 failed.append((c.id, None, f"campaign is unusable: {exc}"))
                 continue
-            self.warmup.count(c.source_ip, group, wall)
-            work.append(_Work(c, letter))
+            if self.warmup.count(c.source_ip, group, wall):
+                counted.append(_Work(c, letter))
+            else:
+                self._hand_out(_Work(c, letter))  # at once: the SMTP threads start while the rest renders
         self.warmup.save()  # counted on disk before any of these letters can reach Exim
-        for item in work:
-            self._in_flight += 1
-            self._flying.add(item.claimed.id)
-            self._work.put(item)
+        for item in counted:
+            self._hand_out(item)
         if failed or release:
             self.queue.finish(failed=failed, release=release, max_attempts=self.config.max_attempts)
         return len(claimed)
+
+    def _hand_out(self, item: _Work) -> None:
+        self._in_flight += 1
+        self._flying.add(item.claimed.id)
+        self._work.put(item)
 
     def _campaign(self, campaign_id: int) -> dict[str, Any]:
         """The campaign object, parsed again only when the panel pushed a changed one."""

@@ -160,17 +160,19 @@ class Warmup:
             return 0.0
         return max(plan.day_start(day + 1) - now, 0.001)
 
-    def count(self, source_ip: str, group: str, now: float) -> None:
+    def count(self, source_ip: str, group: str, now: float) -> bool:
+        """Count one letter that goes; True if it was counted (it must wait for ``save``)."""
         plan = self.plans.get(source_ip)
         if plan is None:
-            return
+            return False
         day = plan.day(now)
         if plan.limit(day, group) is None:
-            return
+            return False
         key = (source_ip, group, _key_start(plan, day))
         self._count(*key)
         self._sent[key] += 1
         self._pending[key] = self._pending.get(key, 0) + 1
+        return True
 
     def save(self) -> None:
         """Write the counts not yet written, on disk before this returns."""
