@@ -297,6 +297,11 @@ def limits_in_force(server: Server) -> list[dict[str, Any]]:
     return shown  # the defaults in the built-in order, then the user's by source IP and provider
 
 
+def limits_shown(server: Server) -> list[dict[str, Any]]:
+    """``limits_in_force`` for people: the user's own first."""
+    return sorted(limits_in_force(server), key=lambda rule: rule["default"])
+
+
 def provider_settings(server: Server) -> dict[str, Any]:
     """The provider table and the limits in force, for the agent's config (``POST /v1/config``)."""
     return {

@@ -29,7 +29,7 @@ def _provider_forms() -> dict:
 
 def _provider_view(server) -> dict:
     table = provider_limits.provider_table(server)
-    return {"limits": provider_limits.limits_in_force(server), "table": table,
+    return {"limits": provider_limits.limits_shown(server), "table": table,
             "table_text": provider_limits.table_text(table), "built_in": provider_limits.table_is_built_in(server)}
 
 
