@@ -62,8 +62,8 @@ BUILTIN_PROVIDERS: dict[str, tuple[str, ...]] = {
 class ProviderLimit:
     """Limits per (source IP, provider group); "*" matches any. None: no limit of that kind.
 
-    ``connections`` and ``per_connection`` are part of the pushed shape, not enforced by the
-    agent yet (Exim's smtp transports are per source IP, not per provider)."""
+    ``connections`` is enforced by the sender (connection_limit.py), ``per_connection`` by Exim's
+    transport of that class (the agent names it in a header)."""
 
     source_ip: str
     provider: str
