@@ -203,8 +203,12 @@ def report(queue: QueueDB, plans: Mapping[str, WarmupPlan], now: float | None = 
         limits = plan.limits(day)
         item: dict[str, Any] = {"source_ip": ip, "day": day, "days": plan.days, "warm": limits is None,
                                 "day_seconds": plan.day_seconds, "day_ends": plan.day_start(day + 1),
-                                "default": None, "providers": []}
+                                "default": None, "providers": [], "held": 0}
         if limits is not None:
+            # letters put back until the next day (or later): the panel gives the IP no more meanwhile
+            item["held"] = queue.conn().execute(
+                "SELECT count(*) FROM letters WHERE state = 'queued' AND source_ip = ? AND not_before >= ?",
+                (ip, item["day_ends"] - 1.0)).fetchone()[0]
             sent = queue.warmup_sent(ip, _key_start(plan, day))
             item["default"] = limits.get(ANY)
             names = sorted({*(n for n in limits if n != ANY), *sent})

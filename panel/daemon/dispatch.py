@@ -25,7 +25,7 @@ from sqlalchemy import Select, and_, or_, select, update
 from ..extensions import db
 from ..models import Campaign, CampaignCount, Delivery, DispatchBatch, Recipient, Server, Suppression
 from ..models.base import utcnow
-from ..services import quotas
+from ..services import quotas, warmup
 from ..services.letters import campaign_payload, recipient_payload
 from ..services.tokens import delivery_token
 from .agent_client import AgentClient
@@ -57,10 +57,11 @@ def sendable_campaigns(server: Server) -> Select:
 def _slots(server: Server, domains: list[str]) -> list[tuple[str, str | None]]:
     """(source IP, sending domain) pairs, each active IP repeated by its weight and paired with
     every sending domain of the campaign in turn: a batch's letters take them round in order."""
+    used_up = warmup.used_up(server)  # warming IPs holding letters for tomorrow get no more today
     return [
         (ip.ip, domain)
         for ip in server.ips
-        if ip.active
+        if ip.active and ip.ip not in used_up
         for _ in range(max(ip.weight, 1))
         for domain in (domains or [None])
     ]

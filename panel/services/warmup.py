@@ -231,7 +231,7 @@ def _valid(entry: Any) -> dict[str, Any] | None:
         if sent is not None:
             providers.append({"provider": p["provider"], "limit": limit, "sent": sent})
     return {"source_ip": entry["source_ip"][:45], "day": entry["day"], "providers": providers[:MAX_REPORTED],
-            "default": _count(entry.get("default"))}
+            "default": _count(entry.get("default")), "held": _count(entry.get("held")) or 0}
 
 
 def current(server: Server) -> list[dict[str, Any]]:
@@ -261,5 +261,16 @@ def current(server: Server) -> list[dict[str, Any]]:
         result.append({"source_ip": ip.ip, "day": day, "days": days, "warm": limits is None,
                        "default": None if limits is None else limits.get(ANY), "providers": providers,
                        "start": ip.warmup_start.strftime("%Y-%m-%d %H:%M"), "reported": report is not None
-                       and report["day"] == day})
+                       and report["day"] == day,
+                       "held": report.get("held", 0) if report is not None and report["day"] == day else 0})
     return result
+
+
+def used_up(server: Server) -> set[str]:
+    """Warming IPs whose agent holds letters for the next day (a provider's allowance of today is
+    used up): the daemon gives them no new letters until it reports none held (daemon/dispatch.py).
+    Coarse: the panel does not know the recipients' providers, so other providers' room that day
+    goes unused rather than more letters waiting on the agent, filling the server's window."""
+    if not any(ip.warmup_start is not None for ip in server.ips):
+        return set()  # the common case, asked for every batch a server takes
+    return {item["source_ip"] for item in current(server) if item["reported"] and not item["warm"] and item["held"]}

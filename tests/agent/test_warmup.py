@@ -17,7 +17,7 @@ from worker_agent import remote_config
 from worker_agent.queue import QueueDB
 from worker_agent.warmup import DEFAULT_DAILY, Warmup, WarmupPlan, default_schedule, parse_schedule, report
 
-from .conftest import make_recipient
+from .conftest import make_campaign, make_recipient
 from .test_sender_exim import campaign, make_agent  # noqa: F401 (a fixture)
 from .test_sender_providers import bind  # noqa: F401 (a fixture)
 
@@ -80,7 +80,11 @@ def test_the_report_says_the_day_and_what_is_left(queue_db: QueueDB):
     plans = {IP: plan(SCHEDULE)}
     send(Warmup(queue_db, plans), IP, "google", START + 60, 2)
     send(Warmup(queue_db, plans), IP, "yandex", START + 60, 7)
+    queue_db.queue_batch("b1", make_campaign(), [make_recipient(1), make_recipient(2)])
+    with queue_db.write() as conn:  # one letter put back until day 2 begins, as the sender does
+        conn.execute("UPDATE letters SET not_before = ? WHERE id = 1", (START + 86400,))
     (item,) = report(queue_db, plans, START + 120)
+    assert item["held"] == 1
     assert item["day"] == 1 and item["days"] == 4 and not item["warm"] and item["default"] == 5
     assert item["day_ends"] == START + 86400
     assert item["providers"] == [{"provider": "google", "limit": 3, "sent": 2},

@@ -153,3 +153,32 @@ def test_a_bad_report_is_left_out_and_breaks_nothing(app, seed, alice):
             {"provider": "google", "sent": -1}, {"provider": "yahoo", "sent": 7, "limit": 50}, "y"]}])
         (item,) = warmup.current(server)
         assert item["reported"] and item["providers"] == [{"provider": "yahoo", "limit": 50, "sent": 7, "left": 43}]
+
+
+def test_the_daemon_gives_no_new_letters_to_an_ip_whose_agent_holds_some_for_the_next_day(app, seed, alice):
+    from panel.daemon.dispatch import _take_letters
+    from panel.models import Campaign, Delivery, User
+    from panel.services import warmup
+    from panel.services.sending import start_campaign
+    from sqlalchemy import func, select
+
+    server_id = seed.server(alice, ips=("192.0.2.10", "192.0.2.11"))
+    list_id = seed.list(alice, "readers", [{"email": f"r{n}@example.org", "name": "R"} for n in range(40)])
+    campaign_id = seed.campaign(alice, [list_id])
+
+    def take() -> dict[str, int]:
+        _take_letters(db.session.get(Campaign, campaign_id), db.session.get(Server, server_id), 20)
+        return dict(db.session.execute(select(Delivery.source_ip, func.count()).where(
+            Delivery.campaign_id == campaign_id, Delivery.source_ip.is_not(None)).group_by(Delivery.source_ip)).all())
+
+    with app.app_context():
+        start_campaign(db.session.get(User, alice), db.session.get(Campaign, campaign_id))
+        server = db.session.get(Server, server_id)
+        warmup.set_warmup(server, server.ips[0], warmup.WarmupInput(True))
+        warmup.record(server, [{"source_ip": "192.0.2.10", "day": 1, "held": 5, "providers": []}])
+        db.session.commit()
+        assert take() == {"192.0.2.11": 20}  # the warming IP's day is used up for some provider
+        server = db.session.get(Server, server_id)
+        warmup.record(server, [{"source_ip": "192.0.2.10", "day": 1, "held": 0, "providers": []}])
+        db.session.commit()
+        assert take() == {"192.0.2.10": 10, "192.0.2.11": 30}  # none held: it gets its share again
