@@ -34,7 +34,7 @@ from .loop import DaemonState, global_work, serve_server
 log = logging.getLogger("panel.daemon")
 
 GLOBAL = "global"
-SLOWEST_PACE = 5  # intervals at most between a server's rounds (a new campaign waits no longer)
+SLOWEST_PACE = 5  # intervals at most between a server's rounds (a new campaign waits no longer), and global work's
 ROUND_ITEMS = 500  # outcomes a round should bring before rounds come faster
 PROVISION = "provision"
 
@@ -219,7 +219,9 @@ class Daemon:
                     log.exception("global work failed")
                 finally:
                     db.session.remove()
-            stop.wait(self.interval)
+            # A dozen statements a run whatever there is to do, none of it urgent to the second: a
+            # campaign shows finished, a silent server's letters move on, at most this much later.
+            stop.wait(SLOWEST_PACE * self.interval)
 
     def _provision(self) -> None:
         """Provisioning in one daemon at a time, the `provision` lease's holder: it alone listens on the

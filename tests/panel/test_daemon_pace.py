@@ -33,3 +33,25 @@ def test_an_idle_server_is_asked_less_often_and_a_start_still_comes_quickly(app,
     _campaign(app, seed, alice, server_id, 5)
     _wait(lambda: _batches(agent), "the campaign's push", 30, daemons)
     assert _batches(agent)[0]["t"] - started < 5 * INTERVAL + 1.0, "the start waited for more than the slowest pace"
+
+
+def test_global_work_comes_every_few_intervals(app, monkeypatch):
+    """Fail-over, finishing campaigns, DNS: a dozen statements a run whatever there is to do, and none
+    of it needs doing every interval (a campaign shows finished, a silent server's letters move on,
+    at most five intervals later)."""
+    import threading
+
+    from panel.daemon import runner
+
+    runs: list[float] = []
+    monkeypatch.setattr(runner, "global_work", lambda state: runs.append(time.monotonic()))
+    app.config["DAEMON_INTERVAL"] = 0.1
+    daemon = runner.Daemon(app, threading.Event(), provision=False)
+    daemon._deadlines[runner.GLOBAL] = time.monotonic() + 60
+    stop = threading.Event()
+    thread = threading.Thread(target=daemon._run_global, args=(stop,))
+    thread.start()
+    time.sleep(2.0)
+    stop.set()
+    thread.join(5)
+    assert 2 <= len(runs) <= 6, f"global work ran {len(runs)} times in 2 s at a 0.1 s interval"
