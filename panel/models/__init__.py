@@ -19,6 +19,7 @@ from .campaign import (
 from .audit import AuditEntry
 from .quota import QUOTA_FIELDS, UserLetterCount, UserQuota
 from .campaign_count import CampaignCount
+from .campaign_figures import CampaignBreakdown, CampaignMinute
 from .daemon_lease import DaemonLease
 from .domain import DMARC_POLICIES, DOMAIN_KINDS, TSIG_ALGORITHMS, Domain
 from .import_job import IMPORT_STATES, ImportJob
@@ -31,7 +32,7 @@ from .user import TOKEN_SCOPES, ApiRateBucket, ApiToken, LoginThrottle, User
 
 __all__ = [
     "AuditEntry", "QUOTA_FIELDS", "UserLetterCount", "UserQuota",
-    "ApiRateBucket", "ApiToken", "LoginThrottle", "TOKEN_SCOPES", "BounceMessage", "CAMPAIGN_STATES", "Campaign", "CampaignCount", "CampaignLink", "Click", "DaemonLease",
+    "ApiRateBucket", "ApiToken", "LoginThrottle", "TOKEN_SCOPES", "BounceMessage", "CAMPAIGN_STATES", "Campaign", "CampaignCount", "CampaignBreakdown", "CampaignMinute", "CampaignLink", "Click", "DaemonLease",
     "Open", "campaign_tracking_domains", "DELIVERY_STATES", "Delivery",
     "DeliveryEvent", "DispatchBatch", "DMARC_POLICIES", "DOMAIN_KINDS", "Domain", "TSIG_ALGORITHMS", "ENCODINGS", "FINAL_STATES", "IMPORT_STATES", "ImportJob", "JOB_KINDS", "JOB_STATES", "MailingList",
     "ProvisionJob", "READY_STATES", "Recipient",

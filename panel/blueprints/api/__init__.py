@@ -708,4 +708,5 @@ def server_config_put(server_id: int):
     return jsonify({**settings_json(item), **provider_limits.settings_json(item)})
 
 
+from . import figures  # noqa: E402,F401  (its routes, on this blueprint)
 from . import admin  # noqa: E402,F401  (the admin API under /admin/, refused to ordinary users)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from ...extensions import db
@@ -18,6 +18,8 @@ from ...services.campaigns import (
     set_priority,
     user_campaigns,
 )
+from ...services.campaign_figures import (ROW_LABELS, FiguresError, breakdown, breakdown_csv, breakdowns, parse_since,
+                                          progress, timeline, timeline_csv)
 from ...services.letters import preview_letter
 from ...services.lists import user_lists
 from ...services.sending import SendingError, campaign_stats, letters_by_server, set_campaign_state, start_campaign
@@ -147,6 +149,9 @@ def _page(campaign: Campaign, priority_form: PriorityForm | None = None):
         variables=campaign_variables(campaign),
         links=link_stats(campaign),
         tracking_bases=tracking_base_urls(campaign, current_app.config["PUBLIC_URL"], current_app.config["TRACKING_SCHEME"]),
+        progress=progress(campaign),
+        breakdowns=breakdowns(campaign),
+        row_labels=ROW_LABELS,
     )
 
 
@@ -187,6 +192,38 @@ def stats(campaign_id: int):
     ]
     links = [{"url": item.url, "clicks": item.clicks, "recipients": item.recipients} for item in link_stats(campaign)]
     return jsonify(stats=campaign_stats(campaign), failures=failures, links=links)
+
+
+@bp.get("/<int:campaign_id>/figures")
+def figures(campaign_id: int):
+    """The graph's minutes (from `since` on), progress and the breakdowns, which the page polls."""
+    campaign = _own_campaign(campaign_id)
+    try:
+        since = parse_since(request.args.get("since"))
+    except FiguresError as exc:
+        return jsonify(error=str(exc)), 400
+    return jsonify(minutes=timeline(campaign, since), progress=progress(campaign), breakdowns=breakdowns(campaign))
+
+
+def _csv(body: str, name: str) -> Response:
+    return Response(body, mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@bp.get("/<int:campaign_id>/timeline.csv")
+def timeline_download(campaign_id: int):
+    campaign = _own_campaign(campaign_id)
+    return _csv(timeline_csv(timeline(campaign)), f"campaign-{campaign.id}-timeline.csv")
+
+
+@bp.get("/<int:campaign_id>/breakdown.csv")
+def breakdown_download(campaign_id: int):
+    campaign = _own_campaign(campaign_id)
+    by = request.args.get("by", "")
+    try:
+        table = breakdown(campaign, by)
+    except FiguresError:
+        abort(404)
+    return _csv(breakdown_csv(table), f"campaign-{campaign.id}-by-{by}.csv")
 
 
 @bp.post("/<int:campaign_id>/<any(start, pause, resume, cancel):action>")

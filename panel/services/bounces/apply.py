@@ -34,6 +34,7 @@ from sqlalchemy import and_, or_, select
 from ...extensions import db
 from ...models import BounceMessage, Campaign, Delivery, Suppression
 from ...models.base import insert_unless_present, utcnow
+from ..campaign_figures import count_complaint
 from .classify import Verdict, classify, classify_reply, suppression_for
 from .message import NotAMessage, read_message
 
@@ -103,6 +104,8 @@ def apply_verdict(delivery: Delivery, verdict: Verdict) -> str | None:
     if verdict.kind in ("hard", "soft") and delivery.bounce != "hard":
         delivery.bounce, delivery.bounce_reason = verdict.kind, verdict.reason
         db.session.flush()
+    if verdict.complaint:
+        count_complaint(delivery)  # the campaign page's breakdowns (a report, counted as it comes)
     reason = suppression_for(verdict)
     if reason is None and delivery.bounce == "soft" and verdict.kind == "soft":
         limit = soft_limit()
