@@ -16,7 +16,7 @@ attempts log.
 Prints a JSON line per phase; the last line is the summary
 {"a_peak_per_min", "a_mean_per_min", "b_settled_peak_per_min", "b_throttled_mean_per_min",
  "b_deferred_share", "b_others_share_of_rate", "c_per_day", "c_worst_day_error", "targets_met", ...}.
-Usage: python bench/shaping.py [--minutes-a 3] [--minutes-b 10] [--keep] (about 20 minutes)
+Usage: python bench/shaping.py [--minutes-a 3] [--minutes-b 10] [--connections N] [--keep] (about 20 minutes)
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -44,6 +45,7 @@ from worker_agent.queue import QueueDB  # noqa: E402
 LIMIT = 120  # letters a minute per (IP, provider): the agent's provider limit
 THROTTLE = 60  # letters a minute per IP the throttling provider takes
 WINDOW = 60.0
+PROVIDER_LIMITS: list[dict[str, Any]] = [{"source_ip": "*", "provider": "*", "per_minute": LIMIT}]  # as pushed
 CAMPAIGN: dict[str, Any] = {
     "id": 1, "subject": "Shaping {{ name }}", "from_email": "news@sender.example", "from_name": "News",
     "reply_to": None, "text": "Hello {{ name }}\n{{ unsubscribe_url }}\n", "html": "<p>Hello {{ name }}</p>\n",
@@ -56,7 +58,8 @@ def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
-def queue_letters(db: QueueDB, batch: str, first_id: int, per_pair: dict[tuple[str, str], int]) -> int:
+def queue_letters(db: QueueDB, batch: str, first_id: int, per_pair: dict[tuple[str, str], int],
+                  campaign_id: int) -> int:
     """Queue letters for each (IP, domain), interleaved as a campaign's list would be; the next free id."""
     rows, n = [], first_id
     for k in range(max(per_pair.values())):
@@ -66,7 +69,7 @@ def queue_letters(db: QueueDB, batch: str, first_id: int, per_pair: dict[tuple[s
                              "token": f"{n}-shaping"})
                 n += 1
     for start in range(0, len(rows), 500):
-        db.queue_batch(f"{batch}-{start}", CAMPAIGN, rows[start:start + 500])
+        db.queue_batch(f"{batch}-{start}", {**CAMPAIGN, "id": campaign_id}, rows[start:start + 500])
     return n
 
 
@@ -107,7 +110,7 @@ def phase_a(stack: LocalStack, db: QueueDB, ips: list[str], minutes: float, firs
     domains = ["alpha.test", "beta.test"]
     per_pair = {(ip, d): int(LIMIT * minutes) for ip in ips for d in domains}
     t0 = time.time()
-    next_id = queue_letters(db, "a", first_id, per_pair)
+    next_id = queue_letters(db, "a", first_id, per_pair, 1)
     total = sum(per_pair.values())
 
     def accepted() -> dict[tuple[str, str], list[float]]:
@@ -130,9 +133,10 @@ def phase_b(stack: LocalStack, db: QueueDB, ips: list[str], minutes: float, firs
     backlog = int(LIMIT * (minutes + 1))  # never runs out before the end
     per_pair = {(ip, d): backlog for ip in ips for d in [throttled, *others]}
     t0 = time.time()
-    next_id = queue_letters(db, "b", first_id, per_pair)
+    next_id = queue_letters(db, "b", first_id, per_pair, 2)
     end = t0 + minutes * 60
     time.sleep(max(end - time.time(), 0))
+    db.set_campaign_state(2, "cancelled")  # its backlog gone, as a cancel would: (c) starts clean
     attempts = [a for a in read_attempts(stack.capture.attempts_file) if t0 <= a["time"] < end]
     tried = times_by_pair(attempts, {throttled}, ("accepted", "deferred"))
     deferred = times_by_pair(attempts, {throttled}, ("deferred",))
@@ -170,11 +174,11 @@ def phase_c(stack: LocalStack, db: QueueDB, config: Any, ip: str, first_id: int)
     start = time.time()
     remote_config.apply(db, config, remote_config.parse({
         "version": 2, "rate_limits": [], "helo": {},
-        "provider_limits": [{"source_ip": "*", "provider": "*", "per_minute": LIMIT}],
+        "provider_limits": PROVIDER_LIMITS,
         "warmup": [{"source_ip": ip, "start": start, "day_seconds": DAY_SECONDS, "schedule": schedule}]},
         config.source_ips))
     time.sleep(3)  # the sender takes a new config up within a second: no letter of the plan's IP before it
-    next_id = queue_letters(db, "c", first_id, {(ip, domain): sum(WARMUP_DAILY) + 100})
+    next_id = queue_letters(db, "c", first_id, {(ip, domain): sum(WARMUP_DAILY) + 100}, 3)
     end = start + DAY_SECONDS * len(WARMUP_DAILY)
     time.sleep(max(end - time.time(), 0) + 2)
     stamps = times_by_pair(read_attempts(stack.capture.attempts_file), {domain}, ("accepted",)).get((ip, domain), [])
@@ -190,8 +194,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes-a", type=float, default=3.0)
     parser.add_argument("--minutes-b", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=None,
+                        help="also at most N letters of a pair in Exim's hands at once (the provider limits' connections)")
     parser.add_argument("--keep", action="store_true", help="keep the stack's folder (its logs) afterwards")
     args = parser.parse_args()
+    global PROVIDER_LIMITS
+    PROVIDER_LIMITS = [{"source_ip": "*", "provider": "*", "per_minute": LIMIT,
+                        **({"connections": args.connections} if args.connections else {})}]
 
     def stop(*_: object) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -202,7 +211,8 @@ def main() -> None:
         signal.signal(signum, stop)
     tmp = Path(tempfile.mkdtemp(prefix="mailfleet-shaping-"))
     tmp.chmod(0o755)  # Exim's processes (Debian-exim) keep their run directory in it
-    emit({"phase": "config", "minutes_a": args.minutes_a, "minutes_b": args.minutes_b, "root": str(tmp)})
+    emit({"phase": "config", "minutes_a": args.minutes_a, "minutes_b": args.minutes_b, "connections": args.connections,
+          "root": str(tmp), "load": round(os.getloadavg()[0], 1)})
     stack = LocalStack(StackSettings(root=tmp, start_daemon=False))
     try:
         worker = stack.workers[0]
@@ -213,8 +223,7 @@ def main() -> None:
         config = load_config(worker.config_path)
         db = QueueDB(config.queue_db)
         # what the panel would push: 120 a minute for every (IP, provider); each test domain is its own provider
-        pushed = remote_config.parse({"version": 1, "rate_limits": [], "helo": {},
-                                      "provider_limits": [{"source_ip": "*", "provider": "*", "per_minute": LIMIT}]},
+        pushed = remote_config.parse({"version": 1, "rate_limits": [], "helo": {}, "provider_limits": PROVIDER_LIMITS},
                                      config.source_ips)
         remote_config.apply(db, config, pushed)
         stack.start_agent(worker)
@@ -248,7 +257,8 @@ def main() -> None:
           "b_throttled_mean_per_min_last_3min": min(b["throttled_mean_per_min_last_3min"].values()),
           "b_deferred_share": b["deferred_share"], "b_others_share_of_rate": b["others_share_of_rate"],
           "c_allowed_per_day": c["allowed_per_day"], "c_sent_per_day": c["sent_per_day"],
-          "c_worst_day_error": c["worst_day_error"], "targets": targets, "targets_met": all(targets.values())})
+          "c_worst_day_error": c["worst_day_error"], "load": round(os.getloadavg()[0], 1),
+          "targets": targets, "targets_met": all(targets.values())})
 
 
 if __name__ == "__main__":
