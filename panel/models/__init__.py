@@ -18,6 +18,7 @@ from .campaign import (
 )
 from .audit import AuditEntry
 from .quota import QUOTA_FIELDS, UserLetterCount, UserQuota
+from .server_share import ServerShare
 from .campaign_count import CampaignCount
 from .campaign_figures import CampaignBreakdown, CampaignMinute
 from .daemon_lease import DaemonLease
@@ -31,7 +32,7 @@ from .server import JOB_KINDS, JOB_STATES, READY_STATES, ProvisionJob, Server, S
 from .user import TOKEN_SCOPES, ApiRateBucket, ApiToken, LoginThrottle, User
 
 __all__ = [
-    "AuditEntry", "QUOTA_FIELDS", "UserLetterCount", "UserQuota",
+    "AuditEntry", "QUOTA_FIELDS", "UserLetterCount", "UserQuota", "ServerShare",
     "ApiRateBucket", "ApiToken", "LoginThrottle", "TOKEN_SCOPES", "BounceMessage", "CAMPAIGN_STATES", "Campaign", "CampaignCount", "CampaignBreakdown", "CampaignMinute", "CampaignLink", "Click", "DaemonLease",
     "Open", "campaign_tracking_domains", "DELIVERY_STATES", "Delivery",
     "DeliveryEvent", "DispatchBatch", "DMARC_POLICIES", "DOMAIN_KINDS", "Domain", "TSIG_ALGORITHMS", "ENCODINGS", "FINAL_STATES", "IMPORT_STATES", "ImportJob", "JOB_KINDS", "JOB_STATES", "MailingList",

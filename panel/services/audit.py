@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 
 from ..extensions import db
-from ..models import QUOTA_FIELDS, AuditEntry, Campaign, Domain, ImportJob, MailingList, Server, User, UserQuota
+from ..models import QUOTA_FIELDS, AuditEntry, Campaign, Domain, ImportJob, MailingList, Server, ServerShare, User, UserQuota
 from ..models.base import utcnow
 from ..models.user import ApiToken
 
@@ -148,6 +148,8 @@ def _notes(session: Session) -> Iterator[tuple[str, str, str]]:
             yield "user.created", f"user ({obj.email})", "admin" if obj.is_admin else ""
         elif isinstance(obj, UserQuota):
             yield "quota.changed", _user_name(session, obj.user_id), _quota_detail(obj)
+        elif isinstance(obj, ServerShare):
+            yield "server.shared", _server_name(session, obj.server_id), f"with {_user_name(session, obj.user_id)}"
         elif getattr(obj, "server_id", None) is not None and _is_server_setting(obj):
             yield "server.changed", _server_name(session, obj.server_id), f"{type(obj).__name__} added"
     for obj in list(session.dirty):
@@ -197,6 +199,8 @@ def _notes(session: Session) -> Iterator[tuple[str, str, str]]:
             yield "server.removed", f"server {obj.id} ({obj.name})", ""
         elif isinstance(obj, Domain):
             yield "domain.removed", f"domain {obj.id} ({obj.name})", ""
+        elif isinstance(obj, ServerShare):
+            yield "server.unshared", _server_name(session, obj.server_id), f"from {_user_name(session, obj.user_id)}"
         elif isinstance(obj, User):
             yield "user.deleted", f"user {obj.id} ({obj.email})", ""
         elif getattr(obj, "server_id", None) is not None and _is_server_setting(obj):

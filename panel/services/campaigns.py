@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from ..extensions import db
 from ..models import ENCODINGS, Campaign, Delivery, Domain, MailingList, Server, User
 from ..models.base import is_row_id
 from ..models.campaign import DEFAULT_PRIORITY, PRIORITIES
 from .addresses import InvalidAddress, normalise_address
+from .server_shares import shared_server_ids
 from .templates import allowed_variables, check_templates
 from .tracking import store_links
 
@@ -105,6 +106,13 @@ def latest_failures(campaign: Campaign, limit: int = 20) -> list[Delivery]:
     return rows[:limit]
 
 
+def _mine(user: User, model: type):
+    """The rows of `model` the user may name in a campaign: their own, and servers shared with them."""
+    if model is Server:
+        return or_(Server.user_id == user.id, Server.id.in_(shared_server_ids(user.id)))
+    return model.user_id == user.id
+
+
 def _owned(user: User, model: type, ids: list[int], what: str, errors: dict[str, list[str]], key: str) -> list:
     if not all(isinstance(item, int) and not isinstance(item, bool) for item in ids):
         errors.setdefault(key, []).append(f"give {what} ids as whole numbers")
@@ -113,7 +121,7 @@ def _owned(user: User, model: type, ids: list[int], what: str, errors: dict[str,
     possible = [item for item in wanted if is_row_id(item)]
     found = {
         row.id: row
-        for row in db.session.scalars(select(model).where(model.id.in_(possible), model.user_id == user.id))
+        for row in db.session.scalars(select(model).where(model.id.in_(possible), _mine(user, model)))
     } if possible else {}
     missing = [str(item) for item in wanted if item not in found]
     if missing:

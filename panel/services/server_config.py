@@ -17,10 +17,10 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from ..extensions import db
-from ..models import Domain, Server, ServerEvent, ServerIP, ServerRateLimit
+from ..models import Domain, Server, ServerEvent, ServerIP, ServerRateLimit, ServerShare
 from . import secret_box
 from .servers import ServerError, HOSTNAME_RE, check_helo
 
@@ -286,8 +286,11 @@ def sending_domains(server: Server) -> dict[str, Any]:
     there are none (the agent then holds no keys and only its Exim configuration's bounce domains)."""
     from .domains import host_name  # domains bumps the servers' settings through this module
 
-    domains = db.session.scalars(select(Domain).where(Domain.user_id == server.user_id, Domain.kind == "sending")
-                                 .order_by(Domain.name)).all()
+    # The owner's, and those of the users the server is shared with (services/server_shares.py).
+    senders = select(ServerShare.user_id).where(ServerShare.server_id == server.id)
+    domains = db.session.scalars(select(Domain).where(
+        or_(Domain.user_id == server.user_id, Domain.user_id.in_(senders)), Domain.kind == "sending")
+        .order_by(Domain.name)).all()
     if not domains:
         return {}
     return {
@@ -300,7 +303,8 @@ def sending_domains(server: Server) -> dict[str, Any]:
 
 def bump_user_servers(user_id: int) -> None:
     """The user's sending domains changed: every server of theirs gets the new keys and bounce domains."""
-    for server in db.session.scalars(select(Server).where(Server.user_id == user_id)):
+    shared = select(ServerShare.server_id).where(ServerShare.user_id == user_id)
+    for server in db.session.scalars(select(Server).where(or_(Server.user_id == user_id, Server.id.in_(shared)))):
         bump(server)
 
 

@@ -1,5 +1,6 @@
 """The admin area in a real browser (headless Chromium): make run's first account is an admin, who
-creates a user (the password shown once), gives them a quota, and finds both in the audit log;
+creates a user (the password shown once), gives them a quota, lends them a server, and finds
+it all in the audit log;
 the new user logs in, has no Admin link and gets a 404 there. Every page fits 375 px."""
 
 from __future__ import annotations
@@ -40,12 +41,19 @@ def test_admin_creates_a_user_with_a_quota_and_reads_the_audit_log(stack: LocalS
     quota.get_by_role("button", name="Save quotas").click()
     expect(page.get_by_text("The quotas of newcomer@mailfleet.test were saved.")).to_be_visible()
     expect(page.locator("#quota").get_by_label("Letters a day")).to_have_value("500")
+    # The stack's worker is a server of the admin's: lent to the newcomer.
+    shares = page.locator("#shared-servers")
+    shares.get_by_role("checkbox").first.check()
+    shares.get_by_role("button", name="Save shared servers").click()
+    expect(page.get_by_text("newcomer@mailfleet.test may now send through")).to_be_visible()
+    expect(page.locator("#shared-servers").get_by_role("checkbox").first).to_be_checked()
     screenshot(page, "admin-user")
 
     page.locator("nav.subnav").get_by_role("link", name="Audit log").click()
     table = page.locator("table.audit")
     expect(table).to_contain_text("user.created")
     expect(table).to_contain_text("quota.changed")
+    expect(table).to_contain_text("server.shared")
     expect(table).to_contain_text("login")
     page.get_by_label("Search").fill("quota")
     page.get_by_role("button", name="Search").click()

@@ -10,6 +10,8 @@ from ...extensions import db
 from ...services.admin_users import (add_user, all_users, delete_user, disable_user, enable_user, get_any_user,
                                      reset_password)
 from ...services import quotas
+from ...services.server_shares import shared_with
+from ...services.servers import user_servers
 from ...services.users import UserError
 from .forms import NewUserForm, QuotaForm
 
@@ -73,8 +75,15 @@ def _user_page(user, password: str | None = None, error: str | None = None, stat
     if quota_form is None:
         quota_form = QuotaForm(formdata=None, obj=quota)
     day, month = quotas.letters_sent(user.id)
+    shared = {server.id for server in shared_with(user.id)}
     return render_template("admin/user.html", user=user, password=password, error=error, quota_form=quota_form,
-                           sent_today=day, sent_month=month, held=quotas.sending_held(user.id)), status
+                           sent_today=day, sent_month=month, held=quotas.sending_held(user.id),
+                           own_servers=user_servers(current_user), shared=shared), status
+
+
+def _refused_page(user, message: str):
+    db.session.rollback()
+    return _user_page(user, error=message[:1].upper() + message[1:] + ".", status=400)
 
 
 @bp.get("/users/<int:user_id>")
@@ -129,4 +138,4 @@ def user_delete(user_id: int):
     return redirect(url_for("admin.users"))
 
 
-from . import audit_views, quota_views  # noqa: E402,F401  (their views join this blueprint)
+from . import audit_views, quota_views, share_views  # noqa: E402,F401  (their views join this blueprint)

@@ -13,6 +13,7 @@ from ...models import User
 from ...services.admin_users import (add_user, all_users, delete_user, disable_user, enable_user, get_any_user,
                                      reset_password)
 from ...services import audit, quotas
+from ...services.server_shares import ShareError, share_servers, shared_with
 from ...services.users import UserError
 from . import ApiError, _json_object, bp
 
@@ -143,3 +144,27 @@ def admin_user_quota_put(user_id: int):
         raise ApiError(400, str(exc)) from None
     db.session.commit()
     return admin_user_quota(user.id)
+
+
+def _shares_json(user: User) -> dict[str, Any]:
+    return {"servers": [{"id": server.id, "name": server.name} for server in shared_with(user.id)]}
+
+
+@bp.get("/admin/users/<int:user_id>/servers")
+def admin_user_servers(user_id: int):
+    """The servers shared with the user."""
+    return jsonify(_shares_json(_user(user_id)))
+
+
+@bp.put("/admin/users/<int:user_id>/servers")
+def admin_user_servers_put(user_id: int):
+    """{"servers": [ids]}: exactly these of your servers are shared with the user (others taken back)."""
+    user = _user(user_id)
+    data = _json_object()
+    try:
+        share_servers(g.api_user, user, data.get("servers") if isinstance(data.get("servers"), list) else [None])
+    except ShareError as exc:
+        db.session.rollback()
+        raise ApiError(400, str(exc)) from None
+    db.session.commit()
+    return jsonify(_shares_json(user))

@@ -25,7 +25,7 @@ from ...services.lists import user_lists
 from ...services.sending import SendingError, campaign_stats, letters_by_server, set_campaign_state, start_campaign
 from ...services.templates import starter_letter
 from ...services.domains import user_domains
-from ...services.servers import user_servers
+from ...services.server_shares import sendable_servers
 from ...services.tracking import link_stats, tracking_base_urls
 from .forms import PRIORITY_HINT, CampaignForm, PreviewForm, PriorityForm
 
@@ -49,7 +49,7 @@ def _own_campaign(campaign_id: int) -> Campaign:
 
 def _compose(form: CampaignForm, campaign: Campaign | None):
     lists = user_lists(current_user)
-    form.set_choices(lists, user_servers(current_user), user_domains(current_user))
+    form.set_choices(lists, sendable_servers(current_user), user_domains(current_user))
     status = 200
     if form.validate_on_submit():
         text, html = form.bodies()
@@ -129,7 +129,7 @@ def _by_server(campaign: Campaign) -> dict:
     """Each server's letters by state (kept counts, no letter counted); servers by name, the
     letters no server took yet last."""
     counts = letters_by_server(campaign)
-    names = {server.id: server.name for server in user_servers(current_user) if server.id in counts}
+    names = {server.id: server.name for server in sendable_servers(current_user) if server.id in counts}
     rows = sorted(((server_id, states) for server_id, states in counts.items() if server_id is not None),
                   key=lambda row: (names.get(row[0], ""), row[0]))
     if None in counts:
