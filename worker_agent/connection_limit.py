@@ -33,12 +33,17 @@ from .render import Letter
 SLOT_TTL = 330.0  # s: Exim's 5 min data timeout, and a little more
 FULL_WAIT = 0.25  # s a letter of a full pair waits before it asks again
 # The same list as the Exim role's template (ansible/roles/exim/templates/etc/exim4/exim4.conf.j2).
-PER_CONNECTION_CLASSES = (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500)
+# Each class is one more transport per source IP, which every Exim delivery process parses: few
+# classes, covering the defaults (5, 20, 50, 100); a limit between two is rounded down.
+PER_CONNECTION_CLASSES = (1, 2, 5, 10, 20, 50, 100)
+
+
+EXIM_DEFAULT_PER_CONNECTION = 500  # connection_max_messages of a transport that sets none
 
 
 def per_connection_class(limit: int) -> int | None:
-    """The largest class not above the limit; None above the largest (Exim's own default, 500, is lower)."""
-    if limit >= PER_CONNECTION_CLASSES[-1]:
+    """The largest class not above the limit; None from Exim's own default up (the plain transport)."""
+    if limit >= EXIM_DEFAULT_PER_CONNECTION:
         return None
     return max(c for c in PER_CONNECTION_CLASSES if c <= limit)
 

@@ -50,7 +50,7 @@ def test_a_slot_is_freed_by_any_of_its_keys_or_after_its_ttl() -> None:
 
 
 def test_letters_per_connection_round_down_to_a_class_of_the_exim_transports() -> None:
-    assert [per_connection_class(n) for n in (1, 4, 20, 49, 499, 500, 10_000)] == [1, 3, 20, 30, 300, None, None]
+    assert [per_connection_class(n) for n in (1, 4, 20, 49, 499, 500, 10_000)] == [1, 2, 20, 20, 100, None, None]
     letter = Letter("bounce+1-t@b.test", "ann@gmail.test", b"From: a@b.test\r\n\r\nhi\r\n")
     assert tag_per_connection(letter, 25).data == b"X-Mailfleet-Per-Connection: 20\r\nFrom: a@b.test\r\n\r\nhi\r\n"
     assert tag_per_connection(letter, None) is letter and tag_per_connection(letter, 800) is letter
