@@ -22,12 +22,13 @@ from datetime import datetime
 from typing import Any
 
 from flask import g, has_request_context, request
-from sqlalchemy import event, inspect, select
+from sqlalchemy import event, func, inspect, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 
 from ..extensions import db
-from ..models import QUOTA_FIELDS, AuditEntry, Campaign, Domain, ImportJob, MailingList, Server, ServerShare, User, UserQuota
+from ..models import (QUOTA_FIELDS, AuditEntry, Campaign, Domain, ImportJob, MailingList, Server, ServerShare, User,
+                      UserQuota)
 from ..models.base import utcnow
 from ..models.user import ApiToken
 
@@ -249,8 +250,6 @@ def search(q: str = "", action: str = "", before: int | None = None, limit: int 
     query = select(AuditEntry).order_by(AuditEntry.id.desc())
     if q.strip():
         pattern = _like(q.strip().lower())
-        from sqlalchemy import func, or_
-
         query = query.where(or_(*(func.lower(column).like(pattern, escape="\\") for column in (
             AuditEntry.actor_email, AuditEntry.action, AuditEntry.target, AuditEntry.detail, AuditEntry.address))))
     if action:
