@@ -50,7 +50,12 @@ PROVIDER_DOMAINS = {
     "t-online": ("t-online.de",),
 }
 
-COUNTED = "('sent', 'delivered', 'deferred', 'failed')"
+COUNTED = ('sent', 'delivered', 'deferred', 'failed')
+
+
+def _counted(r):
+    """A letter handed to Exim; ORs, not an IN list (SQLite makes a table of one on every trigger run)."""
+    return "(" + " OR ".join(f"{r}.status = '{state}'" for state in COUNTED) + ")"
 _BREAKDOWN_COLUMNS = ("sent", "delivered", "deferred", "failed", "bounced_hard", "bounced_soft", "complaints",
                       "unsubscribed", "clicks")
 _MINUTE_COLUMNS = ("sent", "delivered", "deferred", "failed", "clicks", "opens")
@@ -65,9 +70,11 @@ def _domain(r, dialect):
 def _provider(domain):
     """The provider of a domain expression: a CASE over the table above, in the trigger itself (no
     table to read, and nothing a test's emptied database can lose)."""
-    cases = " ".join("WHEN {d} IN ({names}) THEN '{p}'".format(d="{d}", names=", ".join(f"'{n}'" for n in names), p=p)
-                     for p, names in PROVIDER_DOMAINS.items())
-    return "(CASE " + cases.replace("{d}", domain) + " ELSE 'other' END)"
+    # A simple CASE (one comparison a WHEN): an IN list of constants made SQLite build a lookup
+    # table on every trigger run, which cost ten times the rest of it.
+    cases = " ".join(f"WHEN '{name}' THEN '{provider}'" for provider, names in PROVIDER_DOMAINS.items()
+                     for name in names)
+    return f"(CASE {domain} {cases} ELSE 'other' END)"
 
 
 def _keys(r, dialect):
@@ -98,7 +105,7 @@ def _letter_rows(r, sign, dialect, source=""):
     columns = ", ".join(f"{v} AS {c}" for c, v in values.items())
     return " UNION ALL ".join(
         f"SELECT {r}.campaign_id AS campaign_id, '{dim}' AS dim, {key} AS key, {columns} {source} "
-        f"WHERE {r}.status IN {COUNTED} AND {key} IS NOT NULL"
+        f"WHERE {_counted(r)} AND {key} IS NOT NULL"
         for dim, key in _keys(r, dialect)
     )
 
@@ -146,18 +153,18 @@ SQLITE_TRIGGERS = ("deliveries_figures_insert", "deliveries_figures_update", "de
 
 def _sqlite_statements():
     d = "sqlite"
-    yield (f"CREATE TRIGGER deliveries_figures_insert AFTER INSERT ON deliveries WHEN NEW.status IN {COUNTED} "
+    yield (f"CREATE TRIGGER deliveries_figures_insert AFTER INSERT ON deliveries WHEN {_counted('NEW')} "
            f"BEGIN {_upsert_breakdowns(_letter_rows('NEW', 1, d), '')}; END")
     changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in _LETTER_COLUMNS if c != "unsubscribed_at")
     changed += " OR (OLD.unsubscribed_at IS NULL) <> (NEW.unsubscribed_at IS NULL)"
     rows = _letter_rows("OLD", -1, d) + " UNION ALL " + _letter_rows("NEW", 1, d)
     yield (f"CREATE TRIGGER deliveries_figures_update AFTER UPDATE OF {', '.join(_LETTER_COLUMNS)} ON deliveries "
-           f"WHEN (OLD.status IN {COUNTED} OR NEW.status IN {COUNTED}) AND ({changed}) "
+           f"WHEN ({_counted('OLD')} OR {_counted('NEW')}) AND ({changed}) "
            f"BEGIN {_upsert_breakdowns(rows, '')}; END")
     minute = _SQLITE_MINUTE.format(r="NEW")
     events = (f"SELECT d.campaign_id, {minute}, {_minute_sums(_status_kinds('NEW'))} FROM deliveries d "
               f"WHERE d.id = NEW.delivery_id GROUP BY d.campaign_id")
-    yield (f"CREATE TRIGGER delivery_events_figures AFTER INSERT ON delivery_events WHEN NEW.status IN {COUNTED} "
+    yield (f"CREATE TRIGGER delivery_events_figures AFTER INSERT ON delivery_events WHEN {_counted('NEW')} "
            f"BEGIN {_upsert_minutes(events, '')}; END")
     clicks = f"SELECT NEW.campaign_id, {minute}, {_minute_sums({'clicks': '1'})} WHERE 1 = 1"
     yield (f"CREATE TRIGGER clicks_figures AFTER INSERT ON clicks BEGIN {_upsert_minutes(clicks, '')}; "
@@ -209,7 +216,7 @@ def _pg_statements():
     yield _PG_FUNCTIONS["deliveries_figures"].format(inserted=inserted, updated=updated)
     minute = _PG_MINUTE.format(r="e")
     events = (f"SELECT d.campaign_id, {minute} AS minute, {_minute_sums(_status_kinds('e'))} "
-              f"FROM new_rows e JOIN deliveries d ON d.id = e.delivery_id WHERE e.status IN {COUNTED} "
+              f"FROM new_rows e JOIN deliveries d ON d.id = e.delivery_id WHERE {_counted('e')} "
               f"GROUP BY 1, 2 ORDER BY 1, 2")
     yield _PG_FUNCTIONS["delivery_events_figures"].format(events=_upsert_minutes(events, m))
     minute = _PG_MINUTE.format(r="c")
@@ -240,7 +247,7 @@ def _backfill(dialect):
     prefix = "campaign_minutes." if dialect == "postgresql" else ""
     e, c, o = minute.format(r="e"), minute.format(r="c"), minute.format(r="o")
     op.execute(_upsert_minutes(f"SELECT d.campaign_id, {e}, {_minute_sums(_status_kinds('e'))} FROM delivery_events e "
-                               f"JOIN deliveries d ON d.id = e.delivery_id WHERE e.status IN {COUNTED} GROUP BY 1, 2",
+                               f"JOIN deliveries d ON d.id = e.delivery_id WHERE {_counted('e')} GROUP BY 1, 2",
                                prefix))
     op.execute(_upsert_minutes(f"SELECT c.campaign_id, {c}, {_minute_sums({'clicks': '1'})} FROM clicks c "
                                "WHERE 1 = 1 GROUP BY 1, 2", prefix))
