@@ -16,7 +16,6 @@ with its next config (``provider_settings``), and applies them on the fly.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from dataclasses import dataclass, fields
@@ -28,7 +27,7 @@ from worker_agent.providers import BUILTIN_PROVIDERS, DEFAULT_LIMITS, ProviderTa
 
 from ..extensions import db
 from ..models import Server, ServerProviderLimit, ServerProviderTable
-from .servers import HOSTNAME_RE, ServerError
+from .servers import HOSTNAME_RE, ServerError, check_source_ip
 
 ANY = "*"
 MAX_LIMITS = 1000  # what one agent takes in one config
@@ -146,15 +145,7 @@ def user_limits(server: Server) -> list[ServerProviderLimit]:
 
 
 def check_limit(server: Server, data: ProviderLimitInput, table: dict[str, list[str]] | None = None) -> ProviderLimitInput:
-    source_ip = (data.source_ip or "").strip() or ANY
-    if source_ip != ANY:
-        try:
-            source_ip = str(ipaddress.ip_address(source_ip))
-        except ValueError:
-            raise ServerError(f"{source_ip!r} is not an IP address (give one of the server's IPs, or *)") from None
-        if source_ip not in {ip.ip for ip in server.ips}:
-            raise ServerError(f"{source_ip} is not a source IP of this server "
-                              f"(its IPs: {', '.join(ip.ip for ip in server.ips)}, or * for all)")
+    source_ip = check_source_ip(server, data.source_ip or "")
     table = provider_table(server) if table is None else table
     provider = (data.provider or "").strip().lower().rstrip(".")
     if not provider:

@@ -22,7 +22,7 @@ from sqlalchemy import or_, select
 from ..extensions import db
 from ..models import Domain, Server, ServerEvent, ServerIP, ServerRateLimit, ServerShare
 from . import secret_box
-from .servers import ServerError, HOSTNAME_RE, check_helo
+from .servers import ServerError, HOSTNAME_RE, check_helo, check_source_ip
 
 MAX_PER_MINUTE = 1_000_000
 MAX_RATE_LIMITS = 1000  # what one agent takes in one config
@@ -143,15 +143,7 @@ def _check_ip_uses(server: Server, ips: dict[str, Any]) -> dict[int, IpUse]:
 
 
 def _check_rate_limit(server: Server, data: RateLimitInput) -> RateLimitInput:
-    source_ip = data.source_ip.strip() or ANY
-    if source_ip != ANY:
-        try:
-            source_ip = str(ipaddress.ip_address(source_ip))
-        except ValueError:
-            raise ServerError(f"{source_ip!r} is not an IP address (give one of the server's IPs, or *)") from None
-        if source_ip not in {ip.ip for ip in server.ips}:
-            raise ServerError(f"{source_ip} is not a source IP of this server "
-                              f"(its IPs: {', '.join(ip.ip for ip in server.ips)}, or * for all)")
+    source_ip = check_source_ip(server, data.source_ip)
     domain = data.domain.strip().lower().rstrip(".") or ANY
     if domain != ANY and not HOSTNAME_RE.fullmatch(domain):
         raise ServerError(f"{data.domain.strip()!r} is not a domain name (e.g. gmail.com, or * for every domain)")

@@ -21,6 +21,21 @@ class ServerError(Exception):
     """A request about servers that cannot be carried out; the message says why."""
 
 
+def check_source_ip(server: Server, value: str) -> str:
+    """A rule's source IP in its normal form: one of the server's IPs, or "*" (empty) for all."""
+    source_ip = value.strip() or "*"
+    if source_ip == "*":
+        return source_ip
+    try:
+        source_ip = str(ipaddress.ip_address(source_ip))
+    except ValueError:
+        raise ServerError(f"{source_ip!r} is not an IP address (give one of the server's IPs, or *)") from None
+    if source_ip not in {ip.ip for ip in server.ips}:
+        raise ServerError(f"{source_ip} is not a source IP of this server "
+                          f"(its IPs: {', '.join(ip.ip for ip in server.ips)}, or * for all)")
+    return source_ip
+
+
 @dataclass(frozen=True)
 class SourceIP:
     ip: str
