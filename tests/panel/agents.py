@@ -1,9 +1,10 @@
-"""Fake agents for the daemon's tests (tests/panel/fake_agent.py run as a process of its own, so
+"""A real agent and fake agents for the daemon's tests (tests/panel/fake_agent.py run as a process of its own, so
 the test process's memory is the daemon's alone) and a plain HTTP server that counts its visitors."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import requests
 from cryptography.fernet import Fernet
 
 from devserver.ports import free_port, wait_listening
@@ -18,9 +20,56 @@ from panel.daemon.loop import DaemonState, run_round
 from panel.extensions import db
 from panel.models import User
 from panel.services.servers import SourceIP, register_server
+from tests.helpers import wait_for
+from worker_agent import protocol
 from worker_agent.setup_node import cert_fingerprint, self_signed_cert
 
 FAKE_AGENT = Path(__file__).resolve().parent / "fake_agent.py"
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Agent:
+    """`python -m worker_agent serve` on its own port and data dir; can be stopped and started again."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        self.config = root / "agent.json"
+        self.config.write_text(json.dumps({
+            "data_dir": str(root / "data"), "exim_mainlog": str(root / "mainlog"), "listen": f"127.0.0.1:{self.port}",
+            "hostname": "worker.test", "source_ips": ["127.0.0.2", "127.0.0.3"], "helo_map": str(root / "helo-map"),
+        }))
+        init = subprocess.run([sys.executable, "-m", "worker_agent", "init", "--config", str(self.config)],
+                              cwd=REPO, capture_output=True, check=True, text=True)
+        self.fingerprint = json.loads(init.stdout)["fingerprint"]
+        self.key = (root / "data" / "agent.key").read_text().strip()
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.root / "serve.log", "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "worker_agent", "serve", "--config", str(self.config)],
+                                        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        wait_for(self._answers, "the agent's API")
+
+    def _answers(self) -> bool:
+        assert self.process is not None and self.process.poll() is None, (self.root / "serve.log").read_text()
+        try:
+            requests.post(f"https://127.0.0.1:{self.port}/v1/ping", verify=False, timeout=2)
+            return True
+        except requests.exceptions.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=20)
+        self.process = None
+
+    def ping(self) -> dict:
+        _, body = protocol.seal(self.key.encode(), "/v1/ping", {})
+        reply = requests.post(f"https://127.0.0.1:{self.port}/v1/ping", data=body, verify=False, timeout=5)
+        return protocol.unseal(self.key.encode(), "/v1/ping", reply.content).data
 
 
 class FakeAgent:

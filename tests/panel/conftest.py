@@ -29,7 +29,7 @@ from panel.services.lists import create_list
 from panel.services.servers import SourceIP, register_server
 from panel.services.tracking import dispose_counting_engine
 from tests.conftest import Databases
-from tests.panel.agents import Agents
+from tests.panel.agents import Agent, Agents
 
 SECRET = "test-secret-key"
 PASSWORD = "correct horse battery"
@@ -129,6 +129,17 @@ def migrating():
             yield
 
     return guard
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    """A real agent (gunicorn, TLS, sealed) on loopback: the module's app_config must allow 127.0.0.0/8."""
+    running = Agent(tmp_path / "agent")
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from panel.models import Server, ServerEvent, User
 from panel.services.agent_keys import open_agent_key
 from panel.services.servers import SourceIP, register_server
 from tests.panel.conftest import FERNET_KEY
-from tests.panel.test_panel_daemon_config import Agent, round_
+from tests.panel.agents import Agent
+from tests.panel.test_panel_daemon_config import round_
 from worker_agent import protocol
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")

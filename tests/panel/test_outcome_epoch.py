@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import calendar
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,9 +21,8 @@ from panel.extensions import db
 from panel.models import Campaign, Delivery, DeliveryEvent, Server, ServerEvent, User
 from panel.services.sending import start_campaign
 from panel.services.tokens import delivery_token
-from tests.panel.agents import Agents, daemon_round
+from tests.panel.agents import Agent, Agents, daemon_round
 from tests.panel.test_outcomes_from_the_right_server import SECRET, dsn
-from tests.panel.test_panel_daemon_config import Agent
 from worker_agent.exim_log import EximLogReader
 from worker_agent.queue import QueueDB
 
@@ -37,16 +35,6 @@ DELIVERED = ('{when} {exim_id} => {email} P=<bounce+{token}@bounces.example.com>
 @pytest.fixture
 def app_config() -> dict:
     return {"ALLOWED_HOST_NETWORKS": "127.0.0.0/8"}  # the agents listen on loopback
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    running = Agent(tmp_path / "agent")
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def register(app, user_id: int, port: int, key: str, fingerprint: str) -> int:

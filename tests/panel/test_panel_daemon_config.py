@@ -2,87 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-import requests
 from sqlalchemy import select
 
-from devserver.ports import free_port
 from panel.daemon.loop import DaemonState, run_round
 from panel.extensions import db
 from panel.models import Server, ServerEvent, ServerIP, User
 from panel.services.server_config import RateLimitInput, set_helo, set_rate_limit
 from panel.services.servers import SourceIP, register_server
-from tests.helpers import wait_for
-from worker_agent import protocol
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-class Agent:
-    """`python -m worker_agent serve` on its own port and data dir; can be stopped and started again."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port = root, free_port()
-        root.mkdir(parents=True, exist_ok=True)
-        self.config = root / "agent.json"
-        self.config.write_text(json.dumps({
-            "data_dir": str(root / "data"), "exim_mainlog": str(root / "mainlog"), "listen": f"127.0.0.1:{self.port}",
-            "hostname": "worker.test", "source_ips": ["127.0.0.2", "127.0.0.3"], "helo_map": str(root / "helo-map"),
-        }))
-        init = subprocess.run([sys.executable, "-m", "worker_agent", "init", "--config", str(self.config)],
-                              cwd=REPO, capture_output=True, check=True, text=True)
-        self.fingerprint = json.loads(init.stdout)["fingerprint"]
-        self.key = (root / "data" / "agent.key").read_text().strip()
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = open(self.root / "serve.log", "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "worker_agent", "serve", "--config", str(self.config)],
-                                        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        wait_for(self._answers, "the agent's API")
-
-    def _answers(self) -> bool:
-        assert self.process is not None and self.process.poll() is None, (self.root / "serve.log").read_text()
-        try:
-            requests.post(f"https://127.0.0.1:{self.port}/v1/ping", verify=False, timeout=2)
-            return True
-        except requests.exceptions.ConnectionError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=20)
-        self.process = None
-
-    def ping(self) -> dict:
-        _, body = protocol.seal(self.key.encode(), "/v1/ping", {})
-        reply = requests.post(f"https://127.0.0.1:{self.port}/v1/ping", data=body, verify=False, timeout=5)
-        return protocol.unseal(self.key.encode(), "/v1/ping", reply.content).data
+from tests.panel.agents import Agent
 
 
 @pytest.fixture
 def app_config() -> dict:
     return {"ALLOWED_HOST_NETWORKS": "127.0.0.0/8"}  # the agent listens on loopback
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    running = Agent(tmp_path / "agent")
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture

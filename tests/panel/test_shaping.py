@@ -4,18 +4,15 @@ them, the server page and the API show them, and each change of a pair's state i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import closing
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from panel.daemon.loop import DaemonState
 from panel.models import ServerEvent
-from tests.panel.agents import daemon_round
+from tests.panel.agents import Agent, daemon_round
 from tests.panel.test_outcome_epoch import register
-from tests.panel.test_panel_daemon_config import Agent
 from worker_agent.backoff import Backoff
 from worker_agent.queue import QueueDB
 
@@ -27,16 +24,6 @@ GMAIL_421 = "421 4.7.28 [127.0.0.2] Our system has detected an unusual rate of m
 @pytest.fixture
 def app_config() -> dict:
     return {"ALLOWED_HOST_NETWORKS": "127.0.0.0/8"}  # the agent listens on loopback
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    running = Agent(tmp_path / "agent")
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 class Clock:

@@ -5,10 +5,8 @@ ping reports what each provider got today; the page and the API show the day and
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from contextlib import closing
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
@@ -19,7 +17,6 @@ from panel.models import Server
 from panel.services import server_config
 from tests.panel.agents import daemon_round
 from tests.panel.test_outcome_epoch import register
-from tests.panel.test_panel_daemon_config import Agent
 from worker_agent import remote_config
 from worker_agent.queue import QueueDB
 from worker_agent.warmup import DEFAULT_DAILY
@@ -32,16 +29,6 @@ IP = "127.0.0.2"
 @pytest.fixture
 def app_config() -> dict:
     return {"ALLOWED_HOST_NETWORKS": "127.0.0.0/8"}  # the agent listens on loopback
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    running = Agent(tmp_path / "agent")
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def config_version(app, server_id: int) -> int:
