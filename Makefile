@@ -22,7 +22,7 @@ run: system-deps venv
 	$(PY) -m devserver.run_local
 
 test: system-deps venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=60 --durations-min=5 tests
 
 bench: system-deps venv
 	$(PY) bench/render.py
