@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from flask import Blueprint, Flask
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from devserver.mail_capture import wait_for_count
@@ -150,12 +151,16 @@ def log_in(page: Page, stack: LocalStack) -> None:
     expect(page.get_by_role("button", name="Log out")).to_be_visible()
 
 
-def panel_pages(seeded: dict[str, object]) -> tuple[list[tuple[str, str]], list[str]]:
-    """(endpoint, path) of every HTML page of the app, and what this file cannot fill."""
+def routes_app() -> Flask:
+    """The panel app, only to read its routes."""
     from panel import create_app
 
     os.environ.setdefault("MAILFLEET_SECRET_KEY", "only-to-read-the-routes")
-    app = create_app()
+    return create_app()
+
+
+def panel_pages(app: Flask, seeded: dict[str, object]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(endpoint, path) of every HTML page of the app, and what this file cannot fill."""
     pages, unknown = [], []
     adapter = app.url_map.bind("localhost")
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
@@ -191,7 +196,7 @@ def contexts(chromium: Browser, stack: LocalStack) -> Iterator[Callable[[int], P
 
 def test_every_page_fits_a_phone_and_labels_its_fields(
         stack: LocalStack, seeded: dict[str, object], contexts: Callable[[int], Page], screenshot) -> None:
-    pages, unknown = panel_pages(seeded)
+    pages, unknown = panel_pages(routes_app(), seeded)
     assert not unknown, "\n".join(unknown)
     assert len(pages) >= 20, pages  # the walk sees the app's pages, not an empty map
     wrong: list[str] = []
@@ -247,3 +252,15 @@ def test_the_top_bar_and_a_form_are_walked_with_tab_and_show_where_the_focus_is(
     assert names.index("Lists") < names.index("Name") < names.index("Create list"), names
     faint = [stop for stop in stops if stop["outline"] == "none" or stop["width"] < 2]
     assert not faint, f"focused with no visible outline: {faint}"
+
+
+def test_a_page_added_later_is_walked_too() -> None:
+    """The walk is not a list: a new page is opened like the others, or fails the walk until taught."""
+    app = routes_app()
+    later = Blueprint("later", __name__)
+    later.add_url_rule("/later/<int:list_id>", "by_list", lambda list_id: "")
+    later.add_url_rule("/later/<int:widget_id>/widget", "widget", lambda widget_id: "")
+    app.register_blueprint(later)
+    pages, unknown = panel_pages(app, {"list_id": 7})
+    assert ("later.by_list", "/later/7") in pages
+    assert any(line.startswith("/later/<int:widget_id>/widget: nothing seeded for <widget_id>") for line in unknown), unknown
