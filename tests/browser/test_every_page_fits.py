@@ -24,7 +24,6 @@ import os
 import re
 import socket
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from flask import Blueprint, Flask
