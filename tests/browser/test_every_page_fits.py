@@ -252,6 +252,26 @@ def test_the_top_bar_and_a_form_are_walked_with_tab_and_show_where_the_focus_is(
     faint = [stop for stop in stops if stop["outline"] == "none" or stop["width"] < 2]
     assert not faint, f"focused with no visible outline: {faint}"
 
+    # The composer, the longest form: Tab reaches every field and button of it (a radio group once).
+    page.goto("/campaigns/new")
+    fields = page.evaluate("""() => {
+      const form = document.querySelector("main form"), names = [];
+      form.querySelectorAll("input, select, textarea, button").forEach((el, i) => {
+        if (el.type === "hidden" || !el.getClientRects().length) return;
+        el.dataset.tabStop = el.type === "radio" ? "radio:" + el.name : String(i);
+        names.push(el.dataset.tabStop);
+      });
+      return [...new Set(names)];
+    }""")
+    assert len(fields) >= 8, fields
+    reached = set()
+    for _ in range(len(fields) + 40):
+        page.keyboard.press("Tab")
+        reached.add(page.evaluate("document.activeElement.dataset.tabStop || ''"))
+        if reached >= set(fields):
+            break
+    assert set(fields) <= reached, f"Tab never reaches {sorted(set(fields) - reached)} of the composer's form"
+
 
 def test_a_page_added_later_is_walked_too() -> None:
     """The walk is not a list: a new page is opened like the others, or fails the walk until taught."""
