@@ -100,8 +100,18 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def seeded(stack: LocalStack, chromium: Browser) -> dict[str, object]:
+def phone_stack(db_backend: str, request: pytest.FixtureRequest) -> LocalStack:
+    """The stack on SQLite only: a page's layout does not depend on the database (and every route is
+    requested on both by tests/panel/test_tenancy_routes.py); a second stack would cost make test ~25 s."""
+    if db_backend != "sqlite":
+        pytest.skip("layout only: walked on SQLite")
+    return request.getfixturevalue("stack")
+
+
+@pytest.fixture(scope="module")
+def seeded(phone_stack: LocalStack, chromium: Browser) -> dict[str, object]:
     """One of everything, by the URL variable that names it."""
+    stack = phone_stack
     (stack.root / "capture-rules.json").write_text(json.dumps({f"@{REFUSED}": "reject"}))
     api = Api(stack.panel_url, stack.api_token)
     list_id = api.post("/lists", {"name": f"Subscribers of {LONG}"})["id"]
@@ -177,11 +187,11 @@ def panel_pages(app: Flask, seeded: dict[str, object]) -> tuple[list[tuple[str, 
 
 
 @pytest.fixture
-def contexts(chromium: Browser, stack: LocalStack) -> Iterator[Callable[[int], Page]]:
+def contexts(chromium: Browser, phone_stack: LocalStack) -> Iterator[Callable[[int], Page]]:
     made: list[BrowserContext] = []
 
     def make(width: int) -> Page:
-        context = chromium.new_context(base_url=stack.panel_url, viewport={"width": width, "height": 800})
+        context = chromium.new_context(base_url=phone_stack.panel_url, viewport={"width": width, "height": 800})
         context.set_default_timeout(TIMEOUT_MS)
         made.append(context)
         return context.new_page()
@@ -194,7 +204,8 @@ def contexts(chromium: Browser, stack: LocalStack) -> Iterator[Callable[[int], P
 
 
 def test_every_page_fits_a_phone_and_labels_its_fields(
-        stack: LocalStack, seeded: dict[str, object], contexts: Callable[[int], Page], screenshot) -> None:
+        phone_stack: LocalStack, seeded: dict[str, object], contexts: Callable[[int], Page], screenshot) -> None:
+    stack = phone_stack
     pages, unknown = panel_pages(routes_app(), seeded)
     assert not unknown, "\n".join(unknown)
     assert len(pages) >= 20, pages  # the walk sees the app's pages, not an empty map
@@ -230,7 +241,8 @@ def test_every_page_fits_a_phone_and_labels_its_fields(
 
 
 def test_the_top_bar_and_a_form_are_walked_with_tab_and_show_where_the_focus_is(
-        stack: LocalStack, seeded: dict[str, object], contexts: Callable[[int], Page]) -> None:
+        phone_stack: LocalStack, seeded: dict[str, object], contexts: Callable[[int], Page]) -> None:
+    stack = phone_stack
     page = contexts(375)
     log_in(page, stack)
     page.goto("/lists/")
