@@ -124,8 +124,8 @@ def seeded(phone_stack: LocalStack, chromium: Browser) -> dict[str, object]:
     # A domain whose DNS server refuses the connection: kept, with the error on its page.
     domain_id = api.post("/domains", {"name": f"{LONG}.example", "dns_host": "127.0.0.1", "dns_port": _free_port(),
                                       "tsig_key_name": "mailfleet", "tsig_secret": "c2VjcmV0c2VjcmV0"})["id"]
-    for email in (f"{LONG}@gone.example", "carol@gone.example"):
-        api.post("/suppressions", {"email": email})
+    entry_id = [api.post("/suppressions", {"email": email})["id"]
+                for email in (f"{LONG}@gone.example", "carol@gone.example")][0]
     user_id = api.post("/admin/users", {"email": f"{LONG}@mailfleet.test"})["id"]
 
     # An import, through the page (the API adds recipients without one).
@@ -149,7 +149,7 @@ def seeded(phone_stack: LocalStack, chromium: Browser) -> dict[str, object]:
     text = letters[0].message.get_body(("plain",)).get_content()
     token = re.search(r"/u/([^\s/]+)", text).group(1)
     return {"list_id": list_id, "campaign_id": campaign_id, "domain_id": domain_id, "server_id": stack.server_id,
-            "user_id": user_id, "job_id": job_id, "token": token}
+            "user_id": user_id, "job_id": job_id, "token": token, "entry_id": entry_id}
 
 
 def log_in(page: Page, stack: LocalStack) -> None:
