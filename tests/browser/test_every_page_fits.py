@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from flask import Blueprint, Flask
 from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Error as PlaywrightError
 
 from devserver.mail_capture import wait_for_count
 from devserver.stack import LocalStack
@@ -217,12 +218,14 @@ def test_every_page_fits_a_phone_and_labels_its_fields(
         # The login page first, as someone not logged in sees it.
         login_first = sorted(pages, key=lambda p: p[0] != "auth.login")
         for endpoint, path in login_first:
-            if endpoint == "auth.login":
+            if endpoint != "auth.login" and page.get_by_role("button", name="Log out").count() == 0:
+                log_in(page, stack)
+            try:
                 response = page.goto(path)
-            else:
-                if page.get_by_role("button", name="Log out").count() == 0:
-                    log_in(page, stack)
-                response = page.goto(path)
+            except PlaywrightError as exc:  # a download, most likely: not a page
+                wrong.append(f"{width}px {path} ({endpoint}): {exc.message.splitlines()[0]}: "
+                             "if it is not a page, name it in NOT_PAGES with why")
+                continue
             if response is None or "text/html" not in response.headers.get("content-type", ""):
                 wrong.append(f"{width}px {path} ({endpoint}): not an HTML page: name it in NOT_PAGES with why")
                 continue
