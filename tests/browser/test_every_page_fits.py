@@ -267,6 +267,16 @@ def test_the_top_bar_and_a_form_are_walked_with_tab_and_show_where_the_focus_is(
     faint = [stop for stop in stops if stop["outline"] == "none" or stop["width"] < 2]
     assert not faint, f"focused with no visible outline: {faint}"
 
+    # The first Tab stop skips the top bar: Enter on it, and the next Tab is in the page's content.
+    page.goto("/lists/")
+    page.keyboard.press("Tab")
+    skip = page.locator(":focus")
+    expect(skip).to_have_text("Skip to content")
+    assert skip.bounding_box()["x"] >= 0, "the skip link is not shown when it has the focus"
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")
+    assert page.evaluate("!!document.activeElement.closest('main')"), "Tab after the skip link is not in the content"
+
     # The composer, the longest form: Tab reaches every field and button of it (a radio group once).
     page.goto("/campaigns/new")
     fields = page.evaluate("""() => {
