@@ -7,9 +7,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import pytest
+
 # 355 real bounce and non-bounce messages with labels (sisimai's set-of-emails, BSD 2-Clause:
 # tests/corpus/bounces/LICENSE.set-of-emails), kept in the repository so a clean clone tests alone.
 BOUNCE_CORPUS = Path(__file__).resolve().parent / "corpus" / "bounces"
+
+
+def on_database(backend: str) -> pytest.MarkDecorator:
+    """Runs a test on one database backend instead of both. For the slow tests whose subject is
+    not the database (a real host provisioned in minutes): the panel's database code runs on
+    both backends in the panel's own tests, so a second provisioning of a host proves nothing new."""
+    return pytest.mark.parametrize("db_backend", [backend], indirect=True, scope="session")
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0, interval: float = 0.1) -> Any:

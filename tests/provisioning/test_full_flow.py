@@ -26,7 +26,7 @@ from devserver.mail_capture import CaptureServer
 from panel.daemon.password_channel import socket_path
 from panel.extensions import db
 from panel.models import ProvisionJob, Server
-from tests.helpers import files_containing, process_texts, wait_for
+from tests.helpers import files_containing, on_database, process_texts, wait_for
 from tests.hosts.conftest import rootfs, test_host  # noqa: F401  (fixtures)
 
 from .conftest import add_form
@@ -36,6 +36,7 @@ HELO = "mx1.nspawn-worker.test"
 RECIPIENTS = [{"email": f"reader{i}@inbox.test", "name": f"Reader {i}"} for i in range(20)]
 
 
+@on_database("postgresql")
 def test_the_panel_sets_up_a_bare_host_from_its_root_password(
     app: Flask, browser, seed, instance: Path, tmp_path: Path, test_host,  # noqa: F811
 ) -> None:

@@ -26,6 +26,7 @@ from panel.extensions import db
 from panel.models import ProvisionJob, Server, ServerEvent, User
 from panel.services.agent_keys import open_agent_key
 from panel.services.provisioning import add_server, parse_ip_lines, server_public_key, start_job
+from tests.helpers import on_database
 from tests.hosts.conftest import rootfs  # noqa: F401  (fixture)
 
 AGENT_KEY_FILE = "/var/lib/mailfleet-agent/agent.key"
@@ -112,6 +113,7 @@ def _authorized_keys(host: testhost.TestHost) -> str:
     return host.run("cat /root/.ssh/authorized_keys 2>/dev/null || true").stdout
 
 
+@on_database("sqlite")
 def test_the_host_moves_only_to_whoever_proves_its_root_password(
     app: Flask, seed, instance: Path, host: testhost.TestHost,
 ) -> None:
