@@ -22,7 +22,7 @@ def log_in(page: Page, email: str, password: str) -> None:
     page.get_by_label("E-mail").fill(email)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", name="Campaigns")).to_be_visible(timeout=EXPECT_MS)
+    expect(page.get_by_role("heading", name="Dashboard")).to_be_visible(timeout=EXPECT_MS)
 
 
 def api(stack: LocalStack, token: str, method: str = "GET", body: dict | None = None) -> tuple[int, dict]:

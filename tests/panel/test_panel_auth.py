@@ -13,10 +13,10 @@ def test_login_page_and_successful_login(browser, alice):
     assert 'name="csrf_token"' in page.get_data(as_text=True)
     response = browser.post("/login", {"email": "alice@example.com", "password": "correct horse battery"})
     assert response.status_code == 302
-    assert response.headers["Location"].endswith("/campaigns/")
-    page = browser.get("/campaigns/")
+    assert response.headers["Location"] == "/"  # the dashboard
+    page = browser.get("/")
     assert page.status_code == 200
-    assert "alice@example.com" in page.get_data(as_text=True)
+    assert "alice@example.com" in page.get_data(as_text=True) and "<h1>Dashboard</h1>" in page.get_data(as_text=True)
 
 
 def test_login_is_case_insensitive_on_the_email(browser, alice):
@@ -72,7 +72,8 @@ def test_logout_is_a_post_with_csrf(as_alice):
 def test_home_redirects(browser, alice):
     assert "/login" in browser.get("/").headers["Location"]
     browser.login("alice@example.com")
-    assert browser.get("/").headers["Location"].endswith("/campaigns/")
+    home = browser.get("/")
+    assert home.status_code == 200 and "<h1>Dashboard</h1>" in home.get_data(as_text=True)
 
 
 # -- who may see what ------------------------------------------------------------------------

@@ -710,3 +710,4 @@ def server_config_put(server_id: int):
 
 from . import figures  # noqa: E402,F401  (its routes, on this blueprint)
 from . import admin  # noqa: E402,F401  (the admin API under /admin/, refused to ordinary users)
+from . import dashboard  # noqa: E402,F401  (GET /dashboard: the page's figures)

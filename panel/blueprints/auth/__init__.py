@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ...extensions import db, login_manager
 from ...services import audit, login_throttle
+from ...services.dashboard import dashboard
 from ...services.users import authenticate, end_sessions, load_session_user
 from .forms import LoginForm
 
@@ -68,13 +69,16 @@ def too_many_failures(template: str, wait: float, **context) -> tuple[str, int, 
 
 @bp.get("/")
 def home():
-    return redirect(url_for("campaigns.index" if current_user.is_authenticated else "auth.login"))
+    """The dashboard (services/dashboard.py); the campaign list is at /campaigns/."""
+    if not current_user.is_authenticated:
+        return redirect(url_for("auth.login"))
+    return render_template("dashboard.html", board=dashboard(current_user))
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     if current_user.is_authenticated:
-        return redirect(url_for("campaigns.index"))
+        return redirect(url_for("auth.home"))
     form = LoginForm()
     if form.validate_on_submit():
         wait = reserve_attempt(form.email.data)
@@ -91,7 +95,7 @@ def login():
             audit.record("login", actor_id=user.id, actor_email=user.email, address=request.remote_addr)
             db.session.commit()
             login_user(user, remember=form.remember.data)
-            return redirect(_safe_next(request.args.get("next")) or url_for("campaigns.index"))
+            return redirect(_safe_next(request.args.get("next")) or url_for("auth.home"))
         _note_failure(form.email.data, "wrong e-mail or password")
         flash("That e-mail and password do not match an account.", "error")
     return render_template("auth/login.html", form=form)
