@@ -17,7 +17,7 @@ from sqlalchemy import select
 from ..extensions import db
 from ..models import Campaign, DispatchBatch, Server, ServerEvent
 from ..models.base import MAX_ROW_ID, utcnow
-from ..services import agent_keys, domains, failover, network_policy, server_config, shaping, warmup
+from ..services import agent_keys, domains, failover, network_policy, schedule, server_config, shaping, warmup
 from ..services.agent_keys import open_agent_key
 from ..services.imports.jobs import imports_dir, prune_files
 from ..services.imports.sources import ImportLimits
@@ -262,8 +262,15 @@ def _prune_imports(state: DaemonState) -> None:
     prune_files(imports_dir(app), ImportLimits.from_config(app.config).report_days)
 
 
+def _start_scheduled() -> None:
+    """Drafts whose scheduled start has come start now (each exactly once: services/schedule.py)."""
+    for campaign_id in schedule.start_due_campaigns():
+        log.info("campaign %s started at its scheduled time", campaign_id)
+
+
 def global_work(state: DaemonState) -> None:
     """What concerns no one server; one daemon at a time does it (the `global` lease, daemon/runner.py)."""
+    _start_scheduled()
     _fail_over()
     finish_campaigns()
     _publish_domains(state)

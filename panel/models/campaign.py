@@ -15,7 +15,7 @@ from ..extensions import db
 from .base import utcnow
 from .mailing_list import MailingList
 from .domain import Domain
-from .server import Server
+from .server import Server, ServerIP
 
 ENCODINGS = ("7bit", "quoted-printable", "base64")
 CAMPAIGN_STATES = ("draft", "running", "paused", "cancelled", "finished")
@@ -42,6 +42,15 @@ campaign_servers = Table(
     db.Model.metadata,
     Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True),
     Column("server_id", Integer, ForeignKey("servers.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+# Source IPs chosen for a campaign (none: every active IP of its servers); daemon/dispatch.py uses only these.
+campaign_source_ips = Table(
+    "campaign_source_ips",
+    db.Model.metadata,
+    Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True),
+    Column("server_ip_id", Integer, ForeignKey("server_ips.id", ondelete="CASCADE"), primary_key=True),
 )
 
 
@@ -79,10 +88,16 @@ class Campaign(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # A draft's scheduled start (UTC; NULL: not scheduled), the IANA zone it was given in (for showing
+    # it back), and why the daemon could not start it when its time came (services/schedule.py).
+    scheduled_at: Mapped[datetime | None] = mapped_column(index=True)
+    schedule_zone: Mapped[str | None] = mapped_column(String(64))
+    schedule_error: Mapped[str | None] = mapped_column(Text)
 
     lists: Mapped[list[MailingList]] = relationship(secondary=campaign_lists)
     exclude_lists: Mapped[list[MailingList]] = relationship(secondary=campaign_exclude_lists)
     servers: Mapped[list[Server]] = relationship(secondary=campaign_servers)
+    source_ips: Mapped[list[ServerIP]] = relationship(secondary=campaign_source_ips, order_by="ServerIP.id")
     # Sending domains the letters rotate through (Return-Path, DKIM, HELO follow); none: the panel's bounce domain.
     domains: Mapped[list[Domain]] = relationship(secondary=campaign_domains, order_by="Domain.name")
     # Masked links and the open pixel (services/tracking.py); the hosts of the masked links (the

@@ -105,6 +105,7 @@ def start_campaign(user: User, campaign: Campaign) -> int:
     campaign.total = total
     campaign.status = "running"
     campaign.started_at = utcnow()
+    campaign.scheduled_at = None  # started by hand before its scheduled time: nothing left to start
     db.session.flush()
     return total
 

@@ -37,4 +37,13 @@
   form.querySelector("select[name=lists]").addEventListener("change", showVariables);
   showParts();
   showVariables();
+
+  // A new schedule starts in the browser's own time zone when the panel knows it (UTC otherwise).
+  var zone = form.querySelector("select[name=schedule_zone][data-default=browser]");
+  var browserZone = window.Intl && Intl.DateTimeFormat().resolvedOptions().timeZone;
+  if (zone && browserZone && zone.querySelector('option[value="' + browserZone + '"]')) zone.value = browserZone;
+  var scheduled = form.querySelector("input[name=schedule]");
+  var when = form.querySelector(".schedule-when");
+  function showWhen() { when.style.display = scheduled.checked ? "" : "none"; }
+  if (scheduled && when) { scheduled.addEventListener("change", showWhen); showWhen(); }
 })();

@@ -21,6 +21,7 @@ from ...services.csv_import import ImportFailed, ImportOptions, TooManyRows, imp
 from ...services.domains import (DomainError, DomainInput, DomainTaken, add_domain, check_records, check_reverse, delete_domain,
                                  get_domain, publish, user_domains)
 from ...services.failover import declare_gone
+from ...services.schedule import ScheduleInvalid, parse_iso, schedule_campaign, unschedule_campaign
 from ...services.lists import ListError, ListNameTaken, create_list, get_list, user_lists
 from ...services.rate_limit import take_token
 from ...services.recipients import (RecipientError, RecipientTaken, delete_recipient, export_list, find_in_list,
@@ -40,6 +41,7 @@ CAMPAIGN_STRINGS = ("name", "subject", "from_email", "from_name", "reply_to", "t
 CAMPAIGN_ID_LISTS = ("lists", "exclude_lists", "servers", "domains", "tracking_domains")
 CAMPAIGN_FLAGS = ("track_clicks", "track_opens")
 CAMPAIGN_REQUIRED = ("name", "subject", "from_email", "lists")
+CAMPAIGN_SCHEDULE = ("scheduled_at", "time_zone")  # POST /campaigns may schedule the new draft at once
 
 
 class ApiError(Exception):
@@ -189,6 +191,9 @@ def _campaign_json(item: Campaign) -> dict[str, Any]:
         "created_at": when(item.created_at),
         "started_at": when(item.started_at),
         "finished_at": when(item.finished_at),
+        "scheduled_at": when(item.scheduled_at),  # UTC; time_zone is the zone it was given in
+        "time_zone": item.schedule_zone if item.scheduled_at else None,
+        "schedule_error": item.schedule_error,
     }
 
 
@@ -393,7 +398,7 @@ def suppressions_export():
 # -- campaigns ---------------------------------------------------------------------------
 
 def _campaign_input(data: dict[str, Any]) -> CampaignInput:
-    known = set(CAMPAIGN_STRINGS) | set(CAMPAIGN_ID_LISTS) | set(CAMPAIGN_FLAGS) | {"priority"}
+    known = set(CAMPAIGN_STRINGS) | set(CAMPAIGN_ID_LISTS) | set(CAMPAIGN_FLAGS) | {"priority"} | set(CAMPAIGN_SCHEDULE)
     unknown = sorted(key for key in data if key not in known)
     if unknown:
         raise ApiError(400, f"unknown field(s) {', '.join(unknown)}: the fields are {', '.join(sorted(known))}")
@@ -428,14 +433,31 @@ def campaigns_index():
     return jsonify([_campaign_json(item) for item in user_campaigns(g.api_user)])
 
 
+def _schedule(item: Campaign, data: dict[str, Any]) -> None:
+    """Schedule the draft from {"scheduled_at": ISO 8601 with offset, "time_zone": IANA name}."""
+    if data.get("time_zone") is not None and not isinstance(data["time_zone"], str):
+        raise ApiError(400, "time_zone must be an IANA name such as Europe/Paris")
+    try:
+        schedule_campaign(item, parse_iso(data["scheduled_at"]), data.get("time_zone"))
+    except ScheduleInvalid as exc:
+        db.session.rollback()
+        raise ApiError(400, str(exc)) from None
+    except CampaignLocked as exc:
+        db.session.rollback()
+        raise ApiError(409, str(exc)) from None
+
+
 @bp.post("/campaigns")
 def campaigns_create():
-    data = _campaign_input(_json_object())
+    body = _json_object()
+    data = _campaign_input(body)
     try:
         item = save_campaign(g.api_user, data)
     except CampaignInvalid as exc:
         db.session.rollback()
         raise ApiError(400, str(exc)) from None
+    if body.get("scheduled_at") is not None:
+        _schedule(item, body)
     db.session.commit()
     response = jsonify(_campaign_json(item))
     response.status_code = 201
@@ -468,6 +490,33 @@ def campaigns_update(campaign_id: int):
     except CampaignInvalid as exc:
         db.session.rollback()
         raise ApiError(400, str(exc)) from None
+    db.session.commit()
+    return jsonify(_campaign_json(item))
+
+
+@bp.put("/campaigns/<int:campaign_id>/schedule")
+def campaigns_schedule(campaign_id: int):
+    """Start the draft at {"scheduled_at": ISO 8601 with offset} (shown in {"time_zone"}, default UTC)."""
+    item = _own_campaign(campaign_id)
+    data = _json_object()
+    unknown = sorted(key for key in data if key not in CAMPAIGN_SCHEDULE)
+    if unknown or data.get("scheduled_at") is None:
+        raise ApiError(400, 'send {"scheduled_at": "2026-12-24T09:00:00+01:00", "time_zone": "Europe/Paris"} '
+                            "(time_zone is optional: UTC)")
+    _schedule(item, data)
+    db.session.commit()
+    return jsonify(_campaign_json(item))
+
+
+@bp.delete("/campaigns/<int:campaign_id>/schedule")
+def campaigns_unschedule(campaign_id: int):
+    """Take the scheduled start off the draft; it stays a draft."""
+    item = _own_campaign(campaign_id)
+    try:
+        unschedule_campaign(item)
+    except CampaignLocked as exc:
+        db.session.rollback()
+        raise ApiError(409, str(exc)) from None
     db.session.commit()
     return jsonify(_campaign_json(item))
 

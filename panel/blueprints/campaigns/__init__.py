@@ -27,6 +27,7 @@ from ...services.templates import starter_letter
 from ...services.domains import user_domains
 from ...services.server_shares import sendable_servers
 from ...services.tracking import link_stats, tracking_base_urls
+from ...services.schedule import ScheduleInvalid, local_time, local_to_aware, schedule_campaign, unschedule_campaign
 from .forms import PRIORITY_HINT, CampaignForm, PreviewForm, PriorityForm
 
 bp = Blueprint("campaigns", __name__, url_prefix="/campaigns", template_folder="templates")
@@ -62,6 +63,7 @@ def _compose(form: CampaignForm, campaign: Campaign | None):
         )
         try:
             campaign = save_campaign(current_user, data, campaign)
+            _apply_schedule(form, campaign)
         except CampaignLocked as exc:
             db.session.rollback()
             flash(f"{exc}.", "error")
@@ -71,15 +73,35 @@ def _compose(form: CampaignForm, campaign: Campaign | None):
             for name, messages in exc.errors.items():
                 getattr(form, name).errors.extend(messages)
             status = 400
+        except ScheduleInvalid as exc:
+            db.session.rollback()
+            form.schedule_date.errors.append(f"{str(exc)[0].upper()}{str(exc)[1:]}.")
+            status = 400
         else:
             db.session.commit()
-            flash("Draft saved.", "success")
+            flash(_saved_message(campaign), "success")
             return redirect(url_for("campaigns.view", campaign_id=campaign.id))
     elif form.is_submitted():
         status = 400
     fields = {item.id: item.fields for item in lists}
     return render_template("campaigns/compose.html", form=form, campaign=campaign, list_fields=fields,
                            priority_hint=PRIORITY_HINT), status
+
+
+def _apply_schedule(form: CampaignForm, campaign: Campaign) -> None:
+    """The composer's schedule: ticked, the draft starts then; unticked, it has no scheduled start."""
+    if form.schedule.data:
+        schedule_campaign(campaign, local_to_aware(form.schedule_date.data, form.schedule_time.data,
+                                                   form.schedule_zone.data), form.schedule_zone.data)
+    elif campaign.scheduled_at is not None:
+        unschedule_campaign(campaign)
+
+
+def _saved_message(campaign: Campaign) -> str:
+    at = local_time(campaign)
+    if at is None:
+        return "Draft saved."
+    return f"Draft saved: it starts on {at:%Y-%m-%d %H:%M} {campaign.schedule_zone}."
 
 
 @bp.get("/")
@@ -111,6 +133,9 @@ def edit(campaign_id: int):
         form.servers.data = [item.id for item in campaign.servers]
         form.domains.data = [item.id for item in campaign.domains]
         form.tracking_domains.data = [item.id for item in campaign.tracking_domains]
+        if (at := local_time(campaign)) is not None:
+            form.schedule.data, form.schedule_zone.data = True, campaign.schedule_zone
+            form.schedule_date.data, form.schedule_time.data = at.date(), at.time().replace(tzinfo=None)
     return _compose(form, campaign)
 
 
@@ -141,6 +166,7 @@ def _page(campaign: Campaign, priority_form: PriorityForm | None = None):
     return render_template(
         "campaigns/view.html",
         campaign=campaign,
+        starts_at=local_time(campaign),
         priority_form=priority_form or PriorityForm(formdata=None, priority=campaign.priority),
         priority_hint=PRIORITY_HINT,
         stats=campaign_stats(campaign),
@@ -240,6 +266,21 @@ def control(campaign_id: int, action: str):
     else:
         db.session.commit()
         flash(f"Campaign {ACTION_DONE[action]}.", "success")
+    return redirect(url_for("campaigns.view", campaign_id=campaign_id))
+
+
+@bp.post("/<int:campaign_id>/unschedule")
+def unschedule(campaign_id: int):
+    """Take the scheduled start off a draft; it stays a draft, to start by hand or schedule again."""
+    campaign = _own_campaign(campaign_id)
+    try:
+        had = unschedule_campaign(campaign)
+    except CampaignLocked as exc:
+        db.session.rollback()
+        flash(f"Nothing to unschedule: {exc}.", "error")
+    else:
+        db.session.commit()
+        flash("Unscheduled: the campaign stays a draft." if had else "The campaign had no scheduled start.", "success")
     return redirect(url_for("campaigns.view", campaign_id=campaign_id))
 
 

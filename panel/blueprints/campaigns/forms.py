@@ -1,10 +1,12 @@
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, RadioField, SelectField, SelectMultipleField, StringField, TextAreaField, widgets
+from wtforms.fields import DateField, TimeField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, Optional
 
 from ...models import ENCODINGS
 from ...models.campaign import DEFAULT_PRIORITY, PRIORITIES
+from ...services.schedule import DEFAULT_ZONE, zone_names
 
 FORMATS = [
     SelectChoice("plain", "Plain text"),
@@ -58,6 +60,15 @@ class CampaignForm(FlaskForm):
     track_opens = BooleanField("Count opens (a 1×1 image in the HTML part)", default=False)
     tracking_domains = MultiCheckboxField("Masked links on tracking domains (letters take turns)", coerce=int)
     priority = priority_field()
+    # A scheduled start on the wall clock of a zone (compose.js picks the browser's zone for a new one).
+    schedule = BooleanField("Start at a set time", default=False)
+    schedule_date = DateField("Date", validators=[Optional()])
+    schedule_time = TimeField("Time", validators=[Optional()])
+    schedule_zone = SelectField("Time zone", default=DEFAULT_ZONE)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.schedule_zone.choices = zone_names()
 
     def set_choices(self, lists, servers, domains=()) -> None:
         list_choices = [SelectChoice(item.id, f"{item.name} ({item.recipient_count:,})") for item in lists]
@@ -77,6 +88,11 @@ class CampaignForm(FlaskForm):
         if fmt in ("html", "multipart") and not (self.html.data or "").strip():
             self.html.errors.append("Write the HTML body.")
             ok = False
+        if self.schedule.data:
+            for part, what in ((self.schedule_date, "date"), (self.schedule_time, "time")):
+                if part.data is None and not part.errors:
+                    part.errors.append(f"Give the {what} to start at, or untick “Start at a set time”.")
+                    ok = False
         return ok
 
     def bodies(self) -> tuple[str | None, str | None]:
