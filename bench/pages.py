@@ -1,7 +1,7 @@
 """Page times with 10,000,000 recipients in the database: ten lists of 1,000,000 (filled by
 set-based SQL: generate_series on PostgreSQL, a recursive CTE on SQLite) and a campaign sent
 to one of them (1,000,000 letters, a mix of outcomes written by SQL as the daemon would), on
-SQLite and on PostgreSQL. The lists page and the campaign page are fetched 20 times each by
+SQLite and on PostgreSQL. The lists page, the dashboard (and its API twin) and the campaign page are fetched 20 times each by
 a logged-in user through the Flask app in-process (its test client), after one warm-up.
 The campaign's letters go to a mix of domains (gmail/yahoo/hotmail and 20,000 others) over two
 IPs, with one outcome event each spread over 10,000 minutes: the page's live figures
@@ -94,6 +94,7 @@ def main() -> int:
             api = {"Authorization": f"Bearer {token}"}
             for page, url, headers in (
                     ("lists", "/lists/", None), ("campaign", f"/campaigns/{campaign.id}", None),
+                    ("dashboard", "/", None), ("api_dashboard", "/api/v1/dashboard", api),
                     ("campaign_stats", f"/campaigns/{campaign.id}/stats", None),
                     ("campaign_figures", f"/campaigns/{campaign.id}/figures", None),
                     ("api_timeline", f"/api/v1/campaigns/{campaign.id}/timeline", api),
