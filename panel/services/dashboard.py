@@ -140,12 +140,12 @@ def _rate_problems(user: User, now: datetime) -> list[Problem]:
             rate = complaints / delivered
             level = "danger" if rate > COMPLAINT_DANGER else "warning"
             problems.append(Problem("complaint_rate", level, f"{name}: complaint rate at {provider} is "
-                                    f"{100 * rate:.2f} % ({complaints} of {delivered} delivered)", link))
+                                    f"{100 * rate:.2f} % ({complaints:,} of {delivered:,} delivered)", link))
         if sent and bounced / sent > BOUNCE_WARNING:
             rate = bounced / sent
             level = "danger" if rate > BOUNCE_DANGER else "warning"
             problems.append(Problem("bounce_rate", level, f"{name}: bounce rate at {provider} is "
-                                    f"{100 * rate:.2f} % ({bounced} of {sent} sent)", link))
+                                    f"{100 * rate:.2f} % ({bounced:,} of {sent:,} sent)", link))
     return problems
 
 
