@@ -54,14 +54,15 @@ def sendable_campaigns(server: Server) -> Select:
     )
 
 
-def _slots(server: Server, domains: list[str]) -> list[tuple[str, str | None]]:
+def _slots(server: Server, domains: list[str], chosen: set[int] | None = None) -> list[tuple[str, str | None]]:
     """(source IP, sending domain) pairs, each active IP repeated by its weight and paired with
-    every sending domain of the campaign in turn: a batch's letters take them round in order."""
+    every sending domain of the campaign in turn: a batch's letters take them round in order.
+    `chosen`: the ServerIP ids the campaign is limited to (None: any of the server's)."""
     used_up = warmup.used_up(server)  # warming IPs holding letters for tomorrow get no more today
     return [
         (ip.ip, domain)
         for ip in server.ips
-        if ip.active and ip.ip not in used_up
+        if ip.active and ip.ip not in used_up and (chosen is None or ip.id in chosen)
         for _ in range(max(ip.weight, 1))
         for domain in (domains or [None])
     ]
@@ -78,7 +79,8 @@ def _claim(campaign: Campaign, server: Server, size: int) -> DispatchBatch | Non
 
 
 def _take_letters(campaign: Campaign, server: Server, size: int) -> DispatchBatch | None:
-    slots = _slots(server, [domain.name for domain in campaign.domains])
+    chosen = {ip.id for ip in campaign.source_ips} if campaign.source_ips else None
+    slots = _slots(server, [domain.name for domain in campaign.domains], chosen)
     size = quotas.letters_allowed(campaign.user_id, size)  # the user's day and month (issue 10)
     if not slots or size <= 0:
         return None

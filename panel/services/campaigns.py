@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import or_, select
 
 from ..extensions import db
-from ..models import ENCODINGS, Campaign, Delivery, Domain, MailingList, Server, User
+from ..models import ENCODINGS, Campaign, Delivery, Domain, MailingList, Server, ServerIP, User
 from ..models.base import is_row_id
 from ..models.campaign import DEFAULT_PRIORITY, PRIORITIES
 from .addresses import InvalidAddress, normalise_address
@@ -53,6 +53,7 @@ class CampaignInput:
     track_clicks: bool = True  # mask the links and count clicks
     track_opens: bool = False  # the open pixel
     priority: int = DEFAULT_PRIORITY  # its share of each server among the user's running campaigns
+    source_ips: list[int] = field(default_factory=list)  # ServerIP ids; none: every active IP of the servers
 
 
 PRIORITY_RULE = f"a whole number from {PRIORITIES[0]} (lowest) to {PRIORITIES[-1]} (highest)"
@@ -110,6 +111,8 @@ def _mine(user: User, model: type):
     """The rows of `model` the user may name in a campaign: their own, and servers shared with them."""
     if model is Server:
         return or_(Server.user_id == user.id, Server.id.in_(shared_server_ids(user.id)))
+    if model is ServerIP:  # an IP of a server the user may send through
+        return ServerIP.server_id.in_(select(Server.id).where(_mine(user, Server)))
     return model.user_id == user.id
 
 
@@ -190,6 +193,15 @@ def save_campaign(user: User, data: CampaignInput, campaign: Campaign | None = N
     if both:
         problem("exclude_lists", "a list cannot be both sent to and excluded")
     servers = _owned(user, Server, data.servers, "server", errors, "servers")
+    source_ips = _owned(user, ServerIP, data.source_ips, "source IP", errors, "source_ips")
+    if source_ips:
+        # Chosen IPs name their servers; a server ticked as well must hold one of them, or it would send nothing.
+        with_ips = {ip.server_id for ip in source_ips}
+        idle = [server.name for server in servers if server.id not in with_ips]
+        if idle:
+            problem("source_ips", f"none of the chosen source IPs is on {', '.join(idle)}: choose one of its IPs "
+                                  "or untick the server")
+        servers = list({ip.server_id: ip.server for ip in source_ips}.values())
     domains = _owned(user, Domain, data.domains, "domain", errors, "domains")
     tracking = [item.name for item in domains if item.kind != "sending"]
     if tracking:
@@ -220,6 +232,7 @@ def save_campaign(user: User, data: CampaignInput, campaign: Campaign | None = N
     campaign.lists = lists
     campaign.exclude_lists = exclude_lists
     campaign.servers = servers
+    campaign.source_ips = source_ips
     campaign.domains = domains
     campaign.tracking_domains = tracking_domains
     campaign.track_clicks = bool(data.track_clicks)

@@ -38,7 +38,7 @@ from ...services.users import TokenRefused, authenticate_token
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 CAMPAIGN_STRINGS = ("name", "subject", "from_email", "from_name", "reply_to", "text", "html", "encoding")
-CAMPAIGN_ID_LISTS = ("lists", "exclude_lists", "servers", "domains", "tracking_domains")
+CAMPAIGN_ID_LISTS = ("lists", "exclude_lists", "servers", "domains", "tracking_domains", "source_ips")
 CAMPAIGN_FLAGS = ("track_clicks", "track_opens")
 CAMPAIGN_REQUIRED = ("name", "subject", "from_email", "lists")
 CAMPAIGN_SCHEDULE = ("scheduled_at", "time_zone")  # POST /campaigns may schedule the new draft at once
@@ -182,6 +182,7 @@ def _campaign_json(item: Campaign) -> dict[str, Any]:
         "lists": [x.id for x in item.lists],
         "exclude_lists": [x.id for x in item.exclude_lists],
         "servers": [x.id for x in item.servers],
+        "source_ips": [{"id": x.id, "ip": x.ip} for x in item.source_ips],  # none: every IP of the servers
         "domains": [x.id for x in item.domains],
         "tracking_domains": [x.id for x in item.tracking_domains],
         "track_clicks": item.track_clicks,
@@ -423,6 +424,7 @@ def _campaign_input(data: dict[str, Any]) -> CampaignInput:
         text=data.get("text"), html=data.get("html"), encoding=data.get("encoding") or "quoted-printable",
         lists=data["lists"], exclude_lists=data.get("exclude_lists") or [], servers=data.get("servers") or [],
         domains=data.get("domains") or [], tracking_domains=data.get("tracking_domains") or [],
+        source_ips=data.get("source_ips") or [],
         track_clicks=data.get("track_clicks", True), track_opens=data.get("track_opens", False),
         priority=data.get("priority", DEFAULT_PRIORITY),  # checked by save_campaign
     )

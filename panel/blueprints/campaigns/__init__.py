@@ -60,6 +60,7 @@ def _compose(form: CampaignForm, campaign: Campaign | None):
             encoding=form.encoding.data, lists=form.lists.data, exclude_lists=form.exclude_lists.data,
             servers=form.servers.data, domains=form.domains.data, tracking_domains=form.tracking_domains.data,
             track_clicks=form.track_clicks.data, track_opens=form.track_opens.data, priority=form.priority.data,
+            source_ips=form.source_ips.data or [],
         )
         try:
             campaign = save_campaign(current_user, data, campaign)
@@ -130,7 +131,8 @@ def edit(campaign_id: int):
         form.format.data = campaign.format
         form.lists.data = [item.id for item in campaign.lists]
         form.exclude_lists.data = [item.id for item in campaign.exclude_lists]
-        form.servers.data = [item.id for item in campaign.servers]
+        form.servers.data = [item.id for item in campaign.servers if not campaign.source_ips]
+        form.source_ips.data = [item.id for item in campaign.source_ips]
         form.domains.data = [item.id for item in campaign.domains]
         form.tracking_domains.data = [item.id for item in campaign.tracking_domains]
         if (at := local_time(campaign)) is not None:

@@ -55,6 +55,7 @@ class CampaignForm(FlaskForm):
     lists = SelectMultipleField("Send to lists", coerce=int)
     exclude_lists = SelectMultipleField("Exclude lists", coerce=int)
     servers = MultiCheckboxField("Send through servers", coerce=int)
+    source_ips = MultiCheckboxField("Only from these source IPs", coerce=int)
     domains = MultiCheckboxField("Send for domains (letters rotate through them)", coerce=int)
     track_clicks = BooleanField("Mask the links and count clicks", default=True)
     track_opens = BooleanField("Count opens (a 1×1 image in the HTML part)", default=False)
@@ -75,6 +76,7 @@ class CampaignForm(FlaskForm):
         self.lists.choices = list_choices
         self.exclude_lists.choices = list_choices
         self.servers.choices = [SelectChoice(item.id, f"{item.name} ({item.host})") for item in servers]
+        self.source_ips.choices = [SelectChoice(ip.id, f"{ip.ip} on {item.name}") for item in servers for ip in item.ips]
         self.domains.choices = [SelectChoice(item.id, f"{item.name} (bounces to {item.bounce_domain})")
                                 for item in domains if item.kind == "sending"]
         self.tracking_domains.choices = [SelectChoice(item.id, item.name) for item in domains if item.kind == "tracking"]
