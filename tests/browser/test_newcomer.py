@@ -291,7 +291,10 @@ def test_another_user_sees_none_of_it(stack: LocalStack, new_page: Callable[[], 
     other = new_page()
     log_in(other, email, password)
     expect(other.locator("header .who")).to_have_text(email)
-    expect(other.get_by_text("No campaigns yet.")).to_be_visible()
+    # They land on their dashboard: nothing of the admin's there.
+    expect(other.get_by_text("No campaign is running or scheduled.")).to_be_visible()
+    for name in admin_names:
+        expect(other.get_by_text(name)).to_have_count(0)
     other.get_by_role("navigation").get_by_role("link", name="Lists").click()
     expect(other.get_by_text("No lists yet.")).to_be_visible()
     for name in admin_names:
