@@ -20,6 +20,7 @@ from ...services.campaigns import (CampaignInput, CampaignInvalid, CampaignLocke
 from ...services.csv_import import ImportFailed, ImportOptions, TooManyRows, import_csv, import_records
 from ...services.domains import (DomainError, DomainInput, DomainTaken, add_domain, check_records, check_reverse, delete_domain,
                                  get_domain, publish, user_domains)
+from ...services.alignment import unaligned_warning
 from ...services.failover import declare_gone
 from ...services.schedule import ScheduleInvalid, parse_iso, schedule_campaign, unschedule_campaign
 from ...services.lists import ListError, ListNameTaken, create_list, get_list, user_lists
@@ -195,6 +196,8 @@ def _campaign_json(item: Campaign) -> dict[str, Any]:
         "scheduled_at": when(item.scheduled_at),  # UTC; time_zone is the zone it was given in
         "time_zone": item.schedule_zone if item.scheduled_at else None,
         "schedule_error": item.schedule_error,
+        # e.g. a From domain that will fail DMARC alignment, and how to fix it (services/alignment.py)
+        "warnings": [warning] if (warning := unaligned_warning(item.user_id, item.from_email)) else [],
     }
 
 

@@ -28,6 +28,7 @@ from ...services.domains import user_domains
 from ...services.server_shares import sendable_servers
 from ...services.tracking import link_stats, tracking_base_urls
 from ...services.schedule import ScheduleInvalid, local_time, local_to_aware, schedule_campaign, unschedule_campaign
+from ...services.alignment import unaligned_warning
 from .forms import PRIORITY_HINT, CampaignForm, PreviewForm, PriorityForm
 
 bp = Blueprint("campaigns", __name__, url_prefix="/campaigns", template_folder="templates")
@@ -86,7 +87,8 @@ def _compose(form: CampaignForm, campaign: Campaign | None):
         status = 400
     fields = {item.id: item.fields for item in lists}
     return render_template("campaigns/compose.html", form=form, campaign=campaign, list_fields=fields,
-                           priority_hint=PRIORITY_HINT), status
+                           priority_hint=PRIORITY_HINT,
+                           unaligned=unaligned_warning(current_user, (form.from_email.data or "").strip())), status
 
 
 def _apply_schedule(form: CampaignForm, campaign: Campaign) -> None:
@@ -169,6 +171,7 @@ def _page(campaign: Campaign, priority_form: PriorityForm | None = None):
         "campaigns/view.html",
         campaign=campaign,
         starts_at=local_time(campaign),
+        unaligned=unaligned_warning(campaign.user_id, campaign.from_email) if campaign.status == "draft" else None,
         priority_form=priority_form or PriorityForm(formdata=None, priority=campaign.priority),
         priority_hint=PRIORITY_HINT,
         stats=campaign_stats(campaign),
