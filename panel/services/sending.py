@@ -72,6 +72,9 @@ def start_campaign(user: User, campaign: Campaign) -> int:
     servers = campaign.servers or [server for server in user_servers(user) if server.ready]
     if not any(ip.active for server in servers for ip in server.ips):
         raise SendingError("no server with an active IP address to send from: add a server first")
+    if campaign.source_ips and not any(ip.active for ip in campaign.source_ips):
+        raise SendingError("none of the chosen source IPs is active: make one active on its server's page "
+                           "or choose other IPs")
 
     chosen = _chosen_recipients(user, campaign)
     postgresql = db.session.get_bind().dialect.name == "postgresql"

@@ -73,3 +73,19 @@ def test_the_composer_offers_each_ip_and_keeps_the_choice(as_alice, seed, alice)
     campaign_id = int(response.headers["Location"].rstrip("/").split("/")[-1])
     assert seed.query(lambda s: [ip.ip for ip in s.get(Campaign, campaign_id).source_ips]) == ["192.0.2.11"]
     assert "<code>192.0.2.11</code>" in as_alice.get(f"/campaigns/{campaign_id}").get_data(as_text=True)
+
+
+def test_a_campaign_whose_chosen_ips_are_all_inactive_does_not_start(app, seed, alice):
+    seed.server(alice, ips=("192.0.2.10", "192.0.2.11"))
+    list_id = seed.list(alice, "readers", [{"email": "r@example.org"}])
+    chosen = _ip_id(seed, "192.0.2.11")
+    campaign_id = seed.campaign(alice, [list_id], subject="News", text="Hi\n{{ unsubscribe_url }}\n", source_ips=[chosen])
+    from panel.services.sending import SendingError
+
+    with app.app_context():
+        db.session.get(ServerIP, chosen).active = False
+        db.session.commit()
+        with pytest.raises(SendingError, match="none of the chosen source IPs is active"):
+            start_campaign(db.session.get(User, alice), db.session.get(Campaign, campaign_id))
+        db.session.rollback()
+    assert seed.get(Campaign, campaign_id).status == "draft"
