@@ -277,13 +277,15 @@ def test_the_top_bar_and_a_form_are_walked_with_tab_and_show_where_the_focus_is(
     page.keyboard.press("Tab")
     assert page.evaluate("!!document.activeElement.closest('main')"), "Tab after the skip link is not in the content"
 
-    # The composer, the longest form: Tab reaches every field and button of it (a radio group once).
+    # The composer, the longest form: Tab reaches every field and button of it (a radio group once,
+    # a closed fold-out by its summary).
     page.goto("/campaigns/new")
     fields = page.evaluate("""() => {
       const form = document.querySelector("main form"), names = [];
-      form.querySelectorAll("input, select, textarea, button").forEach((el, i) => {
-        if (el.type === "hidden" || !el.getClientRects().length) return;
-        el.dataset.tabStop = el.type === "radio" ? "radio:" + el.name : String(i);
+      // A closed fold-out's fields are no Tab stops until it is opened; its summary is one.
+      form.querySelectorAll("input, select, textarea, button, summary").forEach((el, i) => {
+        if (el.type === "hidden" || !el.checkVisibility()) return;
+        el.dataset.tabStop = el.type === "radio" ? "radio:" + el.name : i + ":" + (el.name || el.id || el.innerText);
         names.push(el.dataset.tabStop);
       });
       return [...new Set(names)];
