@@ -276,6 +276,23 @@ def detect_vacation(anatomy: Anatomy) -> list[Verdict] | None:
     return None
 
 
+_CHALLENGE = re.compile(r"(?i)(confirm (?:that )?you are (?:a )?(?:human|real person)|"
+                        r"verify (?:that )?you are (?:a )?(?:human|real person)|\bTMDA\b|spam ?arrest|boxbe|"
+                        r"challenge[- ]response|sender verification request)")
+
+
+def detect_challenge(anatomy: Anatomy) -> list[Verdict] | None:
+    """A challenge-response (TMDA, SpamArrest, Boxbe) asks the sender to prove they are human: the
+    letter waits, nothing failed, so nobody may be suppressed whatever failure words it uses."""
+    sender = (_header_addresses(anatomy.message, "From") or [""])[0]
+    if anatomy.status_blocks or anatomy.feedback or not sender or _system(sender):
+        return None
+    subject = header_text(anatomy.message.get("Subject", ""))
+    if _CHALLENGE.search(subject) or _CHALLENGE.search(anatomy.report[:4000]):
+        return [Verdict(recipient=sender, reason="challenge", kind="none")]
+    return None
+
+
 # 5. human-written text bounces ---------------------------------------------------------------
 
 _A = r"(?<![^\s<\"'(\[:;,])<?([^<>\s\"'(),;:]+@[^<>\s\"'(),;:]+)>?"  # an address, as a whole word
@@ -386,7 +403,7 @@ def detect_fallback(anatomy: Anatomy) -> list[Verdict]:
 
 
 DETECTORS: list[Callable[[Anatomy], list[Verdict] | None]] = [
-    detect_feedback, detect_ses, detect_dsn, detect_vacation, detect_text,
+    detect_feedback, detect_ses, detect_dsn, detect_vacation, detect_challenge, detect_text,
 ]
 
 
