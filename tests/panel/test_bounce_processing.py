@@ -294,3 +294,26 @@ def test_a_delay_notice_is_recorded_but_changes_nothing(app, mailing):
     assert (message.bounce_kind, message.classified_at is not None) == ("soft", True)
     assert mailing.seed.get(Delivery, letter).bounce is None
     assert mailing.suppressed() == {} and mailing.stats(campaign)["bounced_soft"] == 0
+
+
+def test_a_success_dsn_suppresses_nobody_and_changes_no_letter(app, mailing):
+    """Issue 11 point 4: a DSN whose every recipient was delivered (Action delivered, Status 2.0.0,
+    reply 250) is kind none on its way through the daemon: no bounce, nothing suppressed, even with a
+    soft limit of one; the letter's state is what it was before the notice came."""
+    app.config["BOUNCE_SOFT_LIMIT"] = 1
+    campaign = mailing.campaign()
+    letter = mailing.letter(campaign, "bob@example.org")
+    before = mailing.seed.get(Delivery, letter).status
+    mailing.bounce(letter, (
+        "From: Mail Delivery System <MAILER-DAEMON@mx.example.org>\nTo: bounce+x@bounces.example.com\n"
+        "Subject: Successful Mail Delivery Report\nMIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\n\n'
+        "--b\nContent-Type: text/plain\n\nYour message was successfully delivered to bob@example.org.\n\n"
+        "--b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.org\n\n"
+        "Final-Recipient: rfc822; bob@example.org\nAction: delivered\nStatus: 2.0.0\n"
+        "Diagnostic-Code: smtp; 250 2.0.0 OK\n\n--b--\n"))
+    (message,) = mailing.messages()
+    assert message.bounce_kind == "none"
+    row = mailing.seed.get(Delivery, letter)
+    assert (row.bounce, row.status) == (None, before)
+    assert mailing.suppressed() == {} and mailing.stats(campaign)["bounced_soft"] == 0
