@@ -57,3 +57,14 @@ def test_a_plain_failure_text_is_still_a_failure():
     raw = ("From: MAILER-DAEMON@mx.example\nTo: bounce+1@bounces.example\nSubject: Undelivered Mail\n\n"
            "<kim@example.org>: 550 5.1.1 user unknown\n")
     assert [v.kind for v in classify(raw)] == ["hard"]
+
+
+@pytest.mark.parametrize("key", ["notificationType", "eventType"])
+@pytest.mark.parametrize("response", ["250 2.6.0 Message received", "250 OK id=1tX", "250 2.0.0 queued"])
+def test_an_amazon_ses_delivery_notice_is_none(key, response):
+    """SES lists a Delivery's recipients as plain strings, not objects as in a Bounce."""
+    body = ('{"%s":"Delivery","mail":{"source":"news@example.com","destination":["kim@example.org"]},'
+            '"delivery":{"recipients":["kim@example.org"],"smtpResponse":"%s"}}') % (key, response)
+    raw = "From: no-reply@sns.amazonaws.com\nTo: bounce+1@bounces.example\nSubject: Amazon SES Email Event Notification\n\n"
+    verdicts = classify(raw + body)
+    assert [(v.recipient, v.kind) for v in verdicts] == [("kim@example.org", "none")]

@@ -181,7 +181,7 @@ def _hotmail_complaint(anatomy: Anatomy) -> list[Verdict] | None:
 
 # 2. Amazon SES notifications (JSON in the body) ----------------------------------------------
 
-_SES_TYPE = re.compile(r'"notificationType"\s*:\s*"(\w+)"')
+_SES_TYPE = re.compile(r'"(?:notificationType|eventType)"\s*:\s*"(\w+)"')
 _SES_RECIPIENT = re.compile(r'\{\s*"emailAddress"\s*:\s*"([^"]+)"((?:\s*,\s*"\w+"\s*:\s*"[^"]*")*)')
 _SES_FIELD = re.compile(r'"(\w+)"\s*:\s*"([^"]*)"')
 
@@ -196,6 +196,10 @@ def detect_ses(anatomy: Anatomy) -> list[Verdict] | None:
     if start < 0:
         return None
     end = body.find("]", start)
+    if kind.group(1) == "Delivery":  # a success: its recipients are plain strings, never a failure
+        found = re.findall(r'"([^"\s]+@[^"\s]+)"', body[start:end if end > 0 else None])
+        return [Verdict(recipient=normalise(r), reason="delivered", kind="none") for r in found] or \
+            [Verdict(recipient=None, reason="delivered", kind="none")]
     verdicts = []
     for match in _SES_RECIPIENT.finditer(body[start:end if end > 0 else None]):
         recipient, fields = normalise(match.group(1)), dict(_SES_FIELD.findall(match.group(2)))
