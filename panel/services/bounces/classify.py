@@ -205,8 +205,6 @@ def detect_ses(anatomy: Anatomy) -> list[Verdict] | None:
         recipient, fields = normalise(match.group(1)), dict(_SES_FIELD.findall(match.group(2)))
         if kind.group(1) == "Complaint":
             verdicts.append(Verdict(recipient=recipient, reason="feedback", kind="none", feedback_type="abuse"))
-        elif kind.group(1) == "Delivery":
-            verdicts.append(Verdict(recipient=recipient, reason="delivered", kind="none"))
         else:
             verdicts.append(_verdict(recipient, _diagnostic(fields.get("diagnosticCode", "")), fields.get("status")))
     return verdicts or None
