@@ -93,6 +93,8 @@ class Campaign(db.Model):
     scheduled_at: Mapped[datetime | None] = mapped_column(index=True)
     schedule_zone: Mapped[str | None] = mapped_column(String(64))
     schedule_error: Mapped[str | None] = mapped_column(Text)
+    # Archived (services/tidy.py): its letters and events deleted, its state and figures kept.
+    archived_at: Mapped[datetime | None]
 
     lists: Mapped[list[MailingList]] = relationship(secondary=campaign_lists)
     exclude_lists: Mapped[list[MailingList]] = relationship(secondary=campaign_exclude_lists)

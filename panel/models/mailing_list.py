@@ -23,6 +23,8 @@ class MailingList(db.Model):
     # Kept up to date by the services, so pages never count millions of rows.
     recipient_count: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Archived (services/tidy.py): hidden from the lists page and the composer, restorable.
+    archived_at: Mapped[datetime | None]
 
     recipients: Mapped[list[Recipient]] = relationship(
         back_populates="mailing_list", cascade="all, delete-orphan", passive_deletes=True, lazy="dynamic"
