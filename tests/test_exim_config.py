@@ -197,6 +197,9 @@ def _check_source_ips(capture: CaptureServer, count: int) -> None:
         assert "X-Mailfleet-Source-IP" not in item.message, "control header left the node"
         assert "X-Mailfleet-Campaign" not in item.message, "control header left the node"
         assert item.message["X-Other"] == "kept"
+        # A test send's mark is the one X-Mailfleet header that leaves, and only on a test letter.
+        n = int(re.search(r"letter (\d+) ", subject).group(1))  # type: ignore[union-attr]
+        assert item.message.get_all("X-Mailfleet-Test") == (["1"] if n % 3 == 0 else None), subject
     assert wrong == [], f"{len(wrong)} of {count} letters went out from the wrong IP/HELO"
 
 
@@ -206,7 +209,8 @@ def _submit_interleaved(exim: Exim, count: int, connections: int = 2) -> None:
         for n in range(count):
             ip = ("127.0.0.2", "127.0.0.3")[n % 2]
             message = letter(f"letter {n} via {ip}", ip, to=f"r{n}@example.org",
-                             extra_headers=("X-Other: kept", "X-Mailfleet-Campaign: 12"))
+                             extra_headers=("X-Other: kept", "X-Mailfleet-Campaign: 12")
+                             + (("X-Mailfleet-Test: 1",) if n % 3 == 0 else ()))
             code, reply = send_on(smtps[n % connections], f"bounce+{n}-tok@{BOUNCE_DOMAIN}", [f"r{n}@example.org"], message)
             assert code == 250, reply
     finally:

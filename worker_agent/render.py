@@ -173,6 +173,8 @@ class CompiledCampaign:
             f"List-Id: <c{campaign['id']}.{campaign['message_id_domain']}>{CRLF}"
             f"X-Mailfleet-Campaign: {campaign['id']}{CRLF}"
         )
+        if campaign.get("test") is True:  # a test send (the panel's "Send a test"): says so to its reader
+            self.tail += f"X-Mailfleet-Test: 1{CRLF}"
 
     def render(self, recipient: Mapping[str, Any]) -> Letter:
         email = recipient["email"]

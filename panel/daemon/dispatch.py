@@ -25,7 +25,7 @@ from sqlalchemy import Select, and_, or_, select, update
 from ..extensions import db
 from ..models import Campaign, CampaignCount, Delivery, DispatchBatch, Recipient, Server, Suppression
 from ..models.base import utcnow
-from ..services import quotas, warmup
+from ..services import quotas, test_sends, warmup
 from ..services.letters import campaign_payload, recipient_payload
 from ..services.tokens import delivery_token
 from .agent_client import AgentClient
@@ -258,7 +258,8 @@ def dispatch_server(client: AgentClient, server: Server) -> bool:
     """Push what this server may take now, its window shared fairly among the running campaigns it
     serves; True if anything was pushed."""
     config = current_app.config
-    pushed = False
+    # Test letters first: a user waits for them, and they are few (services/test_sends.py).
+    pushed = test_sends.push_pending(client, server)
     # Batches left open by an earlier round or an earlier daemon go first, in order.
     for batch in _open_batches(server):
         push_batch(client, batch)

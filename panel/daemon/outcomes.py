@@ -32,6 +32,7 @@ from ..models import BounceMessage, Campaign, CampaignCount, Delivery, DispatchB
 from ..models.base import is_row_id, utcnow
 from ..services import failover
 from ..services.bounces.apply import process_bounce, process_pending_bounces, process_refusal
+from ..services.test_sends import apply_test_events
 from ..services.tokens import delivery_id_from_token
 from ..services.unsubscribe import apply_pending_unsubscribe_messages, apply_unsubscribe_message
 from .agent_client import AgentClient, AgentError
@@ -97,6 +98,12 @@ def _well_formed(event: object) -> bool:
             and isinstance(event.get("text"), (str, type(None))))
 
 
+def _is_test_event(event: object) -> bool:
+    """An event about a test letter (services/test_sends.py): its id is a test letter's, negated."""
+    return (isinstance(event, dict) and isinstance(event.get("id"), int) and not isinstance(event["id"], bool)
+            and event["id"] < 0 and _well_formed({**event, "id": -event["id"]}))
+
+
 def _event_time(value: object, now: datetime) -> datetime:
     """When the agent says it happened (unix seconds, Exim's log time), if that is a number within
     the bounds; else `now`. (A comparison is exact for any int, and false for NaN.)"""
@@ -150,6 +157,10 @@ def apply_events(server: Server, events: list[dict], dropped: Counter | None = N
     """Store events and move deliveries forward; returns how many deliveries changed. Events about
     letters the server was not given, and malformed ones, are counted in `dropped` and ignored."""
     dropped = Counter() if dropped is None else dropped
+    tests = [e for e in events if _is_test_event(e)]
+    if tests:  # a campaign's test letters: their own rows, no figure, no bounce judgement
+        apply_test_events(server, [dict(e, text=reply_text(e.get("text"))) for e in tests])
+        events = [e for e in events if not _is_test_event(e)]
     wanted = [e for e in events if _well_formed(e)]
     dropped["malformed items"] += len(events) - len(wanted)
     states = _current_states(server, [e["id"] for e in wanted])

@@ -27,6 +27,7 @@ from .import_job import IMPORT_STATES, ImportJob
 from .mailing_list import MailingList, Recipient, Suppression
 from .provider_limit import ServerProviderLimit, ServerProviderTable
 from .token_cutoff import ShortTokenCutoff
+from .test_letter import TestLetter
 from .tracking import CampaignLink, Click, Open
 from .server import JOB_KINDS, JOB_STATES, READY_STATES, ProvisionJob, Server, ServerEvent, ServerIP, ServerRateLimit
 from .user import TOKEN_SCOPES, ApiRateBucket, ApiToken, LoginThrottle, User
@@ -37,6 +38,6 @@ __all__ = [
     "Open", "campaign_tracking_domains", "DELIVERY_STATES", "Delivery",
     "DeliveryEvent", "DispatchBatch", "DMARC_POLICIES", "DOMAIN_KINDS", "Domain", "TSIG_ALGORITHMS", "ENCODINGS", "FINAL_STATES", "IMPORT_STATES", "ImportJob", "JOB_KINDS", "JOB_STATES", "MailingList",
     "ProvisionJob", "READY_STATES", "Recipient",
-    "Server", "ServerEvent", "ShortTokenCutoff", "ServerIP", "ServerProviderLimit", "ServerProviderTable", "ServerRateLimit", "Suppression", "User", "campaign_domains", "campaign_exclude_lists",
+    "Server", "ServerEvent", "ShortTokenCutoff", "ServerIP", "ServerProviderLimit", "ServerProviderTable", "ServerRateLimit", "Suppression", "TestLetter", "User", "campaign_domains", "campaign_exclude_lists",
     "campaign_lists", "campaign_servers",
 ]

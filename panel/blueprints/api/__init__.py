@@ -23,6 +23,7 @@ from ...services.domains import (DomainError, DomainInput, DomainTaken, add_doma
 from ...services.alignment import unaligned_warning
 from ...services.failover import declare_gone
 from ...services.schedule import ScheduleInvalid, parse_iso, schedule_campaign, unschedule_campaign
+from ...services.test_sends import NoServerOnline, TestSendError, send_test, test_as_json
 from ...services.lists import ListError, ListNameTaken, create_list, get_list, user_lists
 from ...services.rate_limit import take_token
 from ...services.recipients import (RecipientError, RecipientTaken, delete_recipient, export_list, find_in_list,
@@ -524,6 +525,29 @@ def campaigns_unschedule(campaign_id: int):
         raise ApiError(409, str(exc)) from None
     db.session.commit()
     return jsonify(_campaign_json(item))
+
+
+@bp.post("/campaigns/<int:campaign_id>/test")
+def campaigns_test(campaign_id: int):
+    """Send the campaign, marked as a test, to {"addresses": [up to 5]} through one of its servers
+    (the daemon pushes it on its next round); counted nowhere in the campaign."""
+    item = _own_campaign(campaign_id)
+    data = _json_object()
+    unknown = sorted(key for key in data if key != "addresses")
+    if unknown or "addresses" not in data:
+        raise ApiError(400, 'send {"addresses": ["you@example.com"]} (1 to 5 addresses)')
+    try:
+        letters = send_test(g.api_user, item, data["addresses"])
+    except NoServerOnline as exc:
+        db.session.rollback()
+        raise ApiError(409, str(exc)) from None
+    except TestSendError as exc:
+        db.session.rollback()
+        raise ApiError(400, str(exc)) from None
+    db.session.commit()
+    response = jsonify({"tests": [test_as_json(letter) for letter in letters]})
+    response.status_code = 202
+    return response
 
 
 @bp.get("/campaigns/<int:campaign_id>/stats")

@@ -29,7 +29,8 @@ from ...services.server_shares import sendable_servers
 from ...services.tracking import link_stats, tracking_base_urls
 from ...services.schedule import ScheduleInvalid, local_time, local_to_aware, schedule_campaign, unschedule_campaign
 from ...services.alignment import unaligned_warning
-from .forms import PRIORITY_HINT, CampaignForm, PreviewForm, PriorityForm
+from ...services.test_sends import MAX_ADDRESSES, TestSendError, recent_tests, send_test
+from .forms import PRIORITY_HINT, CampaignForm, PreviewForm, PriorityForm, TestSendForm
 
 bp = Blueprint("campaigns", __name__, url_prefix="/campaigns", template_folder="templates")
 
@@ -166,10 +167,13 @@ def _by_server(campaign: Campaign) -> dict:
     return {"by_server": rows, "server_names": names, "state_labels": SERVER_STATE_LABELS}
 
 
-def _page(campaign: Campaign, priority_form: PriorityForm | None = None):
+def _page(campaign: Campaign, priority_form: PriorityForm | None = None, test_form: TestSendForm | None = None):
     return render_template(
         "campaigns/view.html",
         campaign=campaign,
+        test_form=test_form or TestSendForm(formdata=None),
+        tests=recent_tests(campaign),
+        max_test_addresses=MAX_ADDRESSES,
         starts_at=local_time(campaign),
         unaligned=unaligned_warning(campaign.user_id, campaign.from_email) if campaign.status == "draft" else None,
         priority_form=priority_form or PriorityForm(formdata=None, priority=campaign.priority),
@@ -272,6 +276,25 @@ def control(campaign_id: int, action: str):
         db.session.commit()
         flash(f"Campaign {ACTION_DONE[action]}.", "success")
     return redirect(url_for("campaigns.view", campaign_id=campaign_id))
+
+
+@bp.post("/<int:campaign_id>/test")
+def test(campaign_id: int):
+    """Send the campaign, marked as a test, to up to five addresses (services/test_sends.py)."""
+    campaign = _own_campaign(campaign_id)
+    form = TestSendForm()
+    if form.validate_on_submit():
+        try:
+            letters = send_test(current_user, campaign, form.addresses.data or "")
+        except TestSendError as exc:
+            db.session.rollback()
+            form.addresses.errors = [*form.addresses.errors, str(exc)]
+        else:
+            db.session.commit()
+            flash(f"Test queued for {', '.join(letter.email for letter in letters)}: it goes out through "
+                  "the campaign's server within seconds, marked [Test], and counts nowhere in the campaign.", "success")
+            return redirect(url_for("campaigns.view", campaign_id=campaign.id) + "#test-send")
+    return _page(campaign, test_form=form), 400
 
 
 @bp.post("/<int:campaign_id>/unschedule")

@@ -109,6 +109,12 @@ class PriorityForm(FlaskForm):
     priority = priority_field()
 
 
+class TestSendForm(FlaskForm):
+    """Up to five addresses a test of the campaign goes to (checked by services/test_sends.py)."""
+
+    addresses = StringField("Send a test to", validators=[Optional()])
+
+
 class PreviewForm(FlaskForm):
     class Meta:
         csrf = False  # a GET that changes nothing
