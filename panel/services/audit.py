@@ -87,6 +87,18 @@ def record(action: str, target: str = "", detail: str = "", *, actor_id: int | N
     return entry
 
 
+def note(action: str, target: str, detail: str = "") -> None:
+    """An entry for the current request's or command's actor (nothing outside one), for what the
+    watcher cannot see (set-based deletes) or to say more than it would (the watcher then skips
+    its own entry of the same action and target)."""
+    actor = current_actor()
+    if actor is None or (action, target) in actor.seen:
+        return
+    actor.seen.add((action, target))
+    record(action, target, detail, actor_id=actor.user_id, actor_email=actor.email, address=actor.address,
+           via=actor.via)
+
+
 # -- the watcher ------------------------------------------------------------------------------
 
 def _changed(obj: Any) -> list[str]:
@@ -160,7 +172,9 @@ def _notes(session: Session) -> Iterator[tuple[str, str, str]]:
         if not changed:
             continue
         if isinstance(obj, Campaign):
-            if "status" in changed and (action := CAMPAIGN_STATUS_ACTIONS.get(_new_value(obj, "status"))):
+            if "archived_at" in changed:  # services/tidy.py
+                yield ("campaign.archived" if obj.archived_at else "campaign.restored"), f"campaign {obj.id} ({obj.name})", ""
+            elif "status" in changed and (action := CAMPAIGN_STATUS_ACTIONS.get(_new_value(obj, "status"))):
                 before = inspect(obj).attrs["status"].history.deleted
                 if action == "campaign.started" and before and before[0] == "paused":
                     action = "campaign.resumed"
@@ -168,6 +182,9 @@ def _notes(session: Session) -> Iterator[tuple[str, str, str]]:
             elif "status" not in changed:
                 yield "campaign.changed", f"campaign {obj.id} ({obj.name})", ", ".join(changed)
         elif isinstance(obj, MailingList):
+            if "archived_at" in changed:  # services/tidy.py
+                yield ("list.archived" if obj.archived_at else "list.restored"), f"list {obj.id} ({obj.name})", ""
+                continue
             value = _new_value(obj, "recipient_count") if "recipient_count" in changed else None
             if isinstance(value, ClauseElement):  # an import adding to the count
                 yield "list.imported", f"list {obj.id} ({obj.name})", ""

@@ -77,8 +77,12 @@ def set_priority(campaign: Campaign, priority: object) -> int:
     return before
 
 
-def user_campaigns(user: User) -> list[Campaign]:
-    return list(db.session.scalars(select(Campaign).where(Campaign.user_id == user.id).order_by(Campaign.id.desc())))
+def user_campaigns(user: User, archived: bool | None = False) -> list[Campaign]:
+    """The user's campaigns, newest first: not archived (archived=False), archived (True) or all (None)."""
+    query = select(Campaign).where(Campaign.user_id == user.id)
+    if archived is not None:
+        query = query.where(Campaign.archived_at.is_not(None) if archived else Campaign.archived_at.is_(None))
+    return list(db.session.scalars(query.order_by(Campaign.id.desc())))
 
 
 def get_campaign(user: User, campaign_id: int) -> Campaign | None:

@@ -18,8 +18,17 @@ class ListNameTaken(ListError):
     pass
 
 
-def user_lists(user: User) -> list[MailingList]:
-    return list(db.session.scalars(select(MailingList).where(MailingList.user_id == user.id).order_by(MailingList.id)))
+def user_lists(user: User, archived: bool | None = False) -> list[MailingList]:
+    """The user's lists: those in use (archived=False), the archived ones (True) or all (None)."""
+    query = select(MailingList).where(MailingList.user_id == user.id)
+    if archived is not None:
+        query = query.where(MailingList.archived_at.is_not(None) if archived else MailingList.archived_at.is_(None))
+    return list(db.session.scalars(query.order_by(MailingList.id)))
+
+
+def archived_list_count(user: User) -> int:
+    return db.session.scalar(select(func.count()).where(MailingList.user_id == user.id,
+                                                        MailingList.archived_at.is_not(None))) or 0
 
 
 def get_list(user: User, list_id: int) -> MailingList | None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, or_, select
 
 from ..extensions import db
 from ..models import Suppression, User
 from ..models.base import insert_unless_present, is_row_id
+from . import audit
 from .addresses import InvalidAddress, normalise_address
 from .imports.report import csv_stream
 
@@ -109,8 +110,48 @@ def find_suppression(user: User, key: str) -> Suppression | None:
 def remove_suppression(user: User, entry: Suppression) -> None:
     """Let campaigns mail the address again."""
     db.session.execute(delete(Suppression).where(Suppression.id == entry.id, Suppression.user_id == user.id))
+    audit.note("suppression.removed", entry.email, REASONS.get(entry.reason, entry.reason))
     db.session.expunge(entry)
     db.session.flush()
+
+
+def count_matching(user: User, search: str | None = None) -> int:
+    """How many of the user's entries a search matches (all of them for none)."""
+    matching = _matching(user, search).with_only_columns(Suppression.id).subquery()
+    return db.session.scalar(select(func.count()).select_from(matching)) or 0
+
+
+def selected_entries(user: User, ids: list[int]) -> list[Suppression]:
+    """The user's entries among these ids, in address order (another user's ids match nothing)."""
+    wanted = [item for item in ids if is_row_id(item)][:MAX_PAGE_SIZE]
+    if not wanted:
+        return []
+    return list(db.session.scalars(select(Suppression).where(Suppression.user_id == user.id, Suppression.id.in_(wanted))
+                                   .order_by(Suppression.email)))
+
+
+def remove_suppressions(user: User, *, ids: list[int] | None = None, emails: list[str] | None = None,
+                        search: str | None = None) -> int:
+    """Let campaigns mail again the user's entries with these ids or addresses, or else every entry a
+    search matches (all of them for an empty search), in one statement; returns how many went."""
+    query = delete(Suppression).where(Suppression.user_id == user.id)
+    if ids is not None or emails is not None:
+        wanted_ids = [item for item in ids or [] if is_row_id(item)]
+        addresses = []
+        for address in emails or []:
+            try:
+                addresses.append(normalise_address(address))
+            except InvalidAddress:
+                continue  # not an address: suppressed under no such name
+        query = query.where(or_(Suppression.id.in_(wanted_ids), Suppression.email.in_(addresses)))
+        what = f"{len(wanted_ids) + len(addresses)} chosen"
+    else:
+        query = query.where(Suppression.id.in_(_matching(user, search).with_only_columns(Suppression.id)))
+        what = f"matching “{search.strip()}”" if search and search.strip() else "all"
+    gone = db.session.execute(query.execution_options(synchronize_session=False)).rowcount
+    audit.note("suppression.removed", f"{gone} entries", what)
+    db.session.flush()
+    return gone
 
 
 def export_suppressions(user: User) -> Iterator[str]:

@@ -162,6 +162,7 @@ def _list_json(item: MailingList) -> dict[str, Any]:
         "fields": list(item.fields),
         "recipient_count": item.recipient_count,
         "created_at": item.created_at.isoformat() + "Z",
+        "archived_at": item.archived_at.isoformat() + "Z" if item.archived_at else None,
     }
 
 
@@ -197,6 +198,7 @@ def _campaign_json(item: Campaign) -> dict[str, Any]:
         "scheduled_at": when(item.scheduled_at),  # UTC; time_zone is the zone it was given in
         "time_zone": item.schedule_zone if item.scheduled_at else None,
         "schedule_error": item.schedule_error,
+        "archived_at": when(item.archived_at),  # letters and events deleted, counts and figures kept
         # e.g. a From domain that will fail DMARC alignment, and how to fix it (services/alignment.py)
         "warnings": [warning] if (warning := unaligned_warning(item.user_id, item.from_email)) else [],
     }
@@ -231,7 +233,7 @@ def _own_campaign(campaign_id: int) -> Campaign:
 
 @bp.get("/lists")
 def lists_index():
-    return jsonify([_list_json(item) for item in user_lists(g.api_user)])
+    return jsonify([_list_json(item) for item in user_lists(g.api_user, tidy.archived_filter())])
 
 
 @bp.post("/lists")
@@ -436,7 +438,7 @@ def _campaign_input(data: dict[str, Any]) -> CampaignInput:
 
 @bp.get("/campaigns")
 def campaigns_index():
-    return jsonify([_campaign_json(item) for item in user_campaigns(g.api_user)])
+    return jsonify([_campaign_json(item) for item in user_campaigns(g.api_user, tidy.archived_filter())])
 
 
 def _schedule(item: Campaign, data: dict[str, Any]) -> None:
@@ -789,3 +791,4 @@ def server_config_put(server_id: int):
 from . import figures  # noqa: E402,F401  (its routes, on this blueprint)
 from . import admin  # noqa: E402,F401  (the admin API under /admin/, refused to ordinary users)
 from . import dashboard  # noqa: E402,F401  (GET /dashboard: the page's figures)
+from . import tidy  # noqa: E402  (deleting and archiving lists, campaigns, suppression entries)

@@ -51,7 +51,9 @@ def _own_campaign(campaign_id: int) -> Campaign:
 
 
 def _compose(form: CampaignForm, campaign: Campaign | None):
-    lists = user_lists(current_user)
+    lists = user_lists(current_user)  # archived lists are not offered, unless the draft already has them
+    lists += [item for item in (campaign.lists + campaign.exclude_lists if campaign else []) if item.archived_at
+              and item not in lists]
     form.set_choices(lists, sendable_servers(current_user), user_domains(current_user))
     status = 200
     if form.validate_on_submit():
@@ -110,7 +112,8 @@ def _saved_message(campaign: Campaign) -> str:
 
 @bp.get("/")
 def index():
-    return render_template("campaigns/index.html", campaigns=user_campaigns(current_user))
+    archived = request.args.get("archived") == "1"  # the "Archived" filter
+    return render_template("campaigns/index.html", campaigns=user_campaigns(current_user, archived), archived=archived)
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -325,3 +328,6 @@ def preview(campaign_id: int):
     # A letter that cannot be built (a template error or limit) is the request's fault: 422, said on the page.
     status = 422 if letter.error and letter.campaign is not None else 200
     return render_template("campaigns/preview.html", campaign=campaign, form=form, letter=letter), status
+
+
+from . import tidy_views  # noqa: E402,F401  (delete, archive, restore: on this blueprint)

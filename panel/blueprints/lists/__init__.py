@@ -13,7 +13,7 @@ from ...services.imports.jobs import (UploadTooLarge, create_job, imports_dir, j
                                       start_job, too_large_message)
 from ...services.imports.report import csv_rows, read_spool, spool_items
 from ...services.imports.sources import ImportLimits
-from ...services.lists import ListError, create_list, get_list, recipients_page, user_lists
+from ...services.lists import ListError, archived_list_count, create_list, get_list, recipients_page, user_lists
 from ...services.recipients import export_list
 from .forms import ImportForm, NewListForm
 
@@ -42,9 +42,15 @@ def _own_job(list_id: int, job_id: int) -> ImportJob:
     return job
 
 
+def _index(form: NewListForm, status: int = 200):
+    archived = request.args.get("archived") == "1"
+    return render_template("lists/index.html", lists=user_lists(current_user, archived), form=form, archived=archived,
+                           archived_count=archived_list_count(current_user)), status
+
+
 @bp.get("/")
 def index():
-    return render_template("lists/index.html", lists=user_lists(current_user), form=NewListForm())
+    return _index(NewListForm())
 
 
 @bp.post("/")
@@ -59,7 +65,7 @@ def create():
             db.session.commit()
             flash(f"List “{mailing_list.name}” created. Now import its recipients.", "success")
             return redirect(url_for("lists.import_file", list_id=mailing_list.id))
-    return render_template("lists/index.html", lists=user_lists(current_user), form=form), 400
+    return _index(form, 400)
 
 
 @bp.get("/<int:list_id>")
@@ -154,3 +160,6 @@ def export(list_id: int):
     mailing_list = _own_list(list_id)
     return Response(stream_with_context(export_list(mailing_list)), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="list-{mailing_list.id}.csv"'})
+
+
+from . import tidy_views  # noqa: E402,F401  (delete, archive, restore: on this blueprint)
