@@ -20,6 +20,7 @@ from ..models.base import utcnow
 from ..models.domain import bounce_domain_of
 from .addresses import InvalidAddress, normalise_address
 from .letters import campaign_payload
+from .lists import find_recipient
 from .servers import user_servers
 
 MAX_ADDRESSES = 5
@@ -114,10 +115,14 @@ def _payload(campaign: Campaign, letters: list[TestLetter]) -> dict[str, Any]:
     marked = campaign_payload(campaign, config["PUBLIC_URL"], config["BOUNCE_DOMAIN"])
     # Its own campaign id on the agent, so the real campaign's stored template is never replaced.
     marked.update(id=-campaign.id, subject=SUBJECT_MARK + campaign.subject, test=True)
+    # The fields of the address's own row in the campaign's lists, else of its first recipient, as
+    # the preview shows: the test reads like a real letter.
+    sample = find_recipient(campaign.lists)
     recipients = []
     for letter in letters:
-        item: dict[str, Any] = {"id": -letter.id, "email": letter.email, "fields": {}, "source_ip": letter.source_ip,
-                                "token": f"test{letter.id}"}
+        row = find_recipient(campaign.lists, letter.email) or sample
+        item: dict[str, Any] = {"id": -letter.id, "email": letter.email, "fields": dict(row.fields) if row else {},
+                                "source_ip": letter.source_ip, "token": f"test{letter.id}"}
         if letter.sending_domain:
             item.update(domain=letter.sending_domain, bounce_domain=bounce_domain_of(letter.sending_domain))
         recipients.append(item)

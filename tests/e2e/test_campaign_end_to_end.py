@@ -181,3 +181,40 @@ def test_daemon_restarted_mid_campaign_sends_each_letter_once(stack, api: Api):
              timeout=180, what="all 600 delivered")
     got = [m.rcpt_to for m in read_maildir(stack.maildir) if m.rcpt_to.endswith("@restart.example")]
     assert len(got) == 600 and len(set(got)) == 600
+
+
+def test_a_test_send_arrives_marked_and_counts_nowhere(stack, api: Api, panel_rows):
+    """Send a test (issue 10 point 5): through the daemon, the agent and Exim like any letter; the
+    capture gets it marked, the draft's figures stay 0, its bounce suppresses nobody."""
+    stack.capture.set_rule("refuses@test-send.example", "reject")
+    list_id = api.post("/lists", {"name": "test send"})["id"]
+    api.post(f"/lists/{list_id}/recipients", [{"email": "reader@test-send.example", "name": "Reader"}])
+    campaign = api.post("/campaigns", {"name": "test send", "subject": "Hello {{ name }}", "from_email": "n@sender.example",
+                                       "text": "hi {{ name }}\n{{ unsubscribe_url }}", "lists": [list_id]})
+    addresses = ["me@test-send.example", "refuses@test-send.example"]
+    answer = api.post(f"/campaigns/{campaign['id']}/test", {"addresses": addresses})
+    assert [t["email"] for t in answer["tests"]] == addresses
+
+    def arrived():
+        got = [m for m in read_maildir(stack.maildir) if m.rcpt_to == "me@test-send.example"]
+        return got or None
+
+    (letter,) = wait_for(arrived, timeout=60, what="the test letter at the capture")
+    assert letter.message["Subject"] == "[Test] Hello Reader"  # the fields of the lists' first recipient
+    assert letter.message["X-Mailfleet-Test"] == "1"
+    assert "X-Mailfleet-Campaign" not in letter.message
+    bounce = wait_for(lambda: panel_rows("SELECT delivery_id, token FROM bounce_messages WHERE token LIKE ?", ("test%",))
+                      or None, timeout=60, what="the refused test letter's bounce back at the panel")
+    assert bounce[0][0] is None  # applied to no letter
+    def outcomes():
+        rows = dict(panel_rows("SELECT email, status FROM test_letters", ()))
+        return rows if set(rows.values()) <= {"delivered", "failed"} else None
+
+    states = wait_for(outcomes, timeout=60, what="both test letters' outcomes")
+    assert states == {"me@test-send.example": "delivered", "refuses@test-send.example": "failed"}
+    assert panel_rows("SELECT email FROM suppressions WHERE email LIKE ?", ("%@test-send.example",)) == []
+    stats = api.get(f"/campaigns/{campaign['id']}/stats")
+    assert stats["status"] == "draft"
+    assert {key: stats[key] for key in ("total", "queued", "sent", "delivered", "deferred", "failed", "cancelled")} \
+        == dict.fromkeys(("total", "queued", "sent", "delivered", "deferred", "failed", "cancelled"), 0)
+    assert panel_rows("SELECT COUNT(*) FROM deliveries WHERE campaign_id = ?", (campaign["id"],)) == [(0,)]
