@@ -8,7 +8,9 @@ the ORM, so the audit log's watcher notes it.
 - A list: deleted with its recipients; refused while a campaign using it sends (running,
   paused, or letters still on the servers). Letters of finished campaigns keep their address and
   outcome, their counts stay. Archived: hidden from the lists page and the composer, restorable.
-- A campaign (a draft, or finished/cancelled with no letter left on a server): deleted with its
+- A campaign (a draft, or finished/cancelled with no letter left on a server and, if it sent any,
+  ended UNSUBSCRIBE_DAYS ago: the unsubscribe links and addresses of its letters name a letter,
+  and must keep working that long): deleted with its
   letters, their events, its clicks, opens and figures. Archived: its letters and their events
   deleted to save space, its state, counts (campaign_counts) and figures (campaign_minutes,
   campaign_breakdowns), clicks and opens kept, so its page still shows what happened.
@@ -21,6 +23,7 @@ counts out first and puts them back after the letters are gone, on SQLite and Po
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from sqlalchemy import delete, func, insert, or_, select, update
 
@@ -34,6 +37,11 @@ from . import audit
 # Letters a server may still hold or send: a campaign with any is not over yet.
 OUT_STATES = ("pending", "queued", "sent", "deferred")
 TIDY_STATES = ("draft", "finished", "cancelled")
+# Letters handed to a mail server: their unsubscribe link and address lead to the letter's row.
+SENT_STATES = ("sent", "delivered", "deferred", "failed")
+# How long after a campaign ends its letters' unsubscribe links must keep working before its
+# letters may go: US law (CAN-SPAM) asks 30 days; Gmail and Yahoo ask bulk senders the same.
+UNSUBSCRIBE_DAYS = 30
 
 
 class TidyRefused(Exception):
@@ -159,6 +167,13 @@ def campaign_impact(campaign: Campaign, action: str = "delete") -> CampaignImpac
                    f"wait until the servers have answered for them, then {action} it")
     elif action == "archive" and campaign.status == "draft":
         refusal = "a draft has nothing to archive: delete it, or start it"
+    elif any(kept.get(f"status:{state}") for state in SENT_STATES):
+        ended = campaign.finished_at or campaign.started_at or utcnow()
+        allowed = ended + timedelta(days=UNSUBSCRIBE_DAYS)
+        if allowed > utcnow():
+            refusal = (f"the unsubscribe links in the campaign's letters must keep working for {UNSUBSCRIBE_DAYS} "
+                       f"days after it ended (the law in the US, and Gmail's and Yahoo's rules for bulk senders), "
+                       f"and they lead to its letters: {action} it from {allowed:%Y-%m-%d %H:%M} UTC")
     return CampaignImpact(letters=letters, events=events or 0, clicks=clicks or 0, opens=opens or 0, refusal=refusal)
 
 

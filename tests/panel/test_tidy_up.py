@@ -5,18 +5,22 @@ one audit entry.
 - A list goes with its recipients; never while a campaign using it sends; archived, it leaves the
   lists page and the composer's choices until restored.
 - A campaign goes with its letters, events, clicks, opens and figures; never while it sends or has
-  letters on its servers (409). Archived, its letters and events go and its counts, timeline and
+  letters on its servers (409), nor within 30 days of its end if it sent letters (their unsubscribe
+  links lead to them). Archived, its letters and events go and its counts, timeline and
   breakdowns stay exactly as they were (the letters' delete triggers must not subtract them).
 - Suppression entries go one at a time, chosen, or all those a search matches.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import func, select
 
 from panel.daemon.outcomes import finish_campaigns
 from panel.extensions import db
+from panel.models.base import utcnow
 from panel.models import (AuditEntry, Campaign, CampaignBreakdown, CampaignCount, CampaignMinute, Click, Delivery,
                           DeliveryEvent, MailingList, Open, Recipient, Suppression, User)
 from panel.services import tidy
@@ -45,14 +49,18 @@ def actions(seed) -> list[tuple[str, str, str]]:
                                                                                       .order_by(AuditEntry.id))])
 
 
-def finished(sent: Sent) -> None:
-    """Every letter answered for (eve delivered at last, hal refused) and the campaign finished by the daemon."""
+def finished(sent: Sent, days_ago: int = tidy.UNSUBSCRIBE_DAYS + 1) -> None:
+    """Every letter answered for (eve delivered at last, hal refused) and the campaign finished by the
+    daemon, `days_ago` days ago (its letters' unsubscribe links must work 30 days before they may go)."""
     sent.send_everything()
     sent.events(("eve@example.org", "delivered", 5, 0, 250, "250 OK"), (HAL_NOT_SENT, "sent", 5, 1),
                 (HAL_NOT_SENT, "failed", 5, 2, 550, "550 5.1.1 no such user"))
     with sent.app.app_context():
         finish_campaigns()
-        assert db.session.get(Campaign, sent.campaign_id).status == "finished"
+        campaign = db.session.get(Campaign, sent.campaign_id)
+        assert campaign.status == "finished"
+        campaign.finished_at = utcnow() - timedelta(days=days_ago)
+        db.session.commit()
 
 
 def figures(app, campaign_id: int) -> dict:
@@ -147,6 +155,23 @@ def test_a_campaign_is_not_deleted_or_archived_while_it_sends(app, seed, alice, 
     answer = api("DELETE", f"/campaigns/{sent.campaign_id}")
     assert answer.status_code == 409 and "2 letters" in answer.get_json()["error"]
     assert count(seed, Delivery, Delivery.campaign_id == sent.campaign_id) == len(sent.ids)
+
+
+def test_a_campaign_ended_within_30_days_keeps_its_letters_for_their_unsubscribe_links(app, seed, alice, as_alice, api):
+    sent = Sent(app, seed, alice)
+    finished(sent, days_ago=tidy.UNSUBSCRIBE_DAYS - 1)
+    for method, url in (("DELETE", ""), ("POST", "/archive")):
+        answer = api(method, f"/campaigns/{sent.campaign_id}{url}")
+        assert answer.status_code == 409 and "unsubscribe links" in answer.get_json()["error"], answer.get_json()
+    page = as_alice.post(f"/campaigns/{sent.campaign_id}/delete", follow_redirects=True).get_data(as_text=True)
+    assert "must keep working for 30 days" in page
+    assert count(seed, Delivery, Delivery.campaign_id == sent.campaign_id) == len(sent.ids)
+    # A day later than 30: it may go.
+    with app.app_context():
+        db.session.get(Campaign, sent.campaign_id).finished_at = utcnow() - timedelta(days=tidy.UNSUBSCRIBE_DAYS, hours=1)
+        db.session.commit()
+    assert api("POST", f"/campaigns/{sent.campaign_id}/archive").status_code == 200
+    assert count(seed, Delivery, Delivery.campaign_id == sent.campaign_id) == 0
 
 
 def test_a_finished_campaign_is_deleted_with_its_letters_events_and_figures(app, seed, alice, as_alice, api):
