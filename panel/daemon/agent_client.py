@@ -45,6 +45,11 @@ class AgentUnreachable(AgentError):
     pass
 
 
+class AgentRefused(AgentError):
+    """The agent opened the request and refused it (a sealed HTTP 400 saying why): sent again
+    unchanged, it would be refused again."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one call may cost (the AGENT_* settings)."""
@@ -245,5 +250,5 @@ class AgentClient:
         if status != 200:
             message = reply.data.get("error") if isinstance(reply.data, dict) else None
             said = quoted(message) if isinstance(message, str) else "without saying why"
-            raise AgentError(f"agent answered HTTP {status}: {said}")
+            raise (AgentRefused if status == 400 else AgentError)(f"agent answered HTTP {status}: {said}")
         return reply.data

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from ..extensions import db
 from ..models import Campaign, Server, TestLetter, User
 from ..models.base import utcnow
+from ..daemon.agent_client import AgentRefused
 from ..models.domain import bounce_domain_of
 from .addresses import InvalidAddress, normalise_address
 from .letters import campaign_payload
@@ -132,7 +133,8 @@ def _payload(campaign: Campaign, letters: list[TestLetter]) -> dict[str, Any]:
 def push_pending(client: Any, server: Server) -> bool:
     """Push this server's test letters no agent has taken yet, one push per test (its token the
     batch id: pushed again after a crash, the agent queues it once). Raises AgentError; the letters
-    stay pending and are pushed on a later round. True if anything was pushed."""
+    stay pending and are pushed on a later round; a push the agent refuses fails its letters,
+    saying why. True if anything was pushed."""
     pending = list(db.session.scalars(select(TestLetter).where(
         TestLetter.server_id == server.id, TestLetter.status == "pending").order_by(TestLetter.id)))
     by_push: dict[str, list[TestLetter]] = {}
@@ -140,9 +142,13 @@ def push_pending(client: Any, server: Server) -> bool:
         by_push.setdefault(letter.push_token, []).append(letter)
     for token, letters in by_push.items():
         campaign = db.session.get(Campaign, letters[0].campaign_id)
-        client.call("/v1/batches", _payload(campaign, letters))
+        done: dict[str, Any] = {"status": "queued"}
+        try:
+            client.call("/v1/batches", _payload(campaign, letters))
+        except AgentRefused as exc:  # pushed again it would be refused again, ahead of every campaign
+            done = {"status": "failed", "reply": f"the agent refused the test: {exc}"[:2000]}
         db.session.execute(update(TestLetter).where(TestLetter.push_token == token, TestLetter.status == "pending")
-                           .values(status="queued", updated_at=utcnow()))
+                           .values(updated_at=utcnow(), **done))
         db.session.commit()
     return bool(by_push)
 

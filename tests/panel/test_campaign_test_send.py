@@ -123,3 +123,39 @@ def test_the_composer_page_offers_a_test_and_sends_it(as_alice, seed, alice):
     response = as_alice.post(f"/campaigns/{campaign_id}/test", {"addresses": "bad one"})
     assert "bad one" in response.get_data(as_text=True)
     assert len(seed.query(lambda s: s.scalars(select(TestLetter)).all())) == 2
+
+
+class RefusingTests(RecordingAgent):
+    """An agent that refuses (a sealed HTTP 400) every test push and takes every other batch."""
+
+    def call(self, path: str, payload: dict, **kwargs: object) -> dict:
+        from panel.daemon.agent_client import AgentRefused
+
+        if path == "/v1/batches" and payload["campaign"].get("test"):
+            raise AgentRefused('agent answered HTTP 400: "campaign.subject: template error"')
+        return super().call(path, payload, **kwargs)
+
+
+def test_a_test_the_agent_refuses_fails_and_holds_back_no_campaign(app, client, seed, alice):
+    """A refused test push is not tried again each round ahead of the campaigns' letters."""
+    from panel.services.sending import start_campaign
+    from panel.models import User
+
+    headers = {"Authorization": f"Bearer {seed.token(alice)}"}
+    server_id = seed.server(alice)
+    _online(seed, server_id)
+    list_id = seed.list(alice, "readers", [{"email": f"r{n}@example.org", "name": "R"} for n in range(3)])
+    running = seed.campaign(alice, [list_id])
+    draft = seed.campaign(alice, [list_id])
+    with app.app_context():
+        start_campaign(db.session.get(User, alice), db.session.get(Campaign, running))
+        db.session.commit()
+    assert client.post(f"/api/v1/campaigns/{draft}/test", json={"addresses": ["t@example.org"]},
+                       headers=headers).status_code == 202
+    with app.app_context():
+        agent = RefusingTests()
+        dispatch_server(agent, db.session.get(Server, server_id))
+    assert [len(batch["recipients"]) for batch in agent.batches] == [3]  # the running campaign's letters
+    (letter,) = seed.query(lambda s: s.scalars(select(TestLetter)).all())
+    assert letter.status == "failed"
+    assert "the agent refused the test" in letter.reply and "template error" in letter.reply
