@@ -20,7 +20,6 @@ each stop shows a focus outline.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 from collections.abc import Callable, Iterator
@@ -165,8 +164,8 @@ def routes_app() -> Flask:
     """The panel app, only to read its routes."""
     from panel import create_app
 
-    os.environ.setdefault("MAILFLEET_SECRET_KEY", "only-to-read-the-routes")
-    return create_app()
+    # Settings given, not put in os.environ: later tests (make run's) must find it as they left it.
+    return create_app({"SECRET_KEY": "only-to-read-the-routes", "SQLALCHEMY_DATABASE_URI": "sqlite://"})
 
 
 def panel_pages(app: Flask, seeded: dict[str, object]) -> tuple[list[tuple[str, str]], list[str]]:
