@@ -156,4 +156,5 @@ def start_due_campaigns(now: datetime | None = None) -> list[int]:
         if start_scheduled(campaign_id, now):
             started.append(campaign_id)
         db.session.commit()
+    db.session.commit()  # none due: end the look's transaction, not left open for the daemon's next work
     return started
