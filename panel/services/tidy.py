@@ -159,7 +159,9 @@ def campaign_impact(campaign: Campaign, action: str = "delete") -> CampaignImpac
     opens = db.session.scalar(select(func.count()).select_from(Open).where(Open.campaign_id == campaign.id))
     out = sum(kept.get(f"status:{state}", 0) for state in OUT_STATES)
     refusal = None
-    if campaign.status not in TIDY_STATES:
+    if action == "archive" and campaign.archived_at is not None:
+        refusal = "the campaign is already archived"
+    elif campaign.status not in TIDY_STATES:
         refusal = (f"the campaign is {campaign.status}: cancel it (or let it finish) and wait until its servers "
                    f"have answered for every letter, then {action} it")
     elif out and campaign.status != "draft":
@@ -214,8 +216,6 @@ def delete_campaign(campaign: Campaign) -> CampaignImpact:
 
 def archive_campaign(campaign: Campaign) -> CampaignImpact:
     """Delete the campaign's letters and their events, keeping its state, counts and figures."""
-    if campaign.archived_at is not None:
-        raise TidyRefused("the campaign is already archived")
     impact = campaign_impact(campaign, "archive")
     if impact.refusal:
         raise TidyRefused(impact.refusal)

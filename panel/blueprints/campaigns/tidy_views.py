@@ -13,9 +13,6 @@ WORDS = {"delete": "Delete", "archive": "Archive"}
 
 def _confirm_page(campaign, action: str, status: int = 200):
     impact = tidy.campaign_impact(campaign, action)
-    refusal = impact.refusal
-    if action == "archive" and campaign.archived_at is not None:
-        refusal = "the campaign is already archived"
     goes = [f"{impact.letters:,} letters (each recipient's address, state and last reply) will be deleted.",
             f"{impact.events:,} delivery events (every outcome the servers reported) will be deleted."]
     if action == "delete":
@@ -30,7 +27,7 @@ def _confirm_page(campaign, action: str, status: int = 200):
     if action == "delete" and impact.letters:
         stays.append("Unsubscribe links in the letters already sent stop working.")
     return render_template("confirm.html", title=f"{WORDS[action]} the campaign “{campaign.name}”?", goes=goes,
-                           stays=stays, refusal=refusal, button=f"{WORDS[action]} the campaign",
+                           stays=stays, refusal=impact.refusal, button=f"{WORDS[action]} the campaign",
                            action=url_for(f"campaigns.{action}", campaign_id=campaign.id),
                            back=url_for("campaigns.view", campaign_id=campaign.id)), status
 
